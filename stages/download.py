@@ -1,0 +1,24 @@
+"""DVC stage `download`: images into webdataset shards + an index row per record."""
+
+from pathlib import Path
+
+from sdlab.data.download import pack_local
+from sdlab.data.records import DataError
+from sdlab.io import read_table, reset_dir, write_json, write_table
+from sdlab.stage import parse_args, stage
+
+
+@stage("download")
+def main(args, params):
+    records = read_table(Path(args.records))
+    out = reset_dir(args.out)
+    index, stats = pack_local(records, params.download, out / "shards")
+    write_table(out / "index.parquet", index)
+    write_json(Path(args.report) / "stats.json", stats)
+    if stats["ok"] == 0:
+        raise DataError(f"no image could be used: {stats['failed_by_reason']}")
+    print(f"download: {stats['ok']} ok, {stats['failed']} failed {stats['failed_by_reason']}")
+
+
+if __name__ == "__main__":
+    main(parse_args(__doc__, "records", "out", "report"))

@@ -1,0 +1,50 @@
+"""DVC stage `evaluate`: held-out loss, samples for val prompts, adherence, sample grid."""
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+from diffusers import DDPMScheduler
+
+from sdlab.data.records import DataError
+from sdlab.data.shards import load_images
+from sdlab.encode import load_latents, load_text
+from sdlab.evaluate import generate, heldout_loss, sample_grid, timestep_grid
+from sdlab.io import read_table, write_json
+from sdlab.judge import JUDGES, adherence
+from sdlab.models.pipeline import load_pipeline
+from sdlab.stage import parse_args, stage
+
+
+@stage("evaluate")
+def main(args, params):
+    cfg, latents_dir = params.evaluate, Path(args.latents)
+    pipeline = load_pipeline(args.pipeline)
+    index = read_table(latents_dir / "index.parquet")
+    val = index.filter(pc.equal(index["split"], "val"))
+    rows = val.to_pylist()[: cfg.num_samples]
+    if not rows:
+        raise DataError("the val split is empty (raise dedupe.val_fraction)")
+    mean, _ = load_latents(latents_dir, val)
+    hidden = load_text(latents_dir)[val["caption_id"].to_pylist()]
+    scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)  # the training noise schedule
+    losses = heldout_loss(pipeline.unet, scheduler, mean, hidden,
+                          timestep_grid(scheduler.config.num_train_timesteps, cfg.loss_timesteps), cfg.seed)
+    prompts = [r["caption"] for r in rows]
+    images = generate(pipeline, prompts, [cfg.seed + i for i in range(len(rows))], cfg.num_inference_steps,
+                      cfg.guidance_scale, cfg.batch_size)
+    metrics = {"heldout_loss": float(np.mean(list(losses.values()))),
+               "heldout_loss_by_t": {str(t): v for t, v in losses.items()}, "num_samples": len(rows)}
+    if all(attribute in rows[0] for attribute in JUDGES):
+        real = load_images(args.shards, rows)
+        metrics["adherence"] = adherence(images, rows)
+        metrics["judge_accuracy_on_real"] = adherence(real, rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sample_grid(images, prompts, cfg.grid_columns).save(out / "samples.png")
+    write_json(out / "metrics.json", metrics)
+    print(f"evaluate: {metrics}")
+
+
+if __name__ == "__main__":
+    main(parse_args(__doc__, "latents", "shards", "pipeline", "out"))

@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny real inputs made in the test (images, records, models)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdlab.config import Params, ScrapeConfig, SyntheticConfig, parse_params
+from sdlab.sources import synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def tiny_params() -> Params:
+    import yaml
+    return parse_params(yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text()))
+
+
+@pytest.fixture
+def blob_records(tmp_path) -> list[dict]:
+    """40 synthetic blob records with images on disk, 2 of them planted duplicates."""
+    config = ScrapeConfig(seed=3, synthetic=SyntheticConfig(num_images=40, image_px=64, duplicate_fraction=0.05))
+    return synthetic.scrape(config, tmp_path / "raw")
+
+
+def run_stage(script: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """Run a stage entry point the way DVC does, capturing its output."""
+    return subprocess.run([sys.executable, str(REPO / "stages" / script), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def random_rgb(seed: int, px: int = 16) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (px, px, 3), dtype=np.uint8)

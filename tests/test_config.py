@@ -1,0 +1,58 @@
+import pytest
+import yaml
+
+from conftest import REPO, run_stage
+from sdlab.config import ConfigError, load_params, parse_params
+
+
+@pytest.mark.parametrize("path", ["params.yaml", *[f"configs/{p.name}" for p in (REPO / "configs").glob("*.yaml")]])
+def test_shipped_profiles_validate(path):
+    params = load_params(REPO / path)
+    assert params.train.lr > 0
+
+
+def test_every_stage_section_is_spelled_out_in_the_default_profile():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    for name, stage in dvc["stages"].items():
+        for section in stage.get("params", []):
+            assert section.split(".")[0] in raw, f"stage {name} reads params section {section}"
+
+
+def test_bad_value_names_the_key_and_the_value():
+    with pytest.raises(ConfigError, match=r"train\.lr: must be > 0, got -1"):
+        parse_params({"train": {"lr": -1}})
+
+
+def test_unknown_key_is_rejected_with_its_dotted_name():
+    with pytest.raises(ConfigError, match=r"train\.unet\.widht: unknown key"):
+        parse_params({"train": {"unet": {"widht": 3}}})
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ConfigError, match=r"train\.max_steps: .*got 'many'"):
+        parse_params({"train": {"max_steps": "many"}})
+
+
+def test_bad_choice_names_the_key():
+    with pytest.raises(ConfigError, match=r"scrape\.source"):
+        parse_params({"scrape": {"source": "myspace"}})
+
+
+def test_inconsistent_unet_levels_are_rejected():
+    with pytest.raises(ConfigError, match=r"train\.unet.*cross_attention_levels"):
+        parse_params({"train": {"unet": {"block_out_channels": [8, 16, 32]}}})
+
+
+def test_stage_exits_non_zero_with_one_line_and_no_traceback(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train:\n  lr: -1\n")
+    result = run_stage("filter.py", "--params", str(bad), "--records", "x", "--out", "y", "--report", "z")
+    assert result.returncode == 1
+    assert "train.lr: must be > 0, got -1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_params_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml: params file not found"):
+        load_params(tmp_path / "nope.yaml")

@@ -1,0 +1,44 @@
+import pyarrow as pa
+
+from sdlab.data.dedupe import dedupe, split_for_key
+
+
+def index(rows):
+    base = {"shard": "00000.tar", "width": 8, "height": 8, "reason": ""}
+    return pa.Table.from_pylist([{**base, **row} for row in rows])
+
+
+def test_the_planted_duplicate_is_the_one_dropped():
+    table = index([
+        {"key": "first", "md5": "aaa", "status": "ok"},
+        {"key": "other", "md5": "bbb", "status": "ok"},
+        {"key": "copy", "md5": "aaa", "status": "ok"},
+        {"key": "broken", "md5": "", "status": "failed"},
+    ])
+    kept, duplicates, stats = dedupe(table, val_fraction=0.5)
+    assert kept["key"].to_pylist() == ["first", "other"]
+    assert duplicates.to_pylist() == [{"key": "copy", "md5": "aaa", "duplicate_of": "first"}]
+    assert stats == {"input": 4, "failed_upstream": 1, "duplicates": 1, "kept": 2,
+                     "train": stats["train"], "val": stats["val"]}
+    assert stats["train"] + stats["val"] == 2
+
+
+def test_split_is_stable_and_near_the_requested_fraction():
+    keys = [f"k{i}" for i in range(4000)]
+    splits = [split_for_key(k, 0.1) for k in keys]
+    assert splits == [split_for_key(k, 0.1) for k in keys]
+    assert 0.08 < splits.count("val") / len(keys) < 0.12
+    # adding data never moves an existing key
+    assert [split_for_key(k, 0.1) for k in keys[:100]] == splits[:100]
+
+
+def test_synthetic_duplicates_are_found_end_to_end(blob_records, tmp_path):
+    from sdlab.config import DownloadConfig
+    from sdlab.data.download import pack_local
+    table, _ = pack_local(pa.Table.from_pylist(blob_records), DownloadConfig(image_px=16), tmp_path / "s")
+    kept, duplicates, _ = dedupe(table, 0.1)
+    assert duplicates.num_rows == 2
+    kept_keys = set(kept["key"].to_pylist())
+    for row in duplicates.to_pylist():
+        assert row["key"] not in kept_keys and row["duplicate_of"] in kept_keys
+        assert row["duplicate_of"] < row["key"]  # the first occurrence is kept

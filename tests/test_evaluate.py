@@ -1,0 +1,93 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdlab.config import UnetConfig, VaeConfig
+from sdlab.data.images import composite_on_white, fit_square
+from sdlab.diffusion import make_noise_scheduler
+from sdlab.config import TrainConfig
+from sdlab.evaluate import generate, heldout_loss, sample_grid, timestep_grid
+from sdlab.judge import adherence
+from sdlab.models.pipeline import build_pipeline, load_pipeline, save_pipeline
+from sdlab.models.text_encoder import load_text_encoder
+from sdlab.models.unet import build_unet
+from sdlab.models.vae import build_vae
+from sdlab.sources.synthetic import ATTRIBUTES, draw_blob, sample_blob
+
+
+def real_blobs(count: int, px: int = 32):
+    blobs = [sample_blob(np.random.default_rng([9, i])) for i in range(count)]
+    images = np.stack([np.asarray(fit_square(composite_on_white(draw_blob(b, 128)), px)) for b in blobs])
+    return images, [{a: getattr(b, a) for a in ATTRIBUTES} for b in blobs]
+
+
+def test_adherence_is_perfect_on_real_images_and_near_chance_on_noise():
+    images, rows = real_blobs(200)
+    assert adherence(images, rows) == {"skin_color": 1.0, "head_shape": 1.0}
+    noise = np.random.default_rng(0).integers(0, 256, images.shape, dtype=np.uint8)
+    scores = adherence(noise, rows)
+    assert scores["skin_color"] < 0.3 and scores["head_shape"] < 0.4
+
+
+def test_adherence_catches_the_wrong_color():
+    images, rows = real_blobs(50)
+    shuffled = [dict(r, skin_color="green" if r["skin_color"] != "green" else "red") for r in rows]
+    assert adherence(images, shuffled)["skin_color"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    tokenizer, text_encoder = load_text_encoder(None, 77)
+    unet = build_unet(UnetConfig(block_out_channels=[8, 16], attention_head_dim=2,
+                                 cross_attention_levels=[False, True]), 8, 4, 384)
+    vae = build_vae(VaeConfig(block_out_channels=[8, 16]), 16)
+    path = tmp_path_factory.mktemp("pipe") / "pipeline"
+    save_pipeline(build_pipeline(unet, vae, tokenizer, text_encoder, make_noise_scheduler(TrainConfig())), path)
+    return path
+
+
+def test_same_seed_same_image_other_seed_other_image(tiny_pipeline_dir):
+    pipeline = load_pipeline(tiny_pipeline_dir)
+    first = generate(pipeline, ["blobhappy emoji"] * 2, [1, 2], steps=3, guidance=3.0, batch_size=2, progress=False)
+    again = generate(pipeline, ["blobhappy emoji"], [1], steps=3, guidance=3.0, batch_size=1, progress=False)
+    assert first.shape == (2, 16, 16, 3) and first.dtype == np.uint8
+    assert np.array_equal(first[0], again[0])
+    assert not np.array_equal(first[0], first[1])
+
+
+def test_heldout_loss_is_deterministic(tiny_pipeline_dir):
+    pipeline = load_pipeline(tiny_pipeline_dir)
+    latents = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    hidden = torch.randn(6, 77, 384, generator=torch.Generator().manual_seed(1))
+    grid = timestep_grid(1000, 4)
+    assert grid == [125, 375, 625, 875]
+    a = heldout_loss(pipeline.unet, make_noise_scheduler(TrainConfig()), latents, hidden, grid, seed=0)
+    b = heldout_loss(pipeline.unet, make_noise_scheduler(TrainConfig()), latents, hidden, grid, seed=0, batch_size=4)
+    assert a.keys() == b.keys() and all(abs(a[t] - b[t]) < 1e-6 for t in grid)
+
+
+def test_generate_command_writes_a_reproducible_png(tiny_pipeline_dir, tmp_path):
+    command = [sys.executable, "-m", "sdlab.cli", "generate", "--model", str(tiny_pipeline_dir),
+               "--prompt", "blobsad emoji", "--seed", "0", "--steps", "3"]
+    for name in ("a.png", "b.png"):
+        result = subprocess.run(command + ["--out", str(tmp_path / name)], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+    a, b = (np.asarray(Image.open(tmp_path / n)) for n in ("a.png", "b.png"))
+    assert a.shape == (16, 16, 3) and np.array_equal(a, b)
+
+
+def test_generate_command_names_a_folder_that_is_not_a_pipeline(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "sdlab.cli", "generate", "--model", str(tmp_path),
+                             "--prompt", "x"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and str(tmp_path) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sample_grid_has_one_cell_per_image():
+    images, _ = real_blobs(6, px=16)
+    grid = sample_grid(images, ["a prompt"] * 6, columns=3)
+    assert grid.size[0] == 3 * 120 and grid.size[1] == 2 * (96 + 44)

@@ -1,0 +1,118 @@
+"""`dvc repro` on configs/tiny.yaml in a temp copy of the repo: the whole DAG, for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from conftest import REPO
+
+STAGES = ["scrape", "filter", "download", "dedupe", "caption", "vae", "encode", "train", "evaluate"]
+pytestmark = pytest.mark.e2e
+
+
+def dvc(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=workdir, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def ran(output: str) -> list[str]:
+    return [s for s in STAGES if f"Running stage '{s}'" in output]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A fresh git+dvc copy of the project with the tiny profile as params.yaml, reproduced once."""
+    work = tmp_path_factory.mktemp("e2e") / "sdlab"
+    work.mkdir()
+    for name in ["dvc.yaml", "stages", "src", "configs", ".dvc", ".gitignore"]:
+        source = REPO / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, work / name)
+    shutil.rmtree(work / ".dvc" / "cache", ignore_errors=True)
+    shutil.rmtree(work / ".dvc" / "tmp", ignore_errors=True)
+    shutil.copy(REPO / "configs" / "tiny.yaml", work / "params.yaml")
+    for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"]):
+        subprocess.run(["git", *command], cwd=work, check=True)
+    first = dvc(work, "repro")
+    (work / "first_run.log").write_text(first.stdout)
+    return work
+
+
+def test_every_stage_ran_and_is_locked(repo):
+    assert ran((repo / "first_run.log").read_text()) == STAGES
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert sorted(lock["stages"]) == sorted(STAGES)
+
+
+def test_data_contracts_hold(repo):
+    records = pq.read_table(repo / "data/raw/records.parquet")
+    filtered = pq.read_table(repo / "data/filtered/records.parquet")
+    index = pq.read_table(repo / "data/images/index.parquet")
+    kept = pq.read_table(repo / "data/dedup/index.parquet")
+    duplicates = pq.read_table(repo / "data/dedup/duplicates.parquet")
+    captions = pq.read_table(repo / "data/captions/captions.parquet")
+    assert records.num_rows == 160
+    assert index.num_rows == filtered.num_rows  # rows in index = rows in filtered records, always
+    assert set(index["status"].to_pylist()) <= {"ok", "failed"}
+    assert duplicates.num_rows == 8  # 5% planted copies
+    assert not set(duplicates["key"].to_pylist()) & set(kept["key"].to_pylist())
+    assert kept.num_rows + duplicates.num_rows == index.num_rows
+    assert set(kept["split"].to_pylist()) == {"train", "val"}
+    assert captions["key"].to_pylist() == kept["key"].to_pylist()
+    assert captions["caption"].to_pylist() == kept["caption"].to_pylist()  # template == ground truth
+    meta = json.loads((repo / "data/latents/meta.json").read_text())
+    assert meta["latent_shape"] == [4, 8, 8] and meta["images"] == kept.num_rows
+    assert json.loads((repo / "models/vae/config.json").read_text())["scaling_factor"] == meta["scaling_factor"]
+    for stage in ["scrape", "filter", "download", "dedupe", "caption", "vae", "encode", "train"]:
+        assert json.loads((repo / f"reports/{stage}/stats.json").read_text())
+
+
+def test_training_checkpointed_and_exported_a_loadable_pipeline(repo):
+    stats = json.loads((repo / "reports/train/stats.json").read_text())
+    assert stats["final_step"] == 20
+    assert sorted(p.name for p in (repo / "models/checkpoints").iterdir()) == ["step-0000010", "step-0000020"]
+    live = json.loads((repo / "reports/train/live/metrics.json").read_text())
+    assert live["step"] == 20 and live["train"]["loss"] > 0
+    code = ("import sys; from diffusers import StableDiffusionPipeline as P; "
+            "p = P.from_pretrained(sys.argv[1]); print(p(['blobhappy emoji'], num_inference_steps=2, "
+            "output_type='np').images.shape)")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", code, str(repo / "models/pipeline")], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "(1, 16, 16, 3)" in result.stdout
+
+
+def test_evaluation_metrics_and_grid(repo):
+    metrics = json.loads((repo / "reports/evaluate/metrics.json").read_text())
+    assert metrics["num_samples"] == 8 and metrics["heldout_loss"] > 0
+    assert len(metrics["heldout_loss_by_t"]) == 4
+    assert set(metrics["adherence"]) == {"skin_color", "head_shape"}
+    assert metrics["judge_accuracy_on_real"]["skin_color"] == 1.0
+    assert (repo / "reports/evaluate/samples.png").stat().st_size > 1000
+    shown = dvc(repo, "metrics", "show").stdout
+    assert "heldout_loss" in shown and "dropped_by_reason" in shown
+
+
+def test_second_repro_reruns_nothing(repo):
+    assert ran(dvc(repo, "repro").stdout) == []
+
+
+def test_changing_only_train_lr_reruns_only_train_and_evaluate(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["lr"] = 5e-4
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    output = dvc(repo, "repro").stdout
+    assert ran(output) == ["train", "evaluate"]
+    assert json.loads((repo / "reports/train/stats.json").read_text())["start_step"] == 0  # not resumed
