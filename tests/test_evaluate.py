@@ -90,4 +90,4 @@ def test_generate_command_names_a_folder_that_is_not_a_pipeline(tmp_path):
 def test_sample_grid_has_one_cell_per_image():
     images, _ = real_blobs(6, px=16)
     grid = sample_grid(images, ["a prompt"] * 6, columns=3)
-    assert grid.size[0] == 3 * 120 and grid.size[1] == 2 * (96 + 44)
+    assert grid.size[0] == 3 * 120 and grid.size[1] == 2 * (96 + 56)

@@ -1,5 +1,6 @@
 import torch
-from diffusers import DDPMScheduler
+from sdlab.config import TrainConfig
+from sdlab.diffusion import make_noise_scheduler
 
 from sdlab.config import UnetConfig
 from sdlab.models.pipeline import build_pipeline
@@ -21,7 +22,7 @@ def test_cached_text_states_equal_what_the_pipeline_feeds_the_unet():
     unet = build_unet(UnetConfig(block_out_channels=[8, 16], attention_head_dim=2,
                                  cross_attention_levels=[False, True]), 4, 4, 384)
     vae = build_vae(VaeConfig(block_out_channels=[8, 16]), 8)
-    pipeline = build_pipeline(unet, vae, tokenizer, model, DDPMScheduler())
+    pipeline = build_pipeline(unet, vae, tokenizer, model, make_noise_scheduler(TrainConfig()))
     prompts = ["blobsad emoji with a round head", ""]
     with torch.no_grad():
         from_pipeline, _ = pipeline.encode_prompt(prompts, "cpu", 1, do_classifier_free_guidance=False)

@@ -49,7 +49,7 @@ def generate(pipeline, prompts: list[str], seeds: list[int], steps: int, guidanc
     return np.concatenate(images)
 
 
-def sample_grid(images: np.ndarray, labels: list[str], columns: int, label_px: int = 44) -> Image.Image:
+def sample_grid(images: np.ndarray, labels: list[str], columns: int, label_px: int = 56) -> Image.Image:
     """Images in a grid with their wrapped labels underneath, upscaled to >= 96 px."""
     scale = max(1, 96 // images.shape[1])
     cell = images.shape[1] * scale
@@ -62,6 +62,6 @@ def sample_grid(images: np.ndarray, labels: list[str], columns: int, label_px: i
         x, y = (i % columns) * width, (i // columns) * (cell + label_px)
         tile = Image.fromarray(image).resize((cell, cell), Image.Resampling.NEAREST)
         grid.paste(tile, (x + (width - cell) // 2, y))
-        text = "\n".join(textwrap.wrap(label, width=width // 5)[:4])
+        text = "\n".join(textwrap.wrap(label, width=width // 5)[:5])
         draw.multiline_text((x + 2, y + cell + 1), text, fill="black", font=font, spacing=0)
     return grid
