@@ -42,7 +42,7 @@ def main() -> None:
     work = Path(args.keep or tempfile.mkdtemp(prefix="sdlab-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     copy_repo(Path(args.params), work)
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", PYTHONPATH=str(work / "src"))
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=work, env=env, capture_output=True, text=True)
     total = time.perf_counter() - started

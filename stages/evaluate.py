@@ -25,7 +25,8 @@ def main(args, params):
     rows = val.to_pylist()[: cfg.num_samples]
     if not rows:
         raise DataError("the val split is empty (raise dedupe.val_fraction)")
-    mean, _ = load_latents(latents_dir, val)
+    stored = load_latents(latents_dir, val)
+    mean = stored["mean" if "mean" in stored else "sample"][:, 0]  # the unflipped view
     hidden = load_text(latents_dir)[val["caption_id"].to_pylist()]
     scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)  # the training noise schedule
     losses = heldout_loss(pipeline.unet, scheduler, mean, hidden,

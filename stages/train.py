@@ -24,16 +24,15 @@ def main(args, params):
     meta = read_json(latents_dir / "meta.json")
     index = read_table(latents_dir / "index.parquet")
     train_index = index.filter(pc.equal(index["split"], "train"))
-    mean, std = load_latents(latents_dir, train_index)
     text = load_text(latents_dir)
-    data = TrainData(mean, std, torch.tensor(train_index["caption_id"].to_pylist()), text)
+    data = TrainData(load_latents(latents_dir, train_index), torch.tensor(train_index["caption_id"].to_pylist()), text)
     channels, size = meta["latent_shape"][0], meta["latent_shape"][1]
     unet = build_unet(cfg.unet, size, channels, cross_attention_dim=text.shape[-1])
     fingerprint = hashlib.sha256(((latents_dir / "meta.json").read_text()
                                   + "\n".join(train_index["key"].to_pylist())).encode()).hexdigest()
     with Live(dir=args.live, dvcyaml=None, save_dvc_exp=False) as live:
         unet, summary = train_unet(unet, data, cfg, Path(args.checkpoints), fingerprint, live)
-    tokenizer, text_encoder = load_text_encoder(meta["text_encoder"], meta["max_length"])
+    tokenizer, text_encoder = load_text_encoder(**meta["text_encoder"])
     pipeline = build_pipeline(unet, AutoencoderKL.from_pretrained(args.vae), tokenizer, text_encoder,
                               make_noise_scheduler(cfg))
     save_pipeline(pipeline, Path(args.out))

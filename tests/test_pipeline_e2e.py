@@ -20,7 +20,8 @@ pytestmark = pytest.mark.e2e
 
 
 def dvc(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", HF_HUB_OFFLINE="1",
+               PYTHONPATH=str(workdir / "src"))  # the copy runs its own code
     result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=workdir, env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"

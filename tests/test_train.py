@@ -17,7 +17,8 @@ def data(poison: bool = False) -> TrainData:
     mean = torch.randn(10, 4, 4, 4, generator=g)
     if poison:
         mean[:] = float("inf")
-    return TrainData(mean, torch.full_like(mean, 0.1), torch.arange(10) % 3 + 1, torch.randn(4, 5, 16, generator=g))
+    latents = {"mean": mean[:, None], "std": torch.full_like(mean, 0.1)[:, None]}  # one view
+    return TrainData(latents, torch.arange(10) % 3 + 1, torch.randn(4, 5, 16, generator=g))
 
 
 def fresh_unet():
@@ -96,3 +97,12 @@ def test_training_reduces_the_loss(tmp_path):
 
     train_unet(fresh_unet(), data(), cfg, tmp_path, "d", live=Record())
     assert losses[-1] < losses[0] * 0.8
+
+
+def test_sampled_store_with_flipped_views_trains(tmp_path):
+    base = data()
+    views = torch.cat([base.latents["mean"], base.latents["mean"].flip(-1)], dim=1)  # (N, 2, C, h, w)
+    flipped = TrainData({"sample": views}, base.caption_ids, base.text)
+    assert flipped.views == 2
+    _, summary = train_unet(fresh_unet(), flipped, CFG, tmp_path, "d")
+    assert summary["final_step"] == 6 and summary["final_loss"] > 0

