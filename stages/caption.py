@@ -12,17 +12,23 @@ from sdlab.stage import parse_args, stage
 
 @stage("caption")
 def main(args, params):
+    cfg = params.caption
     rows = read_table(Path(args.index)).to_pylist()
-    results = CAPTIONERS[params.caption.backend](rows, params.caption, Path(args.shards))
-    table = pa.table({"key": [r["key"] for r in rows], "caption": [c for c, _ in results],
-                      "backend": [params.caption.backend] * len(rows), "reason": [why for _, why in results]})
+    Path(args.cache).mkdir(parents=True, exist_ok=True)
+    result = CAPTIONERS[cfg.backend](rows, cfg, Path(args.shards), Path(args.cache))
+    captions = result.captions
+    table = pa.table({"key": [r["key"] for r in rows], "caption": [c for c, _ in captions],
+                      "backend": [cfg.backend] * len(rows), "reason": [why for _, why in captions]})
+    if cfg.backend == "qwen2.5-vl":
+        table = table.append_column("model", pa.array([cfg.model] * len(rows)))
+        table = table.append_column("prompt_hash", pa.array([result.stats["prompt_hash"]] * len(rows)))
     write_table(Path(args.out) / "captions.parquet", table)
-    reasons = Counter(why for _, why in results if why)
+    reasons = Counter(why for _, why in captions if why)
     stats = {"captioned": len(rows), "fallbacks": sum(reasons.values()), "by_reason": dict(sorted(reasons.items())),
-             "empty": sum(1 for c, _ in results if not c)}
+             "empty": sum(1 for c, _ in captions if not c), **result.stats}
     write_json(Path(args.report) / "stats.json", stats)
     print(f"caption: {len(rows)} captions ({stats['fallbacks']} fallbacks {stats['by_reason']})")
 
 
 if __name__ == "__main__":
-    main(parse_args(__doc__, "index", "shards", "out", "report"))
+    main(parse_args(__doc__, "index", "shards", "cache", "out", "report"))

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sdlab.prompts import DEFAULT_PROMPT
+
 
 
 class ConfigError(ValueError):
@@ -55,13 +57,26 @@ class DedupeConfig(Section):
 
 
 class CaptionConfig(Section):
-    backend: Literal["template"] = "template"
+    backend: Literal["template", "original", "qwen2.5-vl"] = "template"
     template: str = (
         "{title} emoji with a {head_shape} head, {eyes} eyes, {mouth} mouth, "
         "{expression} expression, {skin_color} skin color, {action}, "
         "with a {background} background."
     )
     fallback_template: str = "{title} emoji"
+    # qwen2.5-vl: a hub id or a local folder; greedy decoding, batched with left padding
+    model: str = "Qwen/Qwen2.5-VL-3B-Instruct"
+    prompt: str = DEFAULT_PROMPT  # `{title}` is replaced by the image's title
+    batch_size: int = Field(8, gt=0)
+    max_new_tokens: int = Field(64, gt=0)
+    min_pixels: int = Field(112 * 112, gt=0)
+    max_pixels: int = Field(448 * 448, gt=0)
+    min_chars: int = Field(20, ge=0)  # validation; a failing caption falls back to the template
+    max_chars: int = Field(300, gt=0)
+    require_title: bool = True
+    workers: int | None = Field(None, gt=0)  # null: one per visible GPU; on CPU, cores / threads_per_worker
+    threads_per_worker: int | None = Field(None, gt=0)  # CPU; null: all cores in one worker
+    precision: Literal["fp32", "fp16", "bf16"] = "bf16"  # on GPUs; CPUs always use fp32
 
 
 class VaeConfig(Section):

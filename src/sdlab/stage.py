@@ -11,8 +11,11 @@ from typing import Callable
 
 from sdlab.config import ConfigError, Params, load_params
 from sdlab.data.records import DataError
+from sdlab.workers import WorkerError
 
-EXPECTED_ERRORS = (ConfigError, DataError, FileNotFoundError, FloatingPointError, ImportError)
+# Errors that mean "fix your input or config", reported as one line (a worker's own
+# traceback is printed by that worker before the pool raises WorkerError).
+EXPECTED_ERRORS = (ConfigError, DataError, FileNotFoundError, FloatingPointError, ImportError, WorkerError)
 
 
 def parse_args(description: str, *paths: str) -> argparse.Namespace:

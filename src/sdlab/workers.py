@@ -64,7 +64,8 @@ def node_split(num_nodes: int | None, node_rank: int | None) -> tuple[int, int]:
         num_nodes = int(os.environ.get("NNODES", os.environ.get("WORLD_SIZE_NODES", "1")))
         rank = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")))
     if not 0 <= rank < num_nodes:
-        raise ValueError(f"node rank {rank} is outside 0..{num_nodes - 1}")
+        from sdlab.config import ConfigError
+        raise ConfigError(f"encode.node_rank: must be in 0..{num_nodes - 1} (num_nodes {num_nodes}), got {rank}")
     return rank, num_nodes
 
 

@@ -1,0 +1,88 @@
+"""Caption with Qwen2.5-VL on a pool of worker processes, through the content cache."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from sdlab.caption.cache import CacheWriter, read_cache
+from sdlab.caption.qwen_vl import GenerationSettings
+from sdlab.data.shards import png_to_array, read_shard
+from sdlab.workers import Slot, assign, plan_slots, run_pool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CaptionJob:
+    cache_key: str
+    key: str
+    shard: str
+    title: str
+
+
+@dataclass(frozen=True)
+class CaptionSpec:
+    settings: GenerationSettings
+    shards_dir: str
+    cache_dir: str
+    batch_size: int
+    precision: str
+    jobs: tuple[CaptionJob, ...]
+
+
+class ShardImages:
+    """Images by (shard, key), keeping the last shard read (jobs come sorted by shard)."""
+
+    def __init__(self, shards_dir: str):
+        self.shards_dir, self.name, self.samples = Path(shards_dir), None, {}
+
+    def get(self, shard: str, key: str) -> Image.Image:
+        if shard != self.name:
+            self.name, self.samples = shard, read_shard(self.shards_dir / shard)
+        sample = self.samples[key]
+        return Image.fromarray(png_to_array(sample.get("png") or sample["jpg"]))
+
+
+def caption_worker(slot: Slot, spec: CaptionSpec) -> None:
+    """Worker body: caption this slot's share, appending each finished batch to the cache."""
+    import torch
+    from sdlab.caption.qwen_vl import QwenCaptioner
+
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s caption[{slot.rank}] %(levelname)s: %(message)s")
+    jobs = assign(spec.jobs, slot.rank, slot.world)
+    if not jobs:
+        return
+    captioner = QwenCaptioner(spec.settings, "cuda" if torch.cuda.is_available() else "cpu", spec.precision)
+    writer = CacheWriter(spec.cache_dir, f"part-{slot.rank:03d}-{os.getpid()}")
+    images = ShardImages(spec.shards_dir)
+    batches = [jobs[i:i + spec.batch_size] for i in range(0, len(jobs), spec.batch_size)]
+    for batch in tqdm(batches, desc=f"caption[{slot.rank}]", unit="batch", disable=slot.rank != 0):
+        raw = captioner.generate([images.get(j.shard, j.key) for j in batch], [j.title for j in batch])
+        writer.append([{"key": j.cache_key, "image": j.key, "raw": text, "model": spec.settings.model,
+                        "prompt_hash": spec.settings.prompt_hash} for j, text in zip(batch, raw)])
+
+
+def caption_missing(rows: list[dict], settings: GenerationSettings, shards_dir: str, cache_dir: str,
+                    batch_size: int, workers: int | None, threads_per_worker: int | None,
+                    precision: str) -> tuple[dict[str, dict], int]:
+    """Caption every row whose cache key is missing; return (cache, number captioned now)."""
+    cache = read_cache(cache_dir)
+    todo, queued = [], set()
+    for row in sorted(rows, key=lambda r: (r["shard"], r["key"])):
+        cache_key = settings.cache_key(row["md5"])
+        if cache_key not in cache and cache_key not in queued:  # same bytes: captioned once
+            queued.add(cache_key)
+            todo.append(CaptionJob(cache_key, row["key"], row["shard"], str(row.get("title") or "")))
+    if todo:
+        slots = plan_slots(workers, threads_per_worker or os.cpu_count() or 1)
+        log.info("captioning %d of %d images on %d worker(s)", len(todo), len(rows), len(slots))
+        run_pool(caption_worker, CaptionSpec(settings, str(shards_dir), str(cache_dir), batch_size, precision,
+                                             tuple(todo)), slots)
+        cache = read_cache(cache_dir)
+    return cache, len(todo)

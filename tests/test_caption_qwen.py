@@ -1,0 +1,107 @@
+"""The qwen2.5-vl backend, run for real from a tiny random Qwen2.5-VL built offline."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from sdlab.caption import CAPTIONERS
+from sdlab.caption.cache import CacheWriter, read_cache
+from sdlab.caption.qwen_vl import GenerationSettings, QwenCaptioner, clean_caption, validate_caption
+from sdlab.caption.tiny_qwen import build_tiny_qwen
+from sdlab.config import CaptionConfig, DownloadConfig, ScrapeConfig, SyntheticConfig
+from sdlab.data.download import pack_local
+from sdlab.sources import synthetic
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen(tmp_path_factory):
+    return str(build_tiny_qwen(tmp_path_factory.mktemp("qwen") / "tiny-qwen"))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """12 blob images in 3 shards, as the download stage writes them."""
+    root = tmp_path_factory.mktemp("qwen-data")
+    records = synthetic.scrape(ScrapeConfig(seed=11, synthetic=SyntheticConfig(num_images=12, image_px=64,
+                                                                               duplicate_fraction=0)), root / "raw")
+    index, _ = pack_local(pa.Table.from_pylist(records), DownloadConfig(image_px=32, shard_size=4, processes=1),
+                          root / "shards")
+    return root / "shards", index.to_pylist()
+
+
+def config(model: str, **overrides) -> CaptionConfig:
+    base = dict(backend="qwen2.5-vl", model=model, batch_size=4, max_new_tokens=8, min_pixels=56 * 56,
+                max_pixels=56 * 56, workers=1, threads_per_worker=1)
+    return CaptionConfig(**{**base, **overrides})
+
+
+def run(rows, cfg, shards, cache):
+    return CAPTIONERS["qwen2.5-vl"](rows, cfg, shards, cache)
+
+
+def test_batched_captions_equal_unbatched_ones(tiny_qwen, images):
+    from PIL import Image
+    from sdlab.data.shards import load_images
+    shards, rows = images
+    pictures = [Image.fromarray(a) for a in load_images(shards, rows[:4])]
+    titles = [r["title"] + "x" * i for i, r in enumerate(rows[:4])]  # different prompt lengths: real padding
+    captioner = QwenCaptioner(GenerationSettings(tiny_qwen, "Describe {title}.", 8, 56 * 56, 56 * 56))
+    batched = captioner.generate(pictures, titles)
+    assert batched == [captioner.generate([p], [t])[0] for p, t in zip(pictures, titles)]
+    assert all(isinstance(text, str) for text in batched)
+
+
+def test_cache_hits_on_rerun_and_only_new_images_are_captioned(tiny_qwen, images, tmp_path):
+    shards, rows = images
+    cfg = config(tiny_qwen)
+    first = run(rows[:8], cfg, shards, tmp_path)
+    assert first.stats["captioned_now"] == 8 and first.stats["cache_hits"] == 0
+    again = run(rows[:8], cfg, shards, tmp_path)
+    assert again.stats["captioned_now"] == 0 and again.captions == first.captions
+    more = run(rows, cfg, shards, tmp_path)
+    assert more.stats["captioned_now"] == 4 and more.captions[:8] == first.captions
+    changed = run(rows, config(tiny_qwen, prompt="Name the color of {title}."), shards, tmp_path)
+    assert changed.stats["captioned_now"] == 12  # a new prompt recaptions everything
+
+
+def test_invalid_captions_fall_back_to_the_template_with_a_counted_reason(tiny_qwen, images, tmp_path):
+    shards, rows = images
+    result = run(rows, config(tiny_qwen), shards, tmp_path)  # random weights never write the title
+    assert all(reason.startswith("invalid_") for _, reason in result.captions)
+    assert [c for c, _ in result.captions] == [r["caption"] for r in rows]  # the template caption, exact
+    lenient = run(rows, config(tiny_qwen, require_title=False, min_chars=0), shards, tmp_path)
+    assert lenient.stats["captioned_now"] == 0  # validation bounds do not recaption
+    raw = read_cache(tmp_path)
+    settings = GenerationSettings(tiny_qwen, CaptionConfig().prompt, 8, 56 * 56, 56 * 56)
+    assert [c for c, why in lenient.captions if not why] == [
+        clean_caption(raw[settings.cache_key(r["md5"])]["raw"]) for r, (_, why) in zip(rows, lenient.captions) if not why]
+
+
+def test_two_cpu_workers_give_the_same_table_as_one(tiny_qwen, images, tmp_path):
+    shards, rows = images
+    cfg = config(tiny_qwen, require_title=False, min_chars=0)
+    one = run(rows, cfg, shards, tmp_path / "one")
+    two = run(rows, cfg.model_copy(update={"workers": 2}), shards, tmp_path / "two")
+    assert one.captions == two.captions
+    assert len(list((tmp_path / "two").glob("*.jsonl"))) == 2  # each worker wrote its own part
+
+
+def test_a_write_cut_short_by_a_kill_is_ignored(tmp_path):
+    writer = CacheWriter(tmp_path, "part-000-1")
+    writer.append([{"key": "a", "raw": "first"}])
+    with open(writer.path, "a") as handle:
+        handle.write('{"key": "b", "raw": "half a li')  # killed mid-write
+    assert read_cache(tmp_path) == {"a": {"key": "a", "raw": "first"}}
+
+
+def test_clean_and_validate():
+    assert clean_caption('assistant\n"blobhappy emoji with a round head."\nextra line') == "blobhappy emoji with a round head."
+    assert clean_caption("  ``  ") == ""
+    assert validate_caption("", "blob", 5, 50, True) == "empty"
+    assert validate_caption("blob", "blob", 5, 50, True) == "too_short"
+    assert validate_caption("x" * 60, "", 5, 50, True) == "too_long"
+    assert validate_caption("a happy emoji face", "blobhappy", 5, 50, True) == "missing_title"
+    assert validate_caption("BlobHappy emoji face", "blobhappy", 5, 50, True) == ""
