@@ -105,3 +105,26 @@ def test_clean_and_validate():
     assert validate_caption("x" * 60, "", 5, 50, True) == "too_long"
     assert validate_caption("a happy emoji face", "blobhappy", 5, 50, True) == "missing_title"
     assert validate_caption("BlobHappy emoji face", "blobhappy", 5, 50, True) == ""
+
+
+def test_caption_stage_writes_the_table_and_counts_fallbacks(tiny_qwen, images, tmp_path):
+    import pyarrow.parquet as pq
+    from conftest import run_stage
+    shards, rows = images
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "index.parquet")
+    (tmp_path / "params.yaml").write_text(
+        f"caption:\n  backend: qwen2.5-vl\n  model: {tiny_qwen}\n  batch_size: 6\n  max_new_tokens: 6\n"
+        f"  min_pixels: 3136\n  max_pixels: 3136\n  workers: 1\n")
+    args = ["--params", str(tmp_path / "params.yaml"), "--index", str(tmp_path / "index.parquet"),
+            "--shards", str(shards), "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
+            "--report", str(tmp_path / "report")]
+    result = run_stage("caption.py", *args)
+    assert result.returncode == 0, result.stderr
+    table = pq.read_table(tmp_path / "out" / "captions.parquet")
+    assert table.column_names == ["key", "caption", "backend", "reason", "model", "prompt_hash"]
+    assert table["key"].to_pylist() == [r["key"] for r in rows]
+    stats = json.loads((tmp_path / "report" / "stats.json").read_text())
+    assert stats["captioned_now"] == 12 and stats["fallbacks"] == 12
+    assert sum(stats["by_reason"].values()) == 12 and all(k.startswith("invalid_") for k in stats["by_reason"])
+    assert run_stage("caption.py", *args).returncode == 0  # rerun: all from the cache
+    assert json.loads((tmp_path / "report" / "stats.json").read_text())["cache_hits"] == 12

@@ -57,16 +57,22 @@ def plan_slots(workers: int | None, threads_per_worker: int = 1) -> list[Slot]:
 
 
 def node_split(num_nodes: int | None, node_rank: int | None) -> tuple[int, int]:
-    """(node rank, number of nodes) from params, else torchrun/accelerate variables."""
-    if num_nodes is not None:
-        rank = node_rank or 0
-    else:
-        num_nodes = int(os.environ.get("NNODES", os.environ.get("WORLD_SIZE_NODES", "1")))
-        rank = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")))
-    if not 0 <= rank < num_nodes:
+    """(node rank, number of nodes) from params, else from the launcher's environment:
+    `NNODES`/`NODE_RANK`, or torchrun's `WORLD_SIZE / LOCAL_WORLD_SIZE` and `GROUP_RANK`."""
+    env = os.environ
+    if num_nodes is None:
+        if "NNODES" in env:
+            num_nodes = int(env["NNODES"])
+        elif "WORLD_SIZE" in env and "LOCAL_WORLD_SIZE" in env:
+            num_nodes = max(1, int(env["WORLD_SIZE"]) // int(env["LOCAL_WORLD_SIZE"]))
+        else:
+            num_nodes = 1
+    if node_rank is None:
+        node_rank = int(env.get("NODE_RANK", env.get("GROUP_RANK", "0")))
+    if not 0 <= node_rank < num_nodes:
         from sdlab.config import ConfigError
-        raise ConfigError(f"encode.node_rank: must be in 0..{num_nodes - 1} (num_nodes {num_nodes}), got {rank}")
-    return rank, num_nodes
+        raise ConfigError(f"encode.node_rank: must be in 0..{num_nodes - 1} (num_nodes {num_nodes}), got {node_rank}")
+    return node_rank, num_nodes
 
 
 def assign(jobs: Sequence, rank: int, world: int) -> list:

@@ -1,0 +1,65 @@
+import os
+
+import pytest
+
+from sdlab.config import ConfigError
+from sdlab.workers import Slot, WorkerError, assign, node_split, plan_slots, run_pool
+
+
+def test_nodes_and_workers_split_the_jobs_exactly_once():
+    jobs = list(range(23))
+    seen = []
+    for node in range(3):
+        node_jobs = assign(jobs, node, 3)
+        for worker in range(2):
+            seen += assign(node_jobs, worker, 2)
+    assert sorted(seen) == jobs
+
+
+def test_node_split_reads_params_then_the_launcher_environment(monkeypatch):
+    for name in ("NNODES", "NODE_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert node_split(None, None) == (0, 1)
+    assert node_split(4, 2) == (2, 4)
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    monkeypatch.setenv("GROUP_RANK", "1")
+    assert node_split(None, None) == (1, 2)  # torchrun: 2 nodes of 8
+    with pytest.raises(ConfigError, match="encode.node_rank"):
+        node_split(2, 5)
+
+
+def test_cpu_slots_split_the_cores(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    slots = plan_slots(None, threads_per_worker=1)
+    assert len(slots) == (os.cpu_count() or 1) and all(s.device is None and s.threads == 1 for s in slots)
+    assert [s.rank for s in plan_slots(3, 1)] == [0, 1, 2]
+
+
+def test_gpu_slots_get_one_device_each(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    assert [s.device for s in plan_slots(None)] == ["2", "5"]
+    assert [s.device for s in plan_slots(3)] == ["2", "5", "2"]
+
+
+def report_environment(slot: Slot, out_dir: str) -> None:
+    import torch
+    with open(f"{out_dir}/{slot.rank}.txt", "w") as handle:
+        handle.write(f"{os.environ['CUDA_VISIBLE_DEVICES']}|{torch.get_num_threads()}")
+
+
+def test_each_worker_process_sees_only_its_device_before_torch_loads(tmp_path):
+    slots = [Slot(0, 2, "3", 1), Slot(1, 2, "7", 1)]
+    run_pool(report_environment, str(tmp_path), slots)
+    assert (tmp_path / "0.txt").read_text() == "3|1"
+    assert (tmp_path / "1.txt").read_text() == "7|1"
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") != "3"  # the parent's environment is restored
+
+
+def fail(slot: Slot, payload) -> None:
+    raise RuntimeError("boom")
+
+
+def test_a_failing_worker_fails_the_pool_with_its_rank():
+    with pytest.raises(WorkerError, match="worker 0 .* exited with 1"):
+        run_pool(fail, None, [Slot(0, 1, None, 1)])
