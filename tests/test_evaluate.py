@@ -60,6 +60,17 @@ def test_same_seed_same_image_other_seed_other_image(tiny_pipeline_dir):
     assert not np.array_equal(first[0], first[1])
 
 
+def test_scheduler_is_a_param_and_keeps_the_noise_schedule(tiny_pipeline_dir):
+    from diffusers import DDIMScheduler
+    from sdlab.evaluate import use_scheduler
+    pipeline = load_pipeline(tiny_pipeline_dir)
+    betas = pipeline.scheduler.betas.clone()
+    use_scheduler(pipeline, "ddim")
+    assert isinstance(pipeline.scheduler, DDIMScheduler) and torch.equal(pipeline.scheduler.betas, betas)
+    images = generate(pipeline, ["blobsad emoji"], [0], steps=3, guidance=2.0, batch_size=1, progress=False)
+    assert images.shape == (1, 16, 16, 3)
+
+
 def test_heldout_loss_is_deterministic(tiny_pipeline_dir):
     pipeline = load_pipeline(tiny_pipeline_dir)
     latents = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(0))

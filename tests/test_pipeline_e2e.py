@@ -99,8 +99,10 @@ def test_evaluation_metrics_and_grid(repo):
     metrics = json.loads((repo / "reports/evaluate/metrics.json").read_text())
     assert metrics["num_samples"] == 8 and metrics["heldout_loss"] > 0
     assert len(metrics["heldout_loss_by_t"]) == 4
-    assert set(metrics["adherence"]) == {"skin_color", "head_shape"}
+    assert set(metrics["adherence"]) == {"skin_color", "head_shape", "expression", "eyes", "mouth", "action"}
+    assert set(metrics["judge_accuracy_on_real"]) == set(metrics["adherence"])
     assert metrics["judge_accuracy_on_real"]["skin_color"] == 1.0
+    assert metrics["fid_blob_judge"] > 0 and "fid_inception" not in metrics  # a substitute, named as one
     assert (repo / "reports/evaluate/samples.png").stat().st_size > 1000
     shown = dvc(repo, "metrics", "show").stdout
     assert "heldout_loss" in shown and "dropped_by_reason" in shown

@@ -152,12 +152,14 @@ class TrainConfig(Section):
 
 
 class EvaluateConfig(Section):
+    scheduler: Literal["dpm_solver_multistep", "ddim", "euler", "euler_ancestral", "pndm", "unipc"] = "dpm_solver_multistep"
     num_samples: int = Field(64, gt=0)
     num_inference_steps: int = Field(20, gt=0)
     guidance_scale: float = Field(5.0, ge=1)
     batch_size: int = Field(32, gt=0)
     loss_timesteps: int = Field(10, gt=0)
     grid_columns: int = Field(8, gt=0)
+    judge_steps: int = Field(300, ge=1)  # training steps of the attribute classifier (synthetic source)
     seed: int = 0
 
 

@@ -65,3 +65,53 @@ def sample_grid(images: np.ndarray, labels: list[str], columns: int, label_px: i
         text = "\n".join(textwrap.wrap(label, width=width // 5)[:5])
         draw.multiline_text((x + 2, y + cell + 1), text, fill="black", font=font, spacing=0)
     return grid
+
+
+SCHEDULERS = {
+    "dpm_solver_multistep": "DPMSolverMultistepScheduler",
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_ancestral": "EulerAncestralDiscreteScheduler",
+    "pndm": "PNDMScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}
+
+
+def use_scheduler(pipeline, name: str) -> None:
+    """Swap the pipeline's sampler for `name`, keeping the trained noise schedule."""
+    import diffusers
+    pipeline.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(pipeline.scheduler.config)
+
+
+def fid_kid(extractor: torch.nn.Module, real: np.ndarray, generated: np.ndarray) -> tuple[float, float]:
+    """FID and KID (mean) between two uint8 (N, H, W, 3) sets, in `extractor`'s feature space."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    subset = max(2, min(50, len(real), len(generated)))
+    fid = FrechetInceptionDistance(feature=extractor, normalize=False)
+    kid = KernelInceptionDistance(feature=extractor, subset_size=subset, normalize=False)
+    for images, is_real in ((real, True), (generated, False)):
+        batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # uint8 (N, 3, H, W)
+        fid.update(batch, real=is_real)
+        kid.update(batch, real=is_real)
+    return float(fid.compute()), float(kid.compute()[0])
+
+
+def judge_samples(generated: np.ndarray, rows: list[dict], real_val: np.ndarray, real_train: np.ndarray,
+                  train_rows: list[dict], judge_steps: int, seed: int) -> dict:
+    """Adherence per attribute (pixel judges for color and head shape, a classifier trained
+    on the real train images for the rest), each judge's accuracy on the real val images,
+    and FID/KID in the classifier's feature space (named as the substitute they are)."""
+    from sdlab.attribute_classifier import CLASSES, FeatureExtractor, accuracy, train_classifier
+    from sdlab.judge import adherence
+
+    classifier = train_classifier(real_train, train_rows, judge_steps, seed)
+    learned = [name for name in CLASSES if name != "head_shape"]  # head shape: the exact pixel judge
+    adherence_scores = {**adherence(generated, rows), **{k: v for k, v in accuracy(classifier, generated, rows).items()
+                                                        if k in learned}}
+    judge_scores = {**adherence(real_val, rows), **{k: v for k, v in accuracy(classifier, real_val, rows).items()
+                                                   if k in learned}}
+    fid, kid = fid_kid(FeatureExtractor(classifier), real_val, generated)
+    return {"adherence": adherence_scores, "judge_accuracy_on_real": judge_scores,
+            "fid_blob_judge": fid, "kid_blob_judge": kid}

@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+
+from sdlab.attribute_classifier import FeatureExtractor, accuracy, train_classifier
+from sdlab.data.images import composite_on_white, fit_square
+from sdlab.evaluate import fid_kid
+from sdlab.sources.synthetic import ATTRIBUTES, draw_blob, sample_blob
+
+
+def blobs(seed: int, count: int, px: int = 32):
+    drawn = [sample_blob(np.random.default_rng([seed, i])) for i in range(count)]
+    images = np.stack([np.asarray(fit_square(composite_on_white(draw_blob(b, 128)), px)) for b in drawn])
+    return images, [{a: getattr(b, a) for a in ATTRIBUTES} for b in drawn]
+
+
+@pytest.fixture(scope="module")
+def judge():
+    train, train_rows = blobs(1, 800)
+    return train_classifier(train, train_rows, steps=200, seed=0)
+
+
+def test_classifier_reads_attributes_of_real_images_and_not_of_noise(judge):
+    val, rows = blobs(2, 200)
+    real = accuracy(judge, val, rows)
+    assert real["eyes"] > 0.8 and real["head_shape"] > 0.8
+    noise = np.random.default_rng(0).integers(0, 256, val.shape, dtype=np.uint8)
+    assert all(score < 0.45 for score in accuracy(judge, noise, rows).values())
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise(judge):
+    val, _ = blobs(2, 120)
+    extractor = FeatureExtractor(judge)
+    fid_self, _ = fid_kid(extractor, val, val)
+    assert abs(fid_self) < 1e-3
+    rng = np.random.default_rng(1)
+    scores = [fid_kid(extractor, val, np.clip(val + rng.normal(0, s, val.shape), 0, 255).astype(np.uint8))
+              for s in (10, 40, 100)]
+    assert scores[0][0] < scores[1][0] < scores[2][0]
+    assert scores[0][1] < scores[2][1]  # KID too
