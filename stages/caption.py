@@ -7,6 +7,7 @@ import pyarrow as pa
 
 from sdlab.caption import CAPTIONERS
 from sdlab.io import read_table, write_json, write_table
+from sdlab.reports import sheet_of_shards
 from sdlab.stage import parse_args, stage
 
 
@@ -27,6 +28,8 @@ def main(args, params):
     stats = {"captioned": len(rows), "fallbacks": sum(reasons.values()), "by_reason": dict(sorted(reasons.items())),
              "empty": sum(1 for c, _ in captions if not c), **result.stats}
     write_json(Path(args.report) / "stats.json", stats)
+    sheet_of_shards(Path(args.report) / "sheet.png", rows, args.shards,
+                    {r["key"]: c for r, (c, _) in zip(rows, captions)})
     print(f"caption: {len(rows)} captions ({stats['fallbacks']} fallbacks {stats['by_reason']})")
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from sdlab.data.dedupe import dedupe
 from sdlab.io import read_table, write_json, write_table
+from sdlab.reports import sheet_of_shards
 from sdlab.stage import parse_args, stage
 
 
@@ -14,9 +15,11 @@ def main(args, params):
     write_table(Path(args.out) / "index.parquet", kept)
     write_table(Path(args.out) / "duplicates.parquet", duplicates)
     write_json(Path(args.report) / "stats.json", stats)
+    labels = {r["key"]: f"{r['split']}: {r.get('title') or r['key']}" for r in kept.to_pylist()}
+    sheet_of_shards(Path(args.report) / "sheet.png", kept.to_pylist(), args.shards, labels)
     print(f"dedupe: kept {stats['kept']} ({stats['train']} train, {stats['val']} val), "
           f"{stats['duplicates']} duplicates")
 
 
 if __name__ == "__main__":
-    main(parse_args(__doc__, "index", "out", "report"))
+    main(parse_args(__doc__, "index", "shards", "out", "report"))

@@ -5,6 +5,7 @@ from pathlib import Path
 from sdlab.data.download import pack_local
 from sdlab.data.records import DataError
 from sdlab.io import read_table, reset_dir, write_json, write_table
+from sdlab.reports import sheet_of_shards
 from sdlab.stage import parse_args, stage
 
 
@@ -15,6 +16,7 @@ def main(args, params):
     index, stats = pack_local(records, params.download, out / "shards")
     write_table(out / "index.parquet", index)
     write_json(Path(args.report) / "stats.json", stats)
+    sheet_of_shards(Path(args.report) / "sheet.png", index.to_pylist(), out / "shards")
     if stats["ok"] == 0:
         raise DataError(f"no image could be used: {stats['failed_by_reason']}")
     print(f"download: {stats['ok']} ok, {stats['failed']} failed {stats['failed_by_reason']}")

@@ -9,9 +9,11 @@ from diffusers import DDPMScheduler
 from sdlab.data.records import DataError
 from sdlab.data.shards import load_images
 from sdlab.encode import load_latents, load_text
-from sdlab.evaluate import generate, heldout_loss, judge_samples, sample_grid, timestep_grid, use_scheduler
+from sdlab.evaluate import (clip_score, fid_kid, generate, guidance_sweep, heldout_loss, inception_extractor,
+                            judge_samples, timestep_grid, use_scheduler)
 from sdlab.io import read_table, write_json
 from sdlab.models.pipeline import load_pipeline
+from sdlab.reports import read_curve, report_html, sample_grid
 from sdlab.stage import parse_args, stage
 
 
@@ -40,12 +42,24 @@ def main(args, params):
         train_rows = index.filter(pc.equal(index["split"], "train")).to_pylist()[:4000]
         metrics.update(judge_samples(images, rows, load_images(args.shards, rows),
                                      load_images(args.shards, train_rows), train_rows, cfg.judge_steps, cfg.seed))
+    if cfg.inception_weights:  # the standard features: only then the standard names
+        metrics["fid_inception"], metrics["kid_inception"] = fid_kid(
+            inception_extractor(cfg.inception_weights), load_images(args.shards, rows), images)
+    if cfg.clip_model:
+        metrics["clip_score"] = clip_score(cfg.clip_model, images, prompts)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sample_grid(images, prompts, cfg.grid_columns).save(out / "samples.png")
+    grid = sample_grid(images, prompts, cfg.grid_columns)
+    grid.save(out / "samples.png")
+    sweep, note = guidance_sweep(pipeline, prompts[: cfg.sweep_prompts], cfg.guidance_sweep, cfg.seed,
+                                 cfg.num_inference_steps)
+    curves = {f"train/{name}": read_curve(Path(args.curves) / "train" / f"{name}.tsv", name)
+              for name in ("loss", "lr", "samples_per_s")}
+    sampling = {k: getattr(cfg, k) for k in ("scheduler", "num_inference_steps", "guidance_scale", "num_samples", "seed")}
+    (out / "report.html").write_text(report_html(metrics, grid, sweep, note, curves, sampling))
     write_json(out / "metrics.json", metrics)
     print(f"evaluate: {metrics}")
 
 
 if __name__ == "__main__":
-    main(parse_args(__doc__, "latents", "shards", "pipeline", "out"))
+    main(parse_args(__doc__, "latents", "shards", "pipeline", "curves", "out"))

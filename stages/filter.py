@@ -5,6 +5,7 @@ from pathlib import Path
 from sdlab.data.filter import filter_records
 from sdlab.data.records import DataError, check_columns, REQUIRED_COLUMNS
 from sdlab.io import read_table, write_json, write_table
+from sdlab.reports import sheet_of_records
 from sdlab.stage import parse_args, stage
 
 
@@ -19,6 +20,7 @@ def main(args, params):
                         "(loosen the filter params)")
     write_table(Path(args.out) / "records.parquet", kept)
     write_table(Path(args.out) / "dropped.parquet", dropped)
+    sheet_of_records(Path(args.report) / "sheet.png", kept.to_pylist(), label="caption")
     print(f"filter: kept {kept.num_rows} of {records.num_rows}; dropped {stats['dropped_by_reason']}")
 
 

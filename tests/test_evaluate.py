@@ -10,7 +10,8 @@ from sdlab.config import UnetConfig, VaeConfig
 from sdlab.data.images import composite_on_white, fit_square
 from sdlab.diffusion import make_noise_scheduler
 from sdlab.config import TrainConfig
-from sdlab.evaluate import generate, heldout_loss, sample_grid, timestep_grid
+from sdlab.evaluate import generate, heldout_loss, timestep_grid
+from sdlab.reports import sample_grid
 from sdlab.judge import adherence
 from sdlab.models.pipeline import build_pipeline, load_pipeline, save_pipeline
 from sdlab.models.text_encoder import load_text_encoder
@@ -90,6 +91,11 @@ def test_generate_command_writes_a_reproducible_png(tiny_pipeline_dir, tmp_path)
         assert result.returncode == 0, result.stderr
     a, b = (np.asarray(Image.open(tmp_path / n)) for n in ("a.png", "b.png"))
     assert a.shape == (16, 16, 3) and np.array_equal(a, b)
+    result = subprocess.run(command + ["--num-images", "2", "--out", str(tmp_path / "many.png")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    first, second = (np.asarray(Image.open(tmp_path / f"many-{i}.png")) for i in (0, 1))
+    assert not np.array_equal(first, second)  # seeds 0 and 1
 
 
 def test_generate_command_names_a_folder_that_is_not_a_pipeline(tmp_path):
@@ -102,3 +108,50 @@ def test_sample_grid_has_one_cell_per_image():
     images, _ = real_blobs(6, px=16)
     grid = sample_grid(images, ["a prompt"] * 6, columns=3)
     assert grid.size[0] == 3 * 120 and grid.size[1] == 2 * (96 + 56)
+
+
+def test_clip_score_matches_the_models_own_similarity(tmp_path):
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+    from sdlab.evaluate import clip_score
+    tokenizer, _ = load_text_encoder(None, 77)
+    config = CLIPConfig(text_config=dict(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77),
+                        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                           num_attention_heads=2, image_size=32, patch_size=16), projection_dim=16)
+    torch.manual_seed(0)
+    model = CLIPModel(config).eval()
+    model.save_pretrained(tmp_path / "clip")
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                                 crop_size={"height": 32, "width": 32}),
+                              tokenizer=tokenizer)
+    processor.save_pretrained(tmp_path / "clip")
+    images, rows = real_blobs(4)
+    prompts = [f"a {r['skin_color']} blob" for r in rows]
+    score = clip_score(str(tmp_path / "clip"), images, prompts)
+    with torch.no_grad():
+        inputs = processor(text=prompts, images=list(images), return_tensors="pt", padding=True)
+        out = model(**inputs)
+        expected = (100 * (out.image_embeds * out.text_embeds).sum(-1)).clamp(min=0).mean().item()
+    assert score == pytest.approx(expected, abs=1e-3)
+
+
+def test_standard_inception_fid_loads_its_weights_from_a_local_file(tmp_path, monkeypatch):
+    from sdlab.config import ConfigError
+    from sdlab.evaluate import fid_kid, inception_extractor
+    from torchmetrics.image.fid import NoTrainInceptionV3
+    # Fabricate a weights file of the right architecture (random values): build the module with
+    # its weight loading switched off, save its state dict. The code under test then loads it.
+    with monkeypatch.context() as patch:
+        patch.setattr(NoTrainInceptionV3, "load_state_dict", lambda self, *a, **k: None)
+        import torch_fidelity.feature_extractor_inceptionv3 as fidelity
+        patch.setattr(fidelity.torch, "load", lambda *a, **k: {})
+        torch.save(NoTrainInceptionV3("inception-v3-compat", ["2048"], "unused").state_dict(),
+                   tmp_path / "inception.pth")
+    extractor = inception_extractor(str(tmp_path / "inception.pth"))
+    images, _ = real_blobs(6)
+    features = extractor(torch.from_numpy(images).permute(0, 3, 1, 2))
+    assert features.shape == (6, 2048)
+    fid_self, _ = fid_kid(extractor, images, images)
+    assert abs(fid_self) < 1e-2
+    with pytest.raises(ConfigError, match="evaluate.inception_weights: file not found"):
+        inception_extractor(str(tmp_path / "missing.pth"))

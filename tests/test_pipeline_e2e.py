@@ -104,6 +104,11 @@ def test_evaluation_metrics_and_grid(repo):
     assert metrics["judge_accuracy_on_real"]["skin_color"] == 1.0
     assert metrics["fid_blob_judge"] > 0 and "fid_inception" not in metrics  # a substitute, named as one
     assert (repo / "reports/evaluate/samples.png").stat().st_size > 1000
+    page = (repo / "reports/evaluate/report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "heldout_loss" in page and "<polyline" in page
+    for stage in ["scrape", "filter", "download", "dedupe", "caption"]:  # contact sheets of the data stages
+        from PIL import Image
+        assert Image.open(repo / f"reports/{stage}/sheet.png").size[0] >= 4 * 120
     shown = dvc(repo, "metrics", "show").stdout
     assert "heldout_loss" in shown and "dropped_by_reason" in shown
 

@@ -55,7 +55,8 @@ def test_all_images_unusable_is_a_clear_error(tmp_path):
 
 
 def test_missing_input_table_names_the_path(tmp_path):
-    result = run_stage("dedupe.py", "--params", str(REPO / "configs" / "tiny.yaml"), "--index", str(tmp_path / "none.parquet"),
+    result = run_stage("dedupe.py", "--params", str(REPO / "configs" / "tiny.yaml"),
+                       "--index", str(tmp_path / "none.parquet"), "--shards", str(tmp_path),
                        "--out", str(tmp_path / "o"), "--report", str(tmp_path / "r"))
     assert result.returncode == 1
     assert "none.parquet: table not found" in result.stderr and "Traceback" not in result.stderr

@@ -18,9 +18,10 @@ def _generate(args: argparse.Namespace) -> int:
     except (FileNotFoundError, OSError, ValueError) as exc:
         print(f"sdlab generate: cannot load {args.model}: {exc}", file=sys.stderr)
         return 1
+    pipeline.set_progress_bar_config(disable=False, desc="denoise")  # one bar over the sampling steps
     seeds = [args.seed + i for i in range(args.num_images)]
     images = generate(pipeline, [args.prompt] * args.num_images, seeds, args.steps, args.guidance,
-                      batch_size=args.num_images, negative_prompt=args.negative_prompt)
+                      batch_size=args.num_images, negative_prompt=args.negative_prompt, progress=False)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(images))]

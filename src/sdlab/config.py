@@ -159,7 +159,11 @@ class EvaluateConfig(Section):
     batch_size: int = Field(32, gt=0)
     loss_timesteps: int = Field(10, gt=0)
     grid_columns: int = Field(8, gt=0)
-    judge_steps: int = Field(300, ge=1)  # training steps of the attribute classifier (synthetic source)
+    guidance_sweep: list[float] = [1.0, 3.0, 5.0, 7.5]  # report: the same prompts at each scale
+    sweep_prompts: int = Field(4, ge=0)
+    judge_steps: int = Field(300, ge=1)
+    clip_model: str | None = None  # hub id or local folder of a CLIP model: adds clip_score
+    inception_weights: str | None = None  # torch-fidelity's pt_inception-2015-12-05 file: adds fid/kid_inception  # training steps of the attribute classifier (synthetic source)
     seed: int = 0
 
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import textwrap
-
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from sdlab.diffusion import epsilon_loss
@@ -48,23 +45,6 @@ def generate(pipeline, prompts: list[str], seeds: list[int], steps: int, guidanc
         images.append((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
     return np.concatenate(images)
 
-
-def sample_grid(images: np.ndarray, labels: list[str], columns: int, label_px: int = 56) -> Image.Image:
-    """Images in a grid with their wrapped labels underneath, upscaled to >= 96 px."""
-    scale = max(1, 96 // images.shape[1])
-    cell = images.shape[1] * scale
-    width = max(cell, 120)
-    rows = (len(images) + columns - 1) // columns
-    grid = Image.new("RGB", (columns * width, rows * (cell + label_px)), "white")
-    draw = ImageDraw.Draw(grid)
-    font = ImageFont.load_default(size=9)
-    for i, (image, label) in enumerate(zip(images, labels)):
-        x, y = (i % columns) * width, (i // columns) * (cell + label_px)
-        tile = Image.fromarray(image).resize((cell, cell), Image.Resampling.NEAREST)
-        grid.paste(tile, (x + (width - cell) // 2, y))
-        text = "\n".join(textwrap.wrap(label, width=width // 5)[:5])
-        draw.multiline_text((x + 2, y + cell + 1), text, fill="black", font=font, spacing=0)
-    return grid
 
 
 SCHEDULERS = {
@@ -115,3 +95,66 @@ def judge_samples(generated: np.ndarray, rows: list[dict], real_val: np.ndarray,
     fid, kid = fid_kid(FeatureExtractor(classifier), real_val, generated)
     return {"adherence": adherence_scores, "judge_accuracy_on_real": judge_scores,
             "fid_blob_judge": fid, "kid_blob_judge": kid}
+
+
+def guidance_sweep(pipeline, prompts: list[str], scales: list[float], seed: int, steps: int):
+    """The same prompts and seeds across guidance scales: a grid, one row per prompt."""
+    from sdlab.reports import sample_grid
+
+    if not prompts or not scales:
+        return None, ""
+    images, labels = [], []
+    for i, prompt in enumerate(prompts):
+        for scale in scales:
+            images.append(generate(pipeline, [prompt], [seed + i], steps, scale, 1, progress=False)[0])
+            labels.append(f"guidance {scale:g}")
+    note = " | ".join(f"row {i + 1}: {p}" for i, p in enumerate(prompts))
+    return sample_grid(np.stack(images), labels, len(scales), label_px=16), note
+
+
+class PooledCLIP(torch.nn.Module):
+    """A CLIPModel whose get_image_features/get_text_features return tensors.
+
+    transformers 5 returns `BaseModelOutputWithPooling` from both (the projected embedding
+    is its `pooler_output`), which breaks torchmetrics' CLIPScore (`.norm` on the output)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config = model, model.config
+
+    @staticmethod
+    def _tensor(output):
+        return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+    def get_image_features(self, *args, **kwargs) -> torch.Tensor:
+        return self._tensor(self.model.get_image_features(*args, **kwargs))
+
+    def get_text_features(self, *args, **kwargs) -> torch.Tensor:
+        return self._tensor(self.model.get_text_features(*args, **kwargs))
+
+
+def clip_score(model_name_or_path: str, images: np.ndarray, prompts: list[str]) -> float:
+    """torchmetrics CLIPScore (100 x cosine, floored at 0) of images against their prompts."""
+    from torchmetrics.multimodal.clip_score import CLIPScore
+    from transformers import CLIPModel, CLIPProcessor
+
+    def load():
+        return (PooledCLIP(CLIPModel.from_pretrained(model_name_or_path).eval()),
+                CLIPProcessor.from_pretrained(model_name_or_path))
+
+    metric = CLIPScore(model_name_or_path=load)
+    metric.update(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2), prompts)
+    return float(metric.compute())
+
+
+def inception_extractor(weights_path: str) -> torch.nn.Module:
+    """The standard FID InceptionV3 (2048-d pool features), weights from a local file."""
+    from pathlib import Path
+
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    if not Path(weights_path).is_file():
+        from sdlab.config import ConfigError
+        raise ConfigError(f"evaluate.inception_weights: file not found: {weights_path}")
+    return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                              feature_extractor_weights_path=weights_path)

@@ -1,0 +1,149 @@
+"""What a person looks at: contact sheets of data stages and the evaluation report page."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from sdlab.data.images import composite_on_white, fit_square
+
+SHEET_PX = 64
+
+
+def sample_grid(images: np.ndarray, labels: list[str], columns: int, label_px: int = 56) -> Image.Image:
+    """Images in a grid with their wrapped labels underneath, upscaled to >= 96 px."""
+    scale = max(1, 96 // images.shape[1])
+    cell = images.shape[1] * scale
+    width = max(cell, 120)
+    rows = (len(images) + columns - 1) // columns
+    grid = Image.new("RGB", (columns * width, rows * (cell + label_px)), "white")
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default(size=9)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        x, y = (i % columns) * width, (i // columns) * (cell + label_px)
+        tile = Image.fromarray(image).resize((cell, cell), Image.Resampling.NEAREST)
+        grid.paste(tile, (x + (width - cell) // 2, y))
+        text = "\n".join(textwrap.wrap(label, width=width // 5)[:5])
+        draw.multiline_text((x + 2, y + cell + 1), text, fill="black", font=font, spacing=0)
+    return grid
+
+
+def pick_rows(rows: list[dict], count: int, seed: int) -> list[dict]:
+    """A reproducible random sample of rows (all of them if there are fewer)."""
+    if len(rows) <= count:
+        return list(rows)
+    chosen = np.random.default_rng(seed).choice(len(rows), size=count, replace=False)
+    return [rows[i] for i in sorted(chosen)]
+
+
+def load_local(paths: list[str], px: int = SHEET_PX) -> np.ndarray:
+    """uint8 (N, px, px, 3) thumbnails of local image files; unreadable ones are grey."""
+    thumbs = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.seek(0)
+                thumbs.append(np.asarray(fit_square(composite_on_white(image), px)))
+        except (OSError, ValueError):
+            thumbs.append(np.full((px, px, 3), 128, np.uint8))
+    return np.stack(thumbs) if thumbs else np.zeros((0, px, px, 3), np.uint8)
+
+
+def write_sheet(path: str | Path, images: np.ndarray, labels: list[str], columns: int = 8) -> None:
+    """A contact sheet: images with their captions or titles underneath."""
+    if len(images) == 0:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sample_grid(images, labels, min(columns, len(images))).save(path)
+
+
+def png_data_uri(image: Image.Image | np.ndarray) -> str:
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def curve_svg(points: list[tuple[float, float]], title: str, width: int = 480, height: int = 180) -> str:
+    """An inline SVG line chart (no plotting dependency)."""
+    if len(points) < 2:
+        return f"<p>{html.escape(title)}: not enough points</p>"
+    xs, ys = np.array([p[0] for p in points]), np.array([p[1] for p in points])
+    lo, hi = float(ys.min()), float(ys.max()) or 1.0
+    sx = lambda x: 40 + (x - xs.min()) / max(xs.max() - xs.min(), 1e-12) * (width - 50)  # noqa: E731
+    sy = lambda y: height - 25 - (y - lo) / max(hi - lo, 1e-12) * (height - 45)  # noqa: E731
+    line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
+    return (f'<svg width="{width}" height="{height}" role="img" aria-label="{html.escape(title)}">'
+            f'<text x="40" y="14" font-size="12">{html.escape(title)}</text>'
+            f'<polyline fill="none" stroke="#1f6feb" stroke-width="1.5" points="{line}"/>'
+            f'<text x="2" y="{sy(hi) + 4:.0f}" font-size="10">{hi:.3g}</text>'
+            f'<text x="2" y="{sy(lo) + 4:.0f}" font-size="10">{lo:.3g}</text>'
+            f'<text x="40" y="{height - 5}" font-size="10">step {xs.min():.0f}</text>'
+            f'<text x="{width - 70}" y="{height - 5}" font-size="10">step {xs.max():.0f}</text></svg>')
+
+
+def read_curve(tsv: str | Path, column: str) -> list[tuple[float, float]]:
+    """(step, value) pairs of a dvclive metric TSV; empty if the file is missing."""
+    tsv = Path(tsv)
+    if not tsv.is_file():
+        return []
+    lines = tsv.read_text().splitlines()
+    header = lines[0].split("\t")
+    step, value = header.index("step"), header.index(column)
+    return [(float(cols[step]), float(cols[value])) for cols in (line.split("\t") for line in lines[1:]) if cols]
+
+
+def _flatten(metrics: dict, prefix: str = "") -> list[tuple[str, object]]:
+    rows = []
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        rows += _flatten(value, name + ".") if isinstance(value, dict) else [(name, value)]
+    return rows
+
+
+def report_html(metrics: dict, grid: Image.Image, sweep: Image.Image | None, sweep_note: str,
+                curves: dict[str, list[tuple[float, float]]], params: dict) -> str:
+    """One self-contained page: metrics, sample grid, guidance sweep, training curves."""
+    table = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>" if isinstance(v, float)
+                    else f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
+                    for k, v in _flatten(metrics))
+    charts = "".join(curve_svg(points, name) for name, points in curves.items())
+    sweep_html = (f'<h2>Guidance sweep</h2><p>{html.escape(sweep_note)}</p><img alt="guidance sweep" '
+                  f'src="{png_data_uri(sweep)}">' if sweep is not None else "")
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>sdlab evaluation</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
+td{{border:1px solid #ccc;padding:2px 8px;font-size:13px}}img{{max-width:100%;image-rendering:pixelated}}</style>
+</head><body><h1>sdlab evaluation</h1>
+<p>Sampling: {html.escape(json.dumps(params, sort_keys=True))}</p>
+<h2>Metrics</h2><table>{table}</table>
+<h2>Samples for held-out prompts (fixed seeds)</h2><img alt="samples" src="{png_data_uri(grid)}">
+{sweep_html}
+<h2>Training curves</h2>{charts or "<p>no training curves found</p>"}
+</body></html>
+"""
+
+
+def sheet_of_records(path: str | Path, rows: list[dict], label: str, count: int = 32, seed: int = 0) -> None:
+    """Contact sheet of records that point at local files (`path`); skipped for URL-only sources."""
+    rows = [r for r in pick_rows(rows, count, seed) if r.get("path")]
+    write_sheet(path, load_local([r["path"] for r in rows]), [str(r.get(label) or r.get("title") or "") for r in rows])
+
+
+def sheet_of_shards(path: str | Path, rows: list[dict], shards_dir: str | Path, labels: dict[str, str] | None = None,
+                    count: int = 32, seed: int = 0) -> None:
+    """Contact sheet of packed images (index rows with `key`, `shard`), labelled by key -> text."""
+    from sdlab.data.shards import load_images
+
+    rows = pick_rows([r for r in rows if r.get("shard")], count, seed)
+    texts = [(labels or {}).get(r["key"]) or str(r.get("caption") or r.get("title") or r["key"]) for r in rows]
+    write_sheet(path, load_images(shards_dir, rows), texts)
