@@ -54,7 +54,7 @@ def main(args, params):
     sweep, note = guidance_sweep(pipeline, prompts[: cfg.sweep_prompts], cfg.guidance_sweep, cfg.seed,
                                  cfg.num_inference_steps)
     curves = {f"train/{name}": read_curve(Path(args.curves) / "train" / f"{name}.tsv", name)
-              for name in ("loss", "lr", "samples_per_s")}
+              for name in ("loss", "lr", "grad_norm", "samples_per_s")}
     sampling = {k: getattr(cfg, k) for k in ("scheduler", "num_inference_steps", "guidance_scale", "num_samples", "seed")}
     (out / "report.html").write_text(report_html(metrics, grid, sweep, note, curves, sampling))
     write_json(out / "metrics.json", metrics)

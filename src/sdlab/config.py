@@ -143,6 +143,9 @@ class TrainConfig(Section):
     ema_decay: float = Field(0.999, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
     caption_dropout: float = Field(0.1, ge=0, lt=1)
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    snr_gamma: float | None = Field(None, gt=0)  # min-SNR-gamma loss weighting; 5 is the paper's choice
+    noise_offset: float = Field(0.0, ge=0)  # offset noise; ~0.05-0.1 helps very dark/bright images
     num_train_timesteps: int = Field(1000, gt=0)
     beta_schedule: Literal["scaled_linear", "linear", "squaredcos_cap_v2"] = "scaled_linear"
     checkpoint_every_steps: int = Field(100, gt=0)

@@ -13,9 +13,9 @@ from sdlab.config import TrainConfig
 
 
 def make_noise_scheduler(cfg: TrainConfig) -> DDPMScheduler:
-    """DDPM forward process (Ho et al., arXiv:2006.11239), epsilon prediction."""
+    """DDPM forward process (Ho et al., arXiv:2006.11239) with SD's betas; epsilon or v target."""
     return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
-                         beta_start=0.00085, beta_end=0.012, prediction_type="epsilon",
+                         beta_start=0.00085, beta_end=0.012, prediction_type=cfg.prediction_type,
                          clip_sample=False, steps_offset=1)  # as Stable Diffusion's config
 
 
@@ -31,18 +31,49 @@ def drop_captions(hidden: torch.Tensor, empty: torch.Tensor, prob: float, genera
     return torch.where(drop[:, None, None], empty.expand_as(hidden), hidden)
 
 
-def epsilon_loss(unet, scheduler: DDPMScheduler, latents: torch.Tensor, hidden: torch.Tensor,
-                 timesteps: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """MSE between the predicted and the true noise at the given timesteps, per sample."""
+def offset_noise(shape: torch.Size, offset: float, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise plus `offset` x a per-sample, per-channel constant, so the model can
+    shift overall brightness (offset noise, https://www.crosslabs.org/blog/diffusion-with-offset-noise)."""
+    noise = torch.randn(shape, generator=generator)  # (B, C, h, w)
+    if offset:
+        noise = noise + offset * torch.randn(shape[0], shape[1], 1, 1, generator=generator)
+    return noise
+
+
+def denoising_target(scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor,
+                     timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet learns to predict: the noise, or the velocity (Salimans & Ho, arXiv:2202.00512)."""
+    if scheduler.config.prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    return noise
+
+
+def min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample loss weights min(SNR, gamma) / SNR (or / (SNR + 1) for v targets), which
+    stop easy low-noise steps from dominating (Hang et al., arXiv:2303.09556)."""
+    alphas_cumprod = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    clipped = snr.clamp(max=gamma)
+    return clipped / (snr + 1) if scheduler.config.prediction_type == "v_prediction" else clipped / snr
+
+
+def denoising_loss(unet, scheduler: DDPMScheduler, latents: torch.Tensor, hidden: torch.Tensor,
+                   timesteps: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """MSE between the UNet's prediction and its target at the given timesteps, per sample."""
     noisy = scheduler.add_noise(latents, noise, timesteps)
     prediction = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
-    return F.mse_loss(prediction.float(), noise.float(), reduction="none").flatten(1).mean(1)
+    target = denoising_target(scheduler, latents, noise, timesteps)
+    return F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
 
 
 def training_loss(unet, scheduler: DDPMScheduler, latents: torch.Tensor, hidden: torch.Tensor,
-                  generator: torch.Generator) -> torch.Tensor:
-    """Mean epsilon loss at uniformly drawn timesteps with fresh noise."""
-    noise = torch.randn(latents.shape, generator=generator)
+                  generator: torch.Generator, noise_offset: float = 0.0, snr_gamma: float | None = None) -> torch.Tensor:
+    """Mean (optionally min-SNR weighted) loss at uniformly drawn timesteps with fresh noise."""
+    noise = offset_noise(latents.shape, noise_offset, generator)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
     device = latents.device
-    return epsilon_loss(unet, scheduler, latents, hidden, timesteps.to(device), noise.to(device)).mean()
+    timesteps, noise = timesteps.to(device), noise.to(device)
+    losses = denoising_loss(unet, scheduler, latents, hidden, timesteps, noise)
+    if snr_gamma is not None:
+        losses = losses * min_snr_weights(scheduler, timesteps, snr_gamma)
+    return losses.mean()

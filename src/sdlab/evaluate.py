@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sdlab.diffusion import epsilon_loss
+from sdlab.diffusion import denoising_loss
 
 
 def timestep_grid(num_train_timesteps: int, count: int) -> list[int]:
@@ -18,7 +18,7 @@ def timestep_grid(num_train_timesteps: int, count: int) -> list[int]:
 @torch.no_grad()
 def heldout_loss(unet, scheduler, latents: torch.Tensor, hidden: torch.Tensor, timesteps: list[int],
                  seed: int, batch_size: int = 64) -> dict[int, float]:
-    """Mean epsilon loss per timestep on fixed latents with fixed noise (deterministic)."""
+    """Mean denoising loss per timestep on fixed latents with fixed noise (deterministic)."""
     unet.eval()
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
     losses = {}
@@ -27,7 +27,7 @@ def heldout_loss(unet, scheduler, latents: torch.Tensor, hidden: torch.Tensor, t
         for start in range(0, len(latents), batch_size):
             part = slice(start, start + batch_size)
             t_batch = torch.full((len(latents[part]),), t, dtype=torch.long)
-            total += epsilon_loss(unet, scheduler, latents[part], hidden[part], t_batch, noise[part]).sum().item()
+            total += denoising_loss(unet, scheduler, latents[part], hidden[part], t_batch, noise[part]).sum().item()
         losses[t] = total / len(latents)
     return losses
 

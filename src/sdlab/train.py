@@ -132,34 +132,35 @@ def train_unet(unet, data: TrainData, cfg: TrainConfig, checkpoints_dir: Path, d
     unet.train()
     bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc="train",
                unit="step", disable=not accelerator.is_main_process)
-    window, tick, losses = [], time.perf_counter(), []
+    window, norms, tick, losses = [], [], time.perf_counter(), []
     for step in bar:
         latents, hidden, generator = make_batch(data, step, cfg)
         latents, hidden = latents.to(accelerator.device), hidden.to(accelerator.device)
-        loss = training_loss(unet, scheduler, latents, hidden, generator)
+        loss = training_loss(unet, scheduler, latents, hidden, generator, cfg.noise_offset, cfg.snr_gamma)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"train: loss is {loss.item()} at step {step}; stopped with the last good checkpoint "
                 f"kept in {checkpoints_dir} (try a lower train.lr)")
         accelerator.backward(loss)
-        accelerator.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
+        grad_norm = accelerator.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
         optimizer.step()
         lr_schedule.step()
         optimizer.zero_grad(set_to_none=True)
         ema.step(accelerator.unwrap_model(unet).parameters())
         window.append(loss.item())
+        norms.append(float(grad_norm))
         done = step + 1
         if done % cfg.log_every_steps == 0 or done == cfg.max_steps:
             elapsed = time.perf_counter() - tick
             metrics = {"loss": sum(window) / len(window), "lr": lr_schedule.get_last_lr()[0],
-                       "samples_per_s": len(window) * latents.shape[0] / elapsed}
+                       "grad_norm": sum(norms) / len(norms), "samples_per_s": len(window) * latents.shape[0] / elapsed}
             losses.append(metrics["loss"])
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
             if live is not None and accelerator.is_main_process:
                 live.step = done
                 for name, value in metrics.items():
                     live.log_metric(f"train/{name}", value)
-            window, tick = [], time.perf_counter()
+            window, norms, tick = [], [], time.perf_counter()
         if done % cfg.checkpoint_every_steps == 0 or done == cfg.max_steps:
             save_checkpoint(accelerator, checkpoints_dir, done, fingerprint, cfg.keep_checkpoints)
 
