@@ -53,7 +53,7 @@ def main() -> None:
     metrics = json.loads((work / "reports/evaluate/metrics.json").read_text())
     live = json.loads((work / "reports/train/live/metrics.json").read_text())
     vae = json.loads((work / "reports/vae/stats.json").read_text())
-    print(f"| stage | wall time (s) |\n|---|---|")
+    print("| stage | wall time (s) |\n|---|---|")
     for name, seconds in stage_times.items():
         print(f"| {name} | {seconds:.1f} |")
     print(f"| **dvc repro total** | **{total:.1f}** |\n")

@@ -7,13 +7,13 @@ import json
 import pyarrow as pa
 import pytest
 
+from conftest import packed_blobs
+
 from sdlab.caption import CAPTIONERS
 from sdlab.caption.cache import CacheWriter, read_cache
 from sdlab.caption.qwen_vl import GenerationSettings, QwenCaptioner, clean_caption, validate_caption
 from sdlab.caption.tiny_qwen import build_tiny_qwen
-from sdlab.config import CaptionConfig, DownloadConfig, ScrapeConfig, SyntheticConfig
-from sdlab.data.download import pack_local
-from sdlab.sources import synthetic
+from sdlab.config import CaptionConfig
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +25,7 @@ def tiny_qwen(tmp_path_factory):
 def images(tmp_path_factory):
     """12 blob images in 3 shards, as the download stage writes them."""
     root = tmp_path_factory.mktemp("qwen-data")
-    records = synthetic.scrape(ScrapeConfig(seed=11, synthetic=SyntheticConfig(num_images=12, image_px=64,
-                                                                               duplicate_fraction=0)), root / "raw")
-    index, _ = pack_local(pa.Table.from_pylist(records), DownloadConfig(image_px=32, shard_size=4, processes=1),
-                          root / "shards")
-    return root / "shards", index.to_pylist()
+    return root / "shards", packed_blobs(root, seed=11, count=12, image_px=32, shard_size=4)
 
 
 def config(model: str, **overrides) -> CaptionConfig:

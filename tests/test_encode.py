@@ -14,13 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import REPO
-from sdlab.config import DownloadConfig, EncodeConfig, TextEncoderConfig, VaeConfig
-from sdlab.data.download import pack_local
-from sdlab.encode import encode_dataset, is_complete, load_latents, load_text
+from conftest import REPO, packed_blobs
+from sdlab.config import EncodeConfig, TextEncoderConfig, VaeConfig
+from sdlab.data.shards import load_images
+from sdlab.encode import encode_dataset, load_latents, load_text
 from sdlab.models.text_encoder import encode_prompts, load_text_encoder
 from sdlab.models.vae import build_vae, load_pretrained_vae, to_tensor
-from sdlab.data.shards import load_images
 
 TEXT = TextEncoderConfig()
 
@@ -28,18 +27,13 @@ TEXT = TextEncoderConfig()
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """40 blob images in 5 shards, a tiny VAE folder, rows with captions."""
-    from sdlab.config import ScrapeConfig, SyntheticConfig
-    from sdlab.sources import synthetic
     root = tmp_path_factory.mktemp("encode")
-    records = synthetic.scrape(ScrapeConfig(seed=5, synthetic=SyntheticConfig(num_images=40, image_px=64,
-                                                                              duplicate_fraction=0)), root / "raw")
-    index, _ = pack_local(pa.Table.from_pylist(records), DownloadConfig(image_px=16, shard_size=8, processes=1),
-                          root / "shards")
+    index = packed_blobs(root, seed=5, count=40, image_px=16, shard_size=8)
     torch.manual_seed(0)
     vae = build_vae(VaeConfig(block_out_channels=[8, 16]), 16)
     vae.register_to_config(scaling_factor=1.7)
     vae.save_pretrained(root / "vae")
-    rows = [dict(r, split="train") for r in index.to_pylist()]
+    rows = [dict(r, split="train") for r in index]
     return root, rows
 
 

@@ -7,10 +7,9 @@ import shutil
 import subprocess
 
 import numpy as np
-import pytest
 from PIL import Image
 
-from sdlab.reports import curve_svg, read_curve, report_html, sheet_of_records, write_sheet
+from sdlab.reports import curve_svg, read_curve, report_html, sheet_of_records
 
 
 def blob_grid(records, count=8):

@@ -1,7 +1,6 @@
 import re
 
 import numpy as np
-from PIL import Image
 
 from sdlab.sources import SOURCES
 from sdlab.sources.synthetic import SKIN_COLORS, draw_blob, sample_blob
