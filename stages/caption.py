@@ -19,10 +19,8 @@ def main(args, params):
     result = CAPTIONERS[cfg.backend](rows, cfg, Path(args.shards), Path(args.cache))
     captions = result.captions
     table = pa.table({"key": [r["key"] for r in rows], "caption": [c for c, _ in captions],
-                      "backend": [cfg.backend] * len(rows), "reason": [why for _, why in captions]})
-    if cfg.backend == "qwen2.5-vl":
-        table = table.append_column("model", pa.array([cfg.model] * len(rows)))
-        table = table.append_column("prompt_hash", pa.array([result.stats["prompt_hash"]] * len(rows)))
+                      "backend": [cfg.backend] * len(rows), "reason": [why for _, why in captions],
+                      **result.columns})
     write_table(Path(args.out) / "captions.parquet", table)
     reasons = Counter(why for _, why in captions if why)
     stats = {"captioned": len(rows), "fallbacks": sum(reasons.values()), "by_reason": dict(sorted(reasons.items())),

@@ -15,8 +15,9 @@ def main(args, params):
     write_table(Path(args.out) / "index.parquet", kept)
     write_table(Path(args.out) / "duplicates.parquet", duplicates)
     write_json(Path(args.report) / "stats.json", stats)
-    labels = {r["key"]: f"{r['split']}: {r.get('title') or r['key']}" for r in kept.to_pylist()}
-    sheet_of_shards(Path(args.report) / "sheet.png", kept.to_pylist(), args.shards, labels)
+    kept_rows = kept.to_pylist()
+    labels = {r["key"]: f"{r['split']}: {r.get('title') or r['key']}" for r in kept_rows}
+    sheet_of_shards(Path(args.report) / "sheet.png", kept_rows, args.shards, labels)
     print(f"dedupe: kept {stats['kept']} ({stats['train']} train, {stats['val']} val), "
           f"{stats['duplicates']} duplicates")
 

@@ -38,13 +38,14 @@ def main(args, params):
                       cfg.guidance_scale, cfg.batch_size)
     metrics = {"heldout_loss": float(np.mean(list(losses.values()))),
                "heldout_loss_by_t": {str(t): v for t, v in losses.items()}, "num_samples": len(rows)}
+    real = load_images(args.shards, rows)  # the real val images behind the prompts
     if "skin_color" in rows[0]:  # the synthetic source: attributes are ground truth
         train_rows = index.filter(pc.equal(index["split"], "train")).to_pylist()[:4000]
-        metrics.update(judge_samples(images, rows, load_images(args.shards, rows),
-                                     load_images(args.shards, train_rows), train_rows, cfg.judge_steps, cfg.seed))
+        metrics.update(judge_samples(images, rows, real, load_images(args.shards, train_rows), train_rows,
+                                     cfg.judge_steps, cfg.seed))
     if cfg.inception_weights:  # the standard features: only then the standard names
-        metrics["fid_inception"], metrics["kid_inception"] = fid_kid(
-            inception_extractor(cfg.inception_weights), load_images(args.shards, rows), images)
+        metrics["fid_inception"], metrics["kid_inception"] = fid_kid(inception_extractor(cfg.inception_weights),
+                                                                     real, images)
     if cfg.clip_model:
         metrics["clip_score"] = clip_score(cfg.clip_model, images, prompts)
     out = Path(args.out)

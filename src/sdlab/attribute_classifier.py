@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from sdlab.models.vae import to_tensor
 from sdlab.sources.synthetic import ACTIONS, EXPRESSIONS, EYES, HEAD_SHAPES, MOUTHS
 
 CLASSES: dict[str, tuple[str, ...]] = {
@@ -45,11 +46,6 @@ class AttributeClassifier(nn.Module):
         return {name: head(features) for name, head in self.heads.items()}
 
 
-def to_input(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
 def labels(rows: list[dict]) -> dict[str, torch.Tensor]:
     return {name: torch.tensor([values.index(row[name]) for row in rows]) for name, values in CLASSES.items()}
 
@@ -60,7 +56,7 @@ def train_classifier(images: np.ndarray, rows: list[dict], steps: int, seed: int
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = AttributeClassifier()
-    x, y = to_input(images), labels(rows)
+    x, y = to_tensor(images), labels(rows)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     model.train()
     for _ in tqdm(range(steps), desc="judge", unit="step"):
@@ -79,7 +75,7 @@ def train_classifier(images: np.ndarray, rows: list[dict], steps: int, seed: int
 def predict(model: AttributeClassifier, images: np.ndarray, batch_size: int = 256) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {name: [] for name in CLASSES}
     for start in range(0, len(images), batch_size):
-        logits = model(to_input(images[start:start + batch_size]))
+        logits = model(to_tensor(images[start:start + batch_size]))
         for name, values in CLASSES.items():
             out[name] += [values[i] for i in logits[name].argmax(1).tolist()]
     return out

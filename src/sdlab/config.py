@@ -164,9 +164,9 @@ class EvaluateConfig(Section):
     grid_columns: int = Field(8, gt=0)
     guidance_sweep: list[float] = [1.0, 3.0, 5.0, 7.5]  # report: the same prompts at each scale
     sweep_prompts: int = Field(4, ge=0)
-    judge_steps: int = Field(300, ge=1)
+    judge_steps: int = Field(300, ge=1)  # training steps of the attribute classifier (synthetic source)
     clip_model: str | None = None  # hub id or local folder of a CLIP model: adds clip_score
-    inception_weights: str | None = None  # torch-fidelity's pt_inception-2015-12-05 file: adds fid/kid_inception  # training steps of the attribute classifier (synthetic source)
+    inception_weights: str | None = None  # torch-fidelity's pt_inception-2015-12-05 file: adds fid/kid_inception
     seed: int = 0
 
 

@@ -38,8 +38,9 @@ from sdlab.config import EncodeConfig, TextEncoderConfig
 from sdlab.data.records import DataError
 from sdlab.data.shards import load_images
 from sdlab.io import read_json, write_json, write_table
-from sdlab.models.text_encoder import PACKAGED_MINILM
-from sdlab.workers import Slot, assign, node_split, plan_slots, run_pool
+from sdlab.models.text_encoder import PACKAGED_MINILM, encode_prompts, load_text_encoder
+from sdlab.models.vae import load_pretrained_vae, to_tensor
+from sdlab.workers import Slot, assign, device_and_dtype, node_split, plan_slots, run_pool
 
 log = logging.getLogger(__name__)
 STORAGE_DTYPE = torch.float16
@@ -137,8 +138,9 @@ def save_checked(path: Path, tensors: dict[str, torch.Tensor], fingerprint: str)
     os.replace(temp, path)
 
 
-def is_complete(path: Path, fingerprint: str) -> bool:
-    """True if `path` holds the output of these inputs, intact (checksum verified)."""
+def is_complete(path: Path, fingerprint: str, verify: bool = True) -> bool:
+    """True if `path` holds the output of these inputs; with `verify`, also intact (its
+    tensors are read and checked against their checksum, not only the header)."""
     if not path.is_file():
         return False
     try:
@@ -146,7 +148,7 @@ def is_complete(path: Path, fingerprint: str) -> bool:
             metadata = json.loads((handle.metadata() or {}).get("sdlab", "{}"))
         if metadata.get("fingerprint") != fingerprint:
             return False
-        return tensors_sha256(load_file(str(path))) == metadata.get("sha256")
+        return not verify or tensors_sha256(load_file(str(path))) == metadata.get("sha256")
     except Exception as exc:  # any unreadable file is redone, and said so
         log.warning("%s is unreadable (%s); encoding it again", path, exc)
         return False
@@ -156,16 +158,13 @@ def _latent_views(vae, images: torch.Tensor, spec: EncodeSpec, scaling: float, g
                   device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Scaled latent views of one batch: (B, V, C, h, w) per stored tensor."""
     views = [images, torch.flip(images, dims=[3])] if spec.flip else [images]
-    out: dict[str, list[torch.Tensor]] = {}
-    for view in views:
-        dist = vae.encode(view.to(device, dtype)).latent_dist
-        mean, std = dist.mean.float().cpu() * scaling, dist.std.float().cpu() * scaling
-        if spec.store == "sample":
-            out.setdefault("sample", []).append(mean + std * torch.randn(mean.shape, generator=generator))
-        else:
-            out.setdefault("mean", []).append(mean)
-            out.setdefault("std", []).append(std)
-    return {name: torch.stack(parts, dim=1) for name, parts in out.items()}
+    dists = [vae.encode(view.to(device, dtype)).latent_dist for view in views]
+    means = [dist.mean.float().cpu() * scaling for dist in dists]
+    stds = [dist.std.float().cpu() * scaling for dist in dists]
+    if spec.store == "sample":
+        draws = [mean + std * torch.randn(mean.shape, generator=generator) for mean, std in zip(means, stds)]
+        return {"sample": torch.stack(draws, dim=1)}
+    return {"mean": torch.stack(means, dim=1), "std": torch.stack(stds, dim=1)}
 
 
 @torch.no_grad()
@@ -175,16 +174,12 @@ def encode_images(vae, images: torch.Tensor, spec: EncodeSpec, shard: str, devic
     scaling = float(vae.config.scaling_factor)
     seed = spec.seed * 1_000_003 + int(hashlib.sha256(shard.encode()).hexdigest()[:8], 16)
     generator = torch.Generator().manual_seed(seed)
-    parts: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, len(images), spec.batch_size):
-        batch = _latent_views(vae, images[start:start + spec.batch_size], spec, scaling, generator, device, dtype)
-        for name, tensor in batch.items():
-            parts.setdefault(name, []).append(tensor)
-    return {name: torch.cat(tensors).to(STORAGE_DTYPE) for name, tensors in parts.items()}
+    batches = [_latent_views(vae, images[start:start + spec.batch_size], spec, scaling, generator, device, dtype)
+               for start in range(0, len(images), spec.batch_size)]
+    return {name: torch.cat([batch[name] for batch in batches]).to(STORAGE_DTYPE) for name in batches[0]}
 
 
 def _read_job_images(spec: EncodeSpec, job: LatentJob) -> torch.Tensor:
-    from sdlab.models.vae import to_tensor
     return to_tensor(load_images(spec.shards_dir, [{"key": k, "shard": job.shard} for k in job.keys]))
 
 
@@ -196,13 +191,10 @@ def encode_worker(slot: Slot, spec: EncodeSpec) -> None:
             if not is_complete(out / job.output, spec.fingerprint(job))]
     if not todo:
         return
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(spec.precision, torch.float32)
-    dtype = dtype if device.type == "cuda" else torch.float32  # half precision only pays on accelerators
+    device, dtype = device_and_dtype(spec.precision)
     latent_jobs = [job for job in todo if isinstance(job, LatentJob)]
     text_jobs = [job for job in todo if isinstance(job, TextJob)]
     if latent_jobs:
-        from sdlab.models.vae import load_pretrained_vae
         vae = load_pretrained_vae(spec.vae).to(device).eval()
         if dtype != torch.float32:
             vae = vae.to(dtype)
@@ -216,7 +208,6 @@ def encode_worker(slot: Slot, spec: EncodeSpec) -> None:
                 tensors = encode_images(vae, images, spec, job.shard, device, dtype)
                 save_checked(out / job.output, tensors, spec.fingerprint(job))
     if text_jobs:
-        from sdlab.models.text_encoder import encode_prompts, load_text_encoder
         tokenizer, model = load_text_encoder(**spec.text_encoder)
         model = model.to(device)
         for job in text_jobs:
@@ -248,8 +239,7 @@ def encode_dataset(rows: list[dict], shards_dir: str, vae_dir: str, out_dir: str
     vocabulary = caption_vocabulary([r["caption"] for r in rows])
     jobs = plan_jobs(rows, vocabulary)
     node_rank, num_nodes = node_split(cfg.num_nodes, cfg.node_rank)
-    text_encoder = {"pretrained": te.pretrained, "max_length": te.max_length, "subfolder": te.subfolder,
-                    "tokenizer_subfolder": te.tokenizer_subfolder}
+    text_encoder = te.model_dump()  # the kwargs of load_text_encoder, for the workers and for train
     spec = EncodeSpec(shards_dir=str(shards_dir), out_dir=str(out_dir), vae=str(vae_dir),
                       vae_fingerprint=folder_fingerprint(vae_dir), text_encoder=text_encoder,
                       batch_size=cfg.batch_size, store=cfg.store, flip=cfg.flip, seed=cfg.seed,
@@ -260,7 +250,8 @@ def encode_dataset(rows: list[dict], shards_dir: str, vae_dir: str, out_dir: str
     slots = plan_slots(cfg.workers, cfg.threads_per_worker)
     log.info("node %d/%d: %d of %d jobs on %d worker(s)", node_rank, num_nodes, len(spec.jobs), len(jobs), len(slots))
     run_pool(encode_worker, spec, slots)
-    missing = [job.output for job in jobs if not is_complete(out / job.output, spec.fingerprint(job))]
+    # The workers verified or wrote every checksum just now: a header check finds what is missing.
+    missing = [job.output for job in jobs if not is_complete(out / job.output, spec.fingerprint(job), verify=False)]
     if missing:
         raise DataError(f"{len(missing)} output(s) missing, e.g. {missing[0]}: other nodes have not finished "
                         "their share; run this stage again once they have")

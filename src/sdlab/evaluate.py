@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from sdlab.config import ConfigError
 from sdlab.diffusion import denoising_loss
 
 
@@ -63,6 +66,11 @@ def use_scheduler(pipeline, name: str) -> None:
     pipeline.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(pipeline.scheduler.config)
 
 
+def to_uint8_nchw(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) array -> uint8 (N, 3, H, W) tensor, the layout torchmetrics takes."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+
+
 def fid_kid(extractor: torch.nn.Module, real: np.ndarray, generated: np.ndarray) -> tuple[float, float]:
     """FID and KID (mean) between two uint8 (N, H, W, 3) sets, in `extractor`'s feature space."""
     from torchmetrics.image.fid import FrechetInceptionDistance
@@ -72,7 +80,7 @@ def fid_kid(extractor: torch.nn.Module, real: np.ndarray, generated: np.ndarray)
     fid = FrechetInceptionDistance(feature=extractor, normalize=False)
     kid = KernelInceptionDistance(feature=extractor, subset_size=subset, normalize=False)
     for images, is_real in ((real, True), (generated, False)):
-        batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # uint8 (N, 3, H, W)
+        batch = to_uint8_nchw(images)
         fid.update(batch, real=is_real)
         kid.update(batch, real=is_real)
     return float(fid.compute()), float(kid.compute()[0])
@@ -83,17 +91,18 @@ def judge_samples(generated: np.ndarray, rows: list[dict], real_val: np.ndarray,
     """Adherence per attribute (pixel judges for color and head shape, a classifier trained
     on the real train images for the rest), each judge's accuracy on the real val images,
     and FID/KID in the classifier's feature space (named as the substitute they are)."""
-    from sdlab.attribute_classifier import CLASSES, FeatureExtractor, accuracy, train_classifier
+    from sdlab.attribute_classifier import FeatureExtractor, accuracy, train_classifier
     from sdlab.judge import adherence
 
     classifier = train_classifier(real_train, train_rows, judge_steps, seed)
-    learned = [name for name in CLASSES if name != "head_shape"]  # head shape: the exact pixel judge
-    adherence_scores = {**adherence(generated, rows), **{k: v for k, v in accuracy(classifier, generated, rows).items()
-                                                        if k in learned}}
-    judge_scores = {**adherence(real_val, rows), **{k: v for k, v in accuracy(classifier, real_val, rows).items()
-                                                   if k in learned}}
+
+    def judged(images: np.ndarray) -> dict[str, float]:
+        learned = accuracy(classifier, images, rows)
+        del learned["head_shape"]  # the pixel judge reads it exactly
+        return {**adherence(images, rows), **learned}
+
     fid, kid = fid_kid(FeatureExtractor(classifier), real_val, generated)
-    return {"adherence": adherence_scores, "judge_accuracy_on_real": judge_scores,
+    return {"adherence": judged(generated), "judge_accuracy_on_real": judged(real_val),
             "fid_blob_judge": fid, "kid_blob_judge": kid}
 
 
@@ -103,13 +112,12 @@ def guidance_sweep(pipeline, prompts: list[str], scales: list[float], seed: int,
 
     if not prompts or not scales:
         return None, ""
-    images, labels = [], []
-    for i, prompt in enumerate(prompts):
-        for scale in scales:
-            images.append(generate(pipeline, [prompt], [seed + i], steps, scale, 1, progress=False)[0])
-            labels.append(f"guidance {scale:g}")
+    seeds = [seed + i for i in range(len(prompts))]
+    by_scale = [generate(pipeline, prompts, seeds, steps, scale, len(prompts), progress=False) for scale in scales]
+    images = np.stack(by_scale, axis=1).reshape(-1, *by_scale[0].shape[1:])  # row = prompt, column = scale
+    labels = [f"guidance {scale:g}" for _ in prompts for scale in scales]
     note = " | ".join(f"row {i + 1}: {p}" for i, p in enumerate(prompts))
-    return sample_grid(np.stack(images), labels, len(scales), label_px=16), note
+    return sample_grid(images, labels, len(scales), label_px=16), note
 
 
 class PooledCLIP(torch.nn.Module):
@@ -143,18 +151,15 @@ def clip_score(model_name_or_path: str, images: np.ndarray, prompts: list[str]) 
                 CLIPProcessor.from_pretrained(model_name_or_path))
 
     metric = CLIPScore(model_name_or_path=load)
-    metric.update(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2), prompts)
+    metric.update(to_uint8_nchw(images), prompts)
     return float(metric.compute())
 
 
 def inception_extractor(weights_path: str) -> torch.nn.Module:
     """The standard FID InceptionV3 (2048-d pool features), weights from a local file."""
-    from pathlib import Path
-
     from torchmetrics.image.fid import NoTrainInceptionV3
 
     if not Path(weights_path).is_file():
-        from sdlab.config import ConfigError
         raise ConfigError(f"evaluate.inception_weights: file not found: {weights_path}")
     return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
                               feature_extractor_weights_path=weights_path)

@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
+from sdlab.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -70,7 +72,6 @@ def node_split(num_nodes: int | None, node_rank: int | None) -> tuple[int, int]:
     if node_rank is None:
         node_rank = int(env.get("NODE_RANK", env.get("GROUP_RANK", "0")))
     if not 0 <= node_rank < num_nodes:
-        from sdlab.config import ConfigError
         raise ConfigError(f"encode.node_rank: must be in 0..{num_nodes - 1} (num_nodes {num_nodes}), got {node_rank}")
     return node_rank, num_nodes
 
@@ -92,6 +93,17 @@ def _environ(overrides: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def device_and_dtype(precision: str, device: str | None = None):
+    """A worker's torch device (its one visible GPU, else the CPU, unless `device` names
+    one) and compute dtype: `precision` (fp16/bf16) on GPUs, fp32 on CPUs, where half
+    precision is slow and lossy."""
+    import torch
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return device, half if half is not None and device.type == "cuda" else torch.float32
 
 
 def _entry(target: Callable[[Slot, Any], None], slot: Slot, payload: Any) -> None:

@@ -2,7 +2,8 @@
 
 A captioner maps (kept index rows, config, shards folder, cache folder) to a
 `CaptionResult`: one (caption, reason) per row, where reason is '' for a normal caption
-and otherwise says why it is a fallback, plus counts for stats.json.
+and otherwise says why it is a fallback, plus counts for stats.json and any extra
+per-row columns of the captions table (e.g. the model that wrote each caption).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sdlab.config import CaptionConfig
 class CaptionResult:
     captions: list[tuple[str, str]]
     stats: dict = field(default_factory=dict)
+    columns: dict[str, list] = field(default_factory=dict)
 
 
 def caption_template(rows: list[dict], cfg: CaptionConfig, shards_dir: Path, cache_dir: Path) -> CaptionResult:
@@ -48,7 +50,8 @@ def caption_qwen(rows: list[dict], cfg: CaptionConfig, shards_dir: Path, cache_d
         reason = validate_caption(caption, title, cfg.min_chars, cfg.max_chars, cfg.require_title)
         out.append((template.caption_record(row, cfg)[0], f"invalid_{reason}") if reason else (caption, ""))
     return CaptionResult(out, {"model": cfg.model, "prompt_hash": settings.prompt_hash,
-                               "captioned_now": captioned_now, "cache_hits": len(rows) - captioned_now})
+                               "captioned_now": captioned_now, "cache_hits": len(rows) - captioned_now},
+                         {"model": [cfg.model] * len(rows), "prompt_hash": [settings.prompt_hash] * len(rows)})
 
 
 CAPTIONERS: dict[str, Callable[[list[dict], CaptionConfig, Path, Path], CaptionResult]] = {

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from sdlab.caption.cache import CacheWriter, read_cache
 from sdlab.caption.qwen_vl import GenerationSettings
-from sdlab.data.shards import png_to_array, read_shard
+from sdlab.data.shards import read_shard, sample_image
 from sdlab.workers import Slot, assign, plan_slots, run_pool
 
 log = logging.getLogger(__name__)
@@ -45,20 +45,18 @@ class ShardImages:
     def get(self, shard: str, key: str) -> Image.Image:
         if shard != self.name:
             self.name, self.samples = shard, read_shard(self.shards_dir / shard)
-        sample = self.samples[key]
-        return Image.fromarray(png_to_array(sample.get("png") or sample["jpg"]))
+        return Image.fromarray(sample_image(self.samples[key]))
 
 
 def caption_worker(slot: Slot, spec: CaptionSpec) -> None:
     """Worker body: caption this slot's share, appending each finished batch to the cache."""
-    import torch
     from sdlab.caption.qwen_vl import QwenCaptioner
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s caption[{slot.rank}] %(levelname)s: %(message)s")
     jobs = assign(spec.jobs, slot.rank, slot.world)
     if not jobs:
         return
-    captioner = QwenCaptioner(spec.settings, "cuda" if torch.cuda.is_available() else "cpu", spec.precision)
+    captioner = QwenCaptioner(spec.settings, None, spec.precision)
     writer = CacheWriter(spec.cache_dir, f"part-{slot.rank:03d}-{os.getpid()}")
     images = ShardImages(spec.shards_dir)
     batches = [jobs[i:i + spec.batch_size] for i in range(0, len(jobs), spec.batch_size)]

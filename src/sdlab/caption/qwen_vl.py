@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import re
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
-log = logging.getLogger(__name__)
-
-from sdlab.prompts import DEFAULT_PROMPT  # noqa: F401 (re-exported)
+from sdlab.workers import device_and_dtype
 
 
 @dataclass(frozen=True)
@@ -75,13 +72,12 @@ def validate_caption(caption: str, title: str, min_chars: int, max_chars: int, r
 class QwenCaptioner:
     """Owns a Qwen2.5-VL model and processor; captions batches of images."""
 
-    def __init__(self, settings: GenerationSettings, device: str = "cpu", precision: str = "bf16"):
+    def __init__(self, settings: GenerationSettings, device: str | None = "cpu", precision: str = "bf16"):
+        """`device` None: this worker's GPU if it has one, else the CPU."""
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
         self.settings = settings
-        self.device = torch.device(device)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-        dtype = dtype if self.device.type == "cuda" else torch.float32  # bf16 on CPU is slow and lossy
+        self.device, dtype = device_and_dtype(precision, device)
         size = {"shortest_edge": settings.min_pixels, "longest_edge": settings.max_pixels}  # pixel counts
         self.processor = AutoProcessor.from_pretrained(settings.model, size=size)
         self.processor.tokenizer.padding_side = "left"  # batched generation appends on the right

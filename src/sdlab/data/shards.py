@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import tarfile
 from pathlib import Path
@@ -44,6 +43,11 @@ def png_to_array(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
+def sample_image(sample: dict) -> np.ndarray:
+    """uint8 (H, W, 3) image of one shard sample ({extension: bytes})."""
+    return png_to_array(sample["png"] if "png" in sample else sample["jpg"])
+
+
 def load_images(shards_dir: str | Path, index_rows: list[dict]) -> np.ndarray:
     """uint8 (N, H, W, 3) images for index rows (`key`, `shard`), in row order."""
     by_shard: dict[str, list[int]] = {}
@@ -56,10 +60,5 @@ def load_images(shards_dir: str | Path, index_rows: list[dict]) -> np.ndarray:
             key = index_rows[i]["key"]
             if key not in samples:
                 raise KeyError(f"{shard}: sample {key!r} listed in the index is missing")
-            ext = "png" if "png" in samples[key] else "jpg"
-            out[i] = png_to_array(samples[key][ext])
+            out[i] = sample_image(samples[key])
     return np.stack(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
-
-
-def sample_meta(data: bytes) -> dict:
-    return json.loads(data)
