@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from sdlab.config import DownloadConfig, EncodeConfig, ScrapeConfig, SyntheticConfig, TextEncoderConfig, load_params  # noqa: E402
-from sdlab.data.download import pack_local  # noqa: E402
+from sdlab.data.download import download as download_images  # noqa: E402
 from sdlab.data.shards import load_images  # noqa: E402
 from sdlab.encode import encode_dataset  # noqa: E402
 from sdlab.models.vae import build_vae, load_pretrained_vae, to_tensor  # noqa: E402
@@ -45,7 +45,7 @@ def make_dataset(root: Path, count: int, params) -> list[dict]:
                                                     duplicate_fraction=0))
     records = synthetic.scrape(scrape, root / "raw")
     download = DownloadConfig(**{**params.download.model_dump(), "processes": 2})
-    index, _ = pack_local(pa.Table.from_pylist(records), download, root / "shards")
+    index, _ = download_images(pa.Table.from_pylist(records), download, root / "shards")
     return [dict(r, caption="blob") for r in index.to_pylist()]
 
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from sdlab.data.download import pack_local
+from sdlab.data.download import download
 from sdlab.data.records import DataError
 from sdlab.io import read_table, reset_dir, write_json, write_table
 from sdlab.reports import sheet_of_shards
@@ -13,7 +13,8 @@ from sdlab.stage import parse_args, stage
 def main(args, params):
     records = read_table(Path(args.records))
     out = reset_dir(args.out)
-    index, stats = pack_local(records, params.download, out / "shards")
+    index, stats = download(records, params.download, out / "shards", Path(args.cache))
+    Path(args.cache).mkdir(parents=True, exist_ok=True)  # a DVC out, even when nothing was fetched
     write_table(out / "index.parquet", index)
     write_json(Path(args.report) / "stats.json", stats)
     sheet_of_shards(Path(args.report) / "sheet.png", index.to_pylist(), out / "shards")
@@ -22,5 +23,5 @@ def main(args, params):
     print(f"download: {stats['ok']} ok, {stats['failed']} failed {stats['failed_by_reason']}")
 
 
-if __name__ == "__main__":
-    main(parse_args(__doc__, "records", "out", "report"))
+if __name__ == "__main__":  # img2dataset spawns workers that re-import this module
+    main(parse_args(__doc__, "records", "out", "cache", "report"))

@@ -52,10 +52,10 @@ def packed_blobs(root: Path, seed: int, count: int, image_px: int, shard_size: i
     """`count` blob images drawn and packed into `root/shards` as the download stage does; index rows."""
     import pyarrow as pa
     from sdlab.config import DownloadConfig
-    from sdlab.data.download import pack_local
+    from sdlab.data.download import download
 
     config = ScrapeConfig(seed=seed, synthetic=SyntheticConfig(num_images=count, image_px=64, duplicate_fraction=0))
     records = synthetic.scrape(config, root / "raw")
-    index, _ = pack_local(pa.Table.from_pylist(records),
+    index, _ = download(pa.Table.from_pylist(records),
                           DownloadConfig(image_px=image_px, shard_size=shard_size, processes=1), root / "shards")
     return index.to_pylist()

@@ -34,8 +34,8 @@ def test_split_is_stable_and_near_the_requested_fraction():
 
 def test_synthetic_duplicates_are_found_end_to_end(blob_records, tmp_path):
     from sdlab.config import DownloadConfig
-    from sdlab.data.download import pack_local
-    table, _ = pack_local(pa.Table.from_pylist(blob_records), DownloadConfig(image_px=16), tmp_path / "s")
+    from sdlab.data.download import download
+    table, _ = download(pa.Table.from_pylist(blob_records), DownloadConfig(image_px=16), tmp_path / "s")
     kept, duplicates, _ = dedupe(table, 0.1)
     assert duplicates.num_rows == 2
     kept_keys = set(kept["key"].to_pylist())

@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import png
 from sdlab.config import DownloadConfig
-from sdlab.data.download import pack_local
+from sdlab.data.download import download
 from sdlab.data.images import composite_on_white, fit_square
 from sdlab.data.shards import load_images
 
@@ -50,7 +50,7 @@ def test_every_record_gets_an_index_row_and_failures_carry_their_reason(tmp_path
         {"key": "long", "path": write(tmp_path / "long.png", png(Image.new("RGB", (100, 10)))), "title": "l", "caption": ""},
         {"key": "empty", "path": write(tmp_path / "empty.png", b""), "title": "e", "caption": ""},
     ]
-    index, stats = pack_local(pa.Table.from_pylist(rows), DownloadConfig(image_px=16, min_side_px=8), tmp_path / "shards")
+    index, stats = download(pa.Table.from_pylist(rows), DownloadConfig(image_px=16, min_side_px=8), tmp_path / "shards")
     assert index.num_rows == len(rows)
     reasons = dict(zip(index["key"].to_pylist(), index["reason"].to_pylist()))
     assert reasons == {"good": "", "corrupt": "decode_error", "missing": "missing_file", "tiny": "too_small",
@@ -63,7 +63,7 @@ def test_every_record_gets_an_index_row_and_failures_carry_their_reason(tmp_path
 
 
 def test_shards_are_webdataset_readable_at_the_training_resolution(blob_records, tmp_path):
-    index, stats = pack_local(pa.Table.from_pylist(blob_records), DownloadConfig(image_px=16, shard_size=16, processes=2),
+    index, stats = download(pa.Table.from_pylist(blob_records), DownloadConfig(image_px=16, shard_size=16, processes=2),
                               tmp_path / "shards")
     assert stats["shards"] == 3 and stats["ok"] == 40
     urls = [str(p) for p in sorted((tmp_path / "shards").glob("*.tar"))]

@@ -31,10 +31,95 @@ class SyntheticConfig(Section):
     duplicate_fraction: float = Field(0.01, ge=0, lt=1)
 
 
+class DiscordSelectors(Section):
+    # Build-hash class names of discords.com today; they change when the site redeploys.
+    container: str = "div.FS5UE28h.container"
+    items: str = "div.LQY5mtmC div.aLnnpRah.text-center"
+    image: str = "div.Mw1EAtrx img, img"
+
+
+class DiscordConfig(Section):
+    base_url: str = "https://discords.com"
+    tags: list[str] = ["Blobs"]
+    max_pages: int = Field(50, gt=0)
+    driver: Literal["selenium", "http"] = "selenium"
+    page_delay_s: float = Field(1.0, ge=0)  # politeness pause between pages
+    page_timeout_s: float = Field(20.0, gt=0)  # explicit wait for the list to render
+    retries: int = Field(3, ge=0)  # per page, with exponential backoff
+    backoff_s: float = Field(2.0, ge=0)
+    selectors: DiscordSelectors = DiscordSelectors()
+    chromium: str = "/usr/bin/chromium"
+    chromedriver: str = "/usr/bin/chromedriver"
+    browser_args: list[str] = []  # extra Chromium flags (tests pin DNS to loopback with one)
+
+    @model_validator(mode="after")
+    def _check(self) -> "DiscordConfig":
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError("base_url: must start with http:// or https://")
+        if not self.tags:
+            raise ValueError("tags: must name at least one tag")
+        return self
+
+
+class LaionColumns(Section):
+    """Where each canonical column comes from; the first name present in the metadata wins."""
+    url: list[str] = ["URL", "url"]
+    caption: list[str] = ["TEXT", "caption", "text"]
+    width: list[str] = ["WIDTH", "width"]
+    height: list[str] = ["HEIGHT", "height"]
+    similarity: list[str] = ["similarity"]
+    punsafe: list[str] = ["punsafe"]
+    pwatermark: list[str] = ["pwatermark"]
+    aesthetic: list[str] = ["aesthetic", "AESTHETIC_SCORE"]
+
+
+class LaionConfig(Section):
+    metadata: str = ""  # a parquet file, a glob of parquet files, or a `datasets` hub id
+    split: str = "train"  # hub datasets only
+    columns: LaionColumns = LaionColumns()
+    batch_rows: int = Field(262_144, gt=0)
+    max_rows: int | None = Field(None, gt=0)
+
+
+class FolderConfig(Section):
+    path: str = ""  # class sub-folders, or a folder with metadata.csv / metadata.jsonl
+    caption_template: str = "{label}"  # class sub-folders: `{label}` is the folder name, underscores as spaces
+
+
+class NotoConfig(Section):
+    font: str = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
+    max_emoji: int | None = Field(None, gt=0)  # null: every emoji the `emoji` package knows
+    image_px: int = Field(128, ge=16)
+
+
 class ScrapeConfig(Section):
-    source: Literal["synthetic"] = "synthetic"
+    source: Literal["synthetic", "discord", "laion", "folder", "noto"] = "synthetic"
     seed: int = 0
     synthetic: SyntheticConfig = SyntheticConfig()
+    discord: DiscordConfig = DiscordConfig()
+    laion: LaionConfig = LaionConfig()
+    folder: FolderConfig = FolderConfig()
+    noto: NotoConfig = NotoConfig()
+
+    @model_validator(mode="after")
+    def _check_source(self) -> "ScrapeConfig":
+        if self.source == "laion" and not self.laion.metadata:
+            raise ValueError("laion.metadata: required when source is laion (a parquet path, glob or hub id)")
+        if self.source == "folder" and not self.folder.path:
+            raise ValueError("folder.path: required when source is folder")
+        return self
+
+
+class LaionFilterConfig(Section):
+    """Thresholds of the high-quality LAION recipes; null turns a rule off."""
+    min_aesthetic: float | None = 6.5
+    min_similarity: float | None = 0.28
+    max_punsafe: float | None = 0.5
+    max_pwatermark: float | None = 0.5
+    min_side_px: int | None = Field(512, gt=0)
+    max_aspect_ratio: float | None = Field(2.0, ge=1)
+    min_caption_chars: int | None = Field(20, ge=0)
+    max_caption_chars: int | None = Field(300, gt=0)
 
 
 class FilterConfig(Section):
@@ -42,6 +127,8 @@ class FilterConfig(Section):
     max_caption_chars: int = Field(300, gt=0)
     blocklist: list[str] = []
     allowed_tags: list[str] | None = None
+    laion: LaionFilterConfig | None = None  # metadata rules; `{}` for the recipe defaults
+    batch_rows: int = Field(262_144, gt=0)  # rows per streamed batch
 
 
 class DownloadConfig(Section):
@@ -49,7 +136,14 @@ class DownloadConfig(Section):
     shard_size: int = Field(1000, gt=0)
     min_side_px: int = Field(8, gt=0)
     max_aspect_ratio: float = Field(4.0, ge=1)
+    max_image_pixels: int = Field(64_000_000, gt=0)  # larger (decompression bombs) fail as too_large
     processes: int = Field(2, gt=0)
+    # http(s) URLs, through img2dataset
+    threads: int = Field(64, gt=0)  # per process
+    timeout_s: float = Field(10.0, gt=0)
+    retries: int = Field(2, ge=0)
+    distributor: Literal["multiprocessing", "pyspark", "ray"] = "multiprocessing"
+    user_agent_token: str | None = None  # honours X-Robots-Tag noai for this token (and for all)
 
 
 class DedupeConfig(Section):

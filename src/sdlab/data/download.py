@@ -1,9 +1,10 @@
-"""Pack local images into webdataset shards with an index row for every record.
+"""Images of every record into webdataset shards, with an index row for every record.
 
-Reader -> mapper -> writer: records are read in order, each is prepared in a worker
-process (validate, composite on white, fit to `image_px`), and the ok ones are written
-to shards of `shard_size`. A record that fails keeps its row with status `failed` and a
-reason, so rows in the index always equal rows in the filtered records.
+Local files: reader -> mapper -> writer; records are read in order, each is prepared in a
+worker process (validate, composite on white, fit to `image_px`), and the ok ones are
+written to shards of `shard_size`. http(s) URLs: img2dataset (see `fetch`). A record that
+fails keeps its row with status `failed` and a reason, so rows in the index always equal
+rows in the filtered records.
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ from __future__ import annotations
 import functools
 import json
 import multiprocessing
+import shutil
 from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm import tqdm
 
 from sdlab.config import DownloadConfig
+from sdlab.data.fetch import collect, failed_row, fetch, is_fetchable
 from sdlab.data.images import ImageRejected, PreparedImage, prepare_image
 from sdlab.data.shards import shard_name, write_shard
 
@@ -47,25 +51,25 @@ def _map_ordered(fn, items: list, processes: int):
         yield from pool.imap(fn, items, chunksize=32)
 
 
-def pack_local(records: pa.Table, cfg: DownloadConfig, shards_dir: Path) -> tuple[pa.Table, dict]:
-    """Write shards for `records` (which have a `path`) and return (index, stats)."""
+def pack_local(records: pa.Table, cfg: DownloadConfig, shards_dir: Path,
+               first_shard: int = 0) -> tuple[list[dict], int]:
+    """Shards for `records` that have a local `path`: (index rows in record order, shards written)."""
     rows = records.to_pylist()
     mapper = functools.partial(prepare_local, cfg=cfg)
     results = _map_ordered(mapper, [row["path"] for row in rows], cfg.processes)
-    index, pending, shard_count = [], [], 0
+    index, pending, written = [], [], 0
 
     def flush() -> None:
-        nonlocal pending, shard_count
+        nonlocal pending, written
         if pending:
-            write_shard(shards_dir / shard_name(shard_count), pending)
-            shard_count, pending = shard_count + 1, []
+            write_shard(shards_dir / shard_name(first_shard + written), pending)
+            written, pending = written + 1, []
 
-    for row, result in tqdm(zip(rows, results), total=len(rows), desc="download", unit="img"):
+    for row, result in tqdm(zip(rows, results), total=len(rows), desc="pack", unit="img"):
         if isinstance(result, ImageRejected):
-            index.append({**row, "shard": "", "md5": "", "width": 0, "height": 0,
-                          "status": "failed", "reason": result.reason, "error": str(result)})
+            index.append(failed_row(row, result.reason, str(result)))
             continue
-        index.append({**row, "shard": shard_name(shard_count), "md5": result.md5,
+        index.append({**row, "shard": shard_name(first_shard + written), "md5": result.md5,
                       "width": result.width, "height": result.height,
                       "status": "ok", "reason": "", "error": ""})
         meta = {"key": row["key"], "title": row.get("title", ""), "caption": row.get("caption", "")}
@@ -73,9 +77,42 @@ def pack_local(records: pa.Table, cfg: DownloadConfig, shards_dir: Path) -> tupl
         if len(pending) == cfg.shard_size:
             flush()
     flush()
-    table = pa.Table.from_pylist(index)
-    reasons = Counter(r["reason"] for r in index if r["status"] == "failed")
-    stats = {"input": len(rows), "ok": len(rows) - sum(reasons.values()),
-             "failed": sum(reasons.values()), "failed_by_reason": dict(sorted(reasons.items())),
-             "shards": shard_count}
-    return table, stats
+    return index, written
+
+
+def location_kinds(records: pa.Table) -> list[str]:
+    """`local` (a path), `remote` (an http(s) URL) or `unsupported` (any other URL), per record."""
+    paths = records.column("path").to_pylist() if "path" in records.column_names else [""] * records.num_rows
+    urls = records.column("url").to_pylist() if "url" in records.column_names else [""] * records.num_rows
+    return ["local" if path else "remote" if is_fetchable(url or "") else "unsupported"
+            for path, url in zip(paths, urls)]
+
+
+def summarize(rows: list[dict], shards: int) -> dict:
+    reasons = Counter(r["reason"] for r in rows if r["status"] == "failed")
+    failed = sum(reasons.values())
+    return {"input": len(rows), "ok": len(rows) - failed, "failed": failed,
+            "failed_by_reason": dict(sorted(reasons.items())), "shards": shards}
+
+
+def download(records: pa.Table, cfg: DownloadConfig, shards_dir: Path,
+             cache_dir: Path | None = None) -> tuple[pa.Table, dict]:
+    """Every record into the index: local files packed, http(s) URLs fetched with img2dataset
+    (resumable through `cache_dir`), other schemes failed as `unsupported_scheme`."""
+    kinds = pa.array(location_kinds(records))
+    local = records.filter(pc.equal(kinds, "local"))
+    remote = records.filter(pc.equal(kinds, "remote"))
+    rows, shards = pack_local(local, cfg, shards_dir) if local.num_rows else ([], 0)
+    if cache_dir is not None and remote.num_rows == 0 and cache_dir.exists():
+        shutil.rmtree(cache_dir)  # nothing to resume: drop an older run's downloads
+    if remote.num_rows:
+        if cache_dir is None:
+            raise ValueError("download: http(s) records need a cache folder")
+        run_dir = fetch(remote, cfg, cache_dir)
+        fetched, count = collect(remote, run_dir, shards_dir, cfg.shard_size, first_shard=shards)
+        rows, shards = rows + fetched, shards + count
+    for row in records.filter(pc.equal(kinds, "unsupported")).to_pylist():
+        rows.append(failed_row(row, "unsupported_scheme", f"only http(s) URLs are fetched: {row.get('url')!r}"))
+    order = {key: i for i, key in enumerate(records.column("key").to_pylist())}
+    rows.sort(key=lambda row: order[row["key"]])
+    return pa.Table.from_pylist(rows), summarize(rows, shards)
