@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,29 @@ def packed_blobs(root: Path, seed: int, count: int, image_px: int, shard_size: i
     index, _ = download(pa.Table.from_pylist(records),
                           DownloadConfig(image_px=image_px, shard_size=shard_size, processes=1), root / "shards")
     return index.to_pylist()
+
+
+def project_copy(work: Path, params_yaml: str) -> Path:
+    """A fresh git+dvc copy of the project at `work` with `params_yaml` as params.yaml."""
+    work.mkdir(parents=True)
+    for name in ["dvc.yaml", "stages", "src", "configs", ".dvc", ".gitignore"]:
+        source = REPO / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, work / name)
+    shutil.rmtree(work / ".dvc" / "cache", ignore_errors=True)
+    shutil.rmtree(work / ".dvc" / "tmp", ignore_errors=True)
+    (work / "params.yaml").write_text(params_yaml)
+    for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        subprocess.run(["git", *command], cwd=work, check=True)
+    return work
+
+
+def dvc_env(workdir: Path) -> dict:
+    return dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", HF_HUB_OFFLINE="1",
+                PYTHONPATH=str(workdir / "src"))  # the copy runs its own code
+
+
+def dvc(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=workdir, env=dvc_env(workdir),
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result

@@ -13,19 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, dvc, project_copy
 
 STAGES = ["scrape", "filter", "download", "dedupe", "caption", "vae", "encode", "train", "evaluate"]
 pytestmark = pytest.mark.e2e
-
-
-def dvc(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", HF_HUB_OFFLINE="1",
-               PYTHONPATH=str(workdir / "src"))  # the copy runs its own code
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=workdir, env=env,
-                            capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
 
 
 def ran(output: str) -> list[str]:
@@ -35,16 +26,7 @@ def ran(output: str) -> list[str]:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """A fresh git+dvc copy of the project with the tiny profile as params.yaml, reproduced once."""
-    work = tmp_path_factory.mktemp("e2e") / "sdlab"
-    work.mkdir()
-    for name in ["dvc.yaml", "stages", "src", "configs", ".dvc", ".gitignore"]:
-        source = REPO / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, work / name)
-    shutil.rmtree(work / ".dvc" / "cache", ignore_errors=True)
-    shutil.rmtree(work / ".dvc" / "tmp", ignore_errors=True)
-    shutil.copy(REPO / "configs" / "tiny.yaml", work / "params.yaml")
-    for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"]):
-        subprocess.run(["git", *command], cwd=work, check=True)
+    work = project_copy(tmp_path_factory.mktemp("e2e") / "sdlab", (REPO / "configs" / "tiny.yaml").read_text())
     first = dvc(work, "repro")
     (work / "first_run.log").write_text(first.stdout)
     return work

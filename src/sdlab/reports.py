@@ -57,11 +57,15 @@ def load_local(paths: list[str], px: int = SHEET_PX) -> np.ndarray:
 
 
 def write_sheet(path: str | Path, images: np.ndarray, labels: list[str], columns: int = 8) -> None:
-    """A contact sheet: images with their captions or titles underneath."""
-    if len(images) == 0:
-        return
+    """A contact sheet: images with their captions or titles underneath (a note when there are
+    none, e.g. a URL-only source before download: DVC expects the plot file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if len(images) == 0:
+        sheet = Image.new("RGB", (360, 40), "white")
+        ImageDraw.Draw(sheet).text((8, 12), "no local images at this stage", fill="black")
+        sheet.save(path)
+        return
     sample_grid(images, labels, min(columns, len(images))).save(path)
 
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Iterable
+
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 REQUIRED_COLUMNS = ("key", "source", "url", "path", "title", "caption")
 
@@ -11,21 +17,41 @@ class DataError(ValueError):
     """A data table is missing, malformed or empty where it must not be."""
 
 
-def records_to_table(records: list[dict]) -> pa.Table:
-    """Build the records table; every record must carry the required columns."""
-    if not records:
-        raise DataError("scrape: the source returned no records")
-    for column in REQUIRED_COLUMNS:
-        if column not in records[0]:
-            raise DataError(f"scrape: records lack the required column {column!r}")
-    table = pa.Table.from_pylist(records)
-    keys = table.column("key").to_pylist()
-    if len(set(keys)) != len(keys):
-        raise DataError("scrape: record keys are not unique")
-    return table
-
-
 def check_columns(table: pa.Table, columns: tuple[str, ...], where: str) -> None:
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise DataError(f"{where}: missing column(s) {', '.join(missing)}")
+
+
+def write_records(path: Path, batches: Iterable[list[dict] | pa.Table], head: int = 1000) -> tuple[int, list[dict]]:
+    """Stream record batches into one parquet file (atomically); return (rows, the first `head` rows).
+
+    The first batch fixes the schema; keys must be unique across all batches."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    writer, rows, first_rows = None, 0, []
+    try:
+        for batch in batches:
+            if isinstance(batch, list):
+                if not batch:
+                    continue
+                batch = pa.Table.from_pylist(batch, schema=writer.schema if writer else None)
+            if writer is None:
+                check_columns(batch, REQUIRED_COLUMNS, "scrape: records")
+                writer = pq.ParquetWriter(temp, batch.schema)
+            writer.write_table(batch.cast(writer.schema))
+            if len(first_rows) < head:
+                first_rows += batch.slice(0, head - len(first_rows)).to_pylist()
+            rows += batch.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    if rows == 0:
+        temp.unlink(missing_ok=True)
+        raise DataError("scrape: the source returned no records")
+    distinct = pc.count_distinct(pq.read_table(temp, columns=["key"]).column("key")).as_py()
+    if distinct != rows:
+        temp.unlink()
+        raise DataError(f"scrape: record keys are not unique ({rows - distinct} repeated)")
+    os.replace(temp, path)
+    return rows, first_rows

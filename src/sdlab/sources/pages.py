@@ -1,0 +1,156 @@
+"""Page fetchers for scrapers, one registry: `selenium` (headless Chromium, for pages that
+render their content with JavaScript) and `http` (pages whose HTML already holds it).
+
+A fetcher returns a page's HTML or raises `PageError` (HTTP status >= 400, timeout, crashed
+browser); the caller retries with backoff. The browser is Debian's Chromium driven through
+its own chromedriver: selenium-manager is never asked to download anything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from sdlab.config import DiscordConfig
+from sdlab.data.records import DataError
+
+log = logging.getLogger(__name__)
+USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) sdlab-scraper (+https://github.com/sdlab)"
+CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                  "--window-size=1280,2000", "--blink-settings=imagesEnabled=false")  # only the src is needed
+
+
+class PageError(RuntimeError):
+    """One attempt at one page failed; worth retrying."""
+
+
+class BrowserMissing(DataError):
+    pass
+
+
+class Pages(Protocol):
+    def html(self, url: str) -> str: ...
+    def close(self) -> None: ...
+
+
+def document_status(performance_log: list[dict]) -> int | None:
+    """HTTP status of the last top-level document in Chromium's performance log."""
+    status = None
+    for entry in performance_log:
+        message = json.loads(entry["message"])["message"]
+        if message.get("method") == "Network.responseReceived" and message["params"].get("type") == "Document":
+            status = message["params"]["response"]["status"]
+    return status
+
+
+class BrowserPages:
+    """Headless Chromium; waits explicitly for the list container, restarts after a crash."""
+
+    def __init__(self, cfg: DiscordConfig):
+        self.cfg = cfg
+        self.driver = None
+        self.profile: str | None = None
+
+    def _start(self) -> None:
+        for path, what in ((self.cfg.chromium, "scrape.discord.chromium"), (self.cfg.chromedriver, "scrape.discord.chromedriver")):
+            if not Path(path).exists():
+                raise BrowserMissing(f"{what}: {path} not found; install Chromium and its driver with "
+                                     "`apt-get install chromium chromium-driver` (`make install` does it)")
+        os.environ["SE_OFFLINE"] = "true"  # selenium-manager must never download a driver
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
+        self.profile = tempfile.mkdtemp(prefix="sdlab-chromium-")
+        options = webdriver.ChromeOptions()
+        options.binary_location = self.cfg.chromium
+        for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={self.profile}", *self.cfg.browser_args):
+            options.add_argument(flag)
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # to read HTTP status
+        self.driver = webdriver.Chrome(service=Service(self.cfg.chromedriver), options=options)
+        self.driver.set_page_load_timeout(self.cfg.page_timeout_s)
+
+    def html(self, url: str) -> str:
+        from selenium.common.exceptions import TimeoutException, WebDriverException
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions
+        from selenium.webdriver.support.ui import WebDriverWait
+        from urllib3.exceptions import HTTPError
+
+        if self.driver is None:
+            self._start()
+        try:
+            self.driver.get_log("performance")  # drop the previous page's events
+            self.driver.get(url)
+            status = document_status(self.driver.get_log("performance"))
+            if status is not None and status >= 400:
+                raise PageError(f"HTTP {status}")
+            try:
+                WebDriverWait(self.driver, self.cfg.page_timeout_s).until(
+                    expected_conditions.presence_of_element_located((By.CSS_SELECTOR, self.cfg.selectors.container)))
+            except TimeoutException:
+                log.warning("%s: no element matches %r after %.0f s", url, self.cfg.selectors.container,
+                            self.cfg.page_timeout_s)
+            return self.driver.page_source
+        except TimeoutException as exc:
+            raise PageError(f"page load timed out after {self.cfg.page_timeout_s} s") from exc
+        except (WebDriverException, HTTPError, OSError) as exc:
+            self.close()  # a crashed or hung browser (or its driver): the next attempt starts a fresh one
+            detail = getattr(exc, "msg", None) or type(exc).__name__
+            raise PageError(f"browser failed: {detail}") from exc
+
+    def close(self) -> None:
+        if self.driver is not None:
+            try:
+                self.driver.quit()
+            except Exception:  # noqa: BLE001 (already dead)
+                pass
+            self.driver = None
+        if self.profile:
+            kill_browsers_using(self.profile)  # a browser orphaned by a crashed driver
+            shutil.rmtree(self.profile, ignore_errors=True)
+            self.profile = None
+
+
+def kill_browsers_using(profile: str) -> None:
+    import psutil
+
+    for process in psutil.process_iter(["cmdline"]):
+        if f"--user-data-dir={profile}" in (process.info["cmdline"] or []):
+            try:
+                process.kill()
+            except psutil.Error:
+                pass
+
+
+class HttpPages:
+    """Plain HTTP GET: enough for pages whose HTML already holds the items."""
+
+    def __init__(self, cfg: DiscordConfig):
+        import requests
+
+        self.cfg = cfg
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = USER_AGENT
+
+    def html(self, url: str) -> str:
+        import requests
+
+        try:
+            response = self.session.get(url, timeout=self.cfg.page_timeout_s)
+        except requests.RequestException as exc:
+            raise PageError(f"{type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 400:
+            raise PageError(f"HTTP {response.status_code}")
+        return response.text
+
+    def close(self) -> None:
+        self.session.close()
+
+
+PAGE_FETCHERS: dict[str, type] = {"selenium": BrowserPages, "http": HttpPages}
