@@ -36,7 +36,8 @@ def test_corrupt_image_is_counted_and_the_rest_are_packed(tmp_path):
         {"key": "good", "source": "folder", "url": "", "path": str(tmp_path / "good.png"), "title": "g", "caption": ""},
         {"key": "bad", "source": "folder", "url": "", "path": str(tmp_path / "bad.png"), "title": "b", "caption": ""}])
     result = run_stage("download.py", "--params", str(REPO / "configs" / "tiny.yaml"), "--records", records,
-                       "--out", str(tmp_path / "images"), "--report", str(tmp_path / "report"))
+                       "--out", str(tmp_path / "images"), "--cache", str(tmp_path / "cache"),
+                       "--report", str(tmp_path / "report"))
     assert result.returncode == 0, result.stderr
     stats = json.loads((tmp_path / "report" / "stats.json").read_text())
     assert stats["ok"] == 1 and stats["failed_by_reason"] == {"decode_error": 1}
@@ -49,7 +50,8 @@ def test_all_images_unusable_is_a_clear_error(tmp_path):
     records = write_records(tmp_path / "records.parquet", [
         {"key": "bad", "source": "folder", "url": "", "path": str(tmp_path / "bad.png"), "title": "b", "caption": ""}])
     result = run_stage("download.py", "--params", str(REPO / "configs" / "tiny.yaml"), "--records", records,
-                       "--out", str(tmp_path / "images"), "--report", str(tmp_path / "report"))
+                       "--out", str(tmp_path / "images"), "--cache", str(tmp_path / "cache"),
+                       "--report", str(tmp_path / "report"))
     assert result.returncode == 1
     assert "no image could be used: {'decode_error': 1}" in result.stderr and "Traceback" not in result.stderr
 

@@ -39,6 +39,9 @@ def write_records(path: Path, batches: Iterable[list[dict] | pa.Table], head: in
             if writer is None:
                 check_columns(batch, REQUIRED_COLUMNS, "scrape: records")
                 writer = pq.ParquetWriter(temp, batch.schema)
+            elif batch.schema.names != writer.schema.names:
+                raise DataError(f"scrape: a later batch has columns {batch.schema.names}, "
+                                f"the first had {writer.schema.names}")
             writer.write_table(batch.cast(writer.schema))
             if len(first_rows) < head:
                 first_rows += batch.slice(0, head - len(first_rows)).to_pylist()

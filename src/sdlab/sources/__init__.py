@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 import pyarrow as pa
 
 from sdlab.config import ScrapeConfig
-from sdlab.sources import discord, synthetic
+from sdlab.sources import discord, folder, laion, noto, synthetic
 
 Batch = list[dict] | pa.Table
 Source = Callable[[ScrapeConfig, Path, Path, dict], Iterable[Batch]]
@@ -27,4 +27,7 @@ def _synthetic(config: ScrapeConfig, out_dir: Path, state_dir: Path, stats: dict
 SOURCES: dict[str, Source] = {
     "synthetic": _synthetic,
     "discord": discord.scrape,
+    "laion": laion.scrape,
+    "folder": folder.scrape,
+    "noto": noto.scrape,
 }
