@@ -1,6 +1,12 @@
-"""DVC stage `train`: the UNet on cached latents; checkpoints persist, the pipeline is exported."""
+"""DVC stage `train`: the UNet on cached latents; checkpoints persist, the pipeline is exported.
 
+With `train.num_processes > 1` (or `train.accelerate_config`) it re-runs itself under
+`accelerate launch`; every rank then loads only its slice of the latent shards.
+"""
+
+import contextlib
 import hashlib
+import sys
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -10,35 +16,57 @@ from dvclive import Live
 
 from sdlab.diffusion import make_noise_scheduler
 from sdlab.encode import load_latents, load_text
+from sdlab.evaluate import generate
 from sdlab.io import read_json, read_table, write_json
-from sdlab.models.pipeline import build_pipeline, save_pipeline
+from sdlab.launch import relaunch_if_needed
+from sdlab.models.pipeline import build_pipeline, export_pipeline
 from sdlab.models.text_encoder import load_text_encoder
-from sdlab.models.unet import build_unet
-from sdlab.train import TrainData, train_unet
+from sdlab.models.unet import make_unet
+from sdlab.reports import sample_grid
 from sdlab.stage import parse_args, stage
+from sdlab.train import TrainData, make_accelerator, rank_slice, train_unet
 
 
 @stage("train")
 def main(args, params):
     cfg, latents_dir = params.train, Path(args.latents)
+    relaunch_if_needed(cfg, __file__, sys.argv[1:])
+    accelerator = make_accelerator(cfg)
     meta = read_json(latents_dir / "meta.json")
     index = read_table(latents_dir / "index.parquet")
     train_index = index.filter(pc.equal(index["split"], "train"))
+    mine = rank_slice(train_index, accelerator.process_index, accelerator.num_processes)
     text = load_text(latents_dir)
-    data = TrainData(load_latents(latents_dir, train_index), torch.tensor(train_index["caption_id"].to_pylist()), text)
+    data = TrainData(load_latents(latents_dir, mine), torch.tensor(mine["caption_id"].to_pylist()), text)
     channels, size = meta["latent_shape"][0], meta["latent_shape"][1]
-    unet = build_unet(cfg.unet, size, channels, cross_attention_dim=text.shape[-1])
+    unet = make_unet(cfg, size, channels, cross_attention_dim=text.shape[-1])
     fingerprint = hashlib.sha256(((latents_dir / "meta.json").read_text()
                                   + "\n".join(train_index["key"].to_pylist())).encode()).hexdigest()
-    with Live(dir=args.live, dvcyaml=None, save_dvc_exp=False) as live:
-        unet, summary = train_unet(unet, data, cfg, Path(args.checkpoints), fingerprint, live)
     tokenizer, text_encoder = load_text_encoder(**meta["text_encoder"])
-    pipeline = build_pipeline(unet, AutoencoderKL.from_pretrained(args.vae), tokenizer, text_encoder,
-                              make_noise_scheduler(cfg))
-    save_pipeline(pipeline, Path(args.out))
-    summary.update(train_samples=len(data), unet_parameters=sum(p.numel() for p in unet.parameters()))
-    write_json(Path(args.report) / "stats.json", summary)
-    print(f"train: {summary}")
+    vae = AutoencoderKL.from_pretrained(args.vae)
+    main_process = accelerator.is_main_process
+    with (Live(dir=args.live, dvcyaml=None, save_dvc_exp=False) if main_process else contextlib.nullcontext()) as live:
+        val_prompts = index.filter(pc.equal(index["split"], "val"))["caption"].to_pylist()[: cfg.validation_prompts]
+
+        def validate(model, step: int) -> None:
+            """A few val prompts sampled with the current weights, into the dvclive folder."""
+            pipeline = build_pipeline(model, vae, tokenizer, text_encoder, make_noise_scheduler(cfg))
+            pipeline.set_progress_bar_config(disable=True)
+            images = generate(pipeline, val_prompts, list(range(len(val_prompts))), 20, 5.0, len(val_prompts),
+                              progress=False)
+            live.log_image(f"validation/step-{step:07d}.png", sample_grid(images, val_prompts, len(val_prompts)))
+            model.train()
+
+        unet, summary = train_unet(unet, data, cfg, Path(args.checkpoints), fingerprint, live,
+                                   validate if val_prompts else None, accelerator)
+    if main_process:
+        export_pipeline(unet, cfg, vae, tokenizer, text_encoder, Path(args.out))
+        summary.update(train_samples=train_index.num_rows, unet_parameters=sum(p.numel() for p in unet.parameters()),
+                       trainable_parameters=sum(p.numel() for p in unet.parameters() if p.requires_grad))
+        write_json(Path(args.report) / "stats.json", summary)
+        print(f"train: {summary}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
 
 
 if __name__ == "__main__":

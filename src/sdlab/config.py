@@ -228,13 +228,24 @@ class UnetConfig(Section):
 
 class TrainConfig(Section):
     unet: UnetConfig = UnetConfig()
+    # what is trained: a UNet built from `unet` (scratch) or loaded from `pretrained`
+    init: Literal["scratch", "pretrained"] = "scratch"
+    pretrained: str | None = None  # hub id or local diffusers folder (e.g. CompVis/stable-diffusion-v1-4)
+    pretrained_subfolder: str | None = "unet"
+    trainable: Literal["all", "cross_attention", "lora"] = "all"  # cross_attention: only attn2 layers
+    lora_rank: int = Field(8, gt=0)
+    zero_init_output: bool = False  # scratch: zero the output conv so the first prediction is 0
+    # optimisation
     max_steps: int = Field(400, gt=0)
-    batch_size: int = Field(128, gt=0)
+    batch_size: int = Field(128, gt=0)  # per process and micro-step; global = x num_processes x accumulation
+    gradient_accumulation_steps: int = Field(1, gt=0)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-2, ge=0)
     warmup_steps: int = Field(100, ge=0)
     lr_schedule: Literal["cosine", "constant_with_warmup", "linear"] = "cosine"
     ema_decay: float = Field(0.999, ge=0, lt=1)
+    ema_warmup: bool = True  # decay ramps up as 1 - (1 + step)^-ema_power (Karras-style warmup)
+    ema_power: float = Field(2 / 3, gt=0)
     max_grad_norm: float = Field(1.0, gt=0)
     caption_dropout: float = Field(0.1, ge=0, lt=1)
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
@@ -242,10 +253,28 @@ class TrainConfig(Section):
     noise_offset: float = Field(0.0, ge=0)  # offset noise; ~0.05-0.1 helps very dark/bright images
     num_train_timesteps: int = Field(1000, gt=0)
     beta_schedule: Literal["scaled_linear", "linear", "squaredcos_cap_v2"] = "scaled_linear"
+    # scale: accelerate launches num_processes workers (DDP; gloo on CPU); multi-node via a config file
+    num_processes: int = Field(1, gt=0)
+    accelerate_config: str | None = None  # an `accelerate config` YAML; overrides num_processes
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile; does not pay on CPU
+    allow_tf32: bool = True  # Ampere+ GPUs
+    # checkpoints and observability
     checkpoint_every_steps: int = Field(100, gt=0)
     keep_checkpoints: int = Field(2, gt=0)
     log_every_steps: int = Field(10, gt=0)
+    validation_every_steps: int = Field(0, ge=0)  # 0: off; else sample images into the dvclive folder
+    validation_prompts: int = Field(4, gt=0)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_init(self) -> "TrainConfig":
+        if self.init == "pretrained" and not self.pretrained:
+            raise ValueError("pretrained: required when init is pretrained (a hub id or a local diffusers folder)")
+        if self.trainable != "all" and self.init != "pretrained":
+            raise ValueError(f"trainable: {self.trainable} fine-tunes a pretrained UNet; set init: pretrained")
+        return self
 
 
 class EvaluateConfig(Section):
@@ -291,6 +320,8 @@ def _describe(error: dict[str, Any]) -> str:
         limits = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in ctx.items()}
         return f"{key}: must be {bounds[kind].format(**limits)}, got {got!r}"
     message = error["msg"].removeprefix("Value error, ")
+    if isinstance(got, dict):  # a section's own check names its field: `train.pretrained: required ...`
+        return f"{key}.{message}" if key != "params" else message
     return f"{key}: {message}, got {got!r}"
 
 

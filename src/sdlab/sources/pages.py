@@ -91,7 +91,7 @@ class BrowserPages:
             if status is not None and status >= 400:
                 raise PageError(f"HTTP {status}")
             try:
-                WebDriverWait(self.driver, self.cfg.page_timeout_s).until(
+                WebDriverWait(self.driver, self.cfg.page_timeout_s, poll_frequency=0.1).until(
                     expected_conditions.presence_of_element_located((By.CSS_SELECTOR, self.cfg.selectors.container)))
             except TimeoutException:
                 log.warning("%s: no element matches %r after %.0f s", url, self.cfg.selectors.container,

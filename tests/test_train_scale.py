@@ -1,0 +1,220 @@
+"""The train stage for real runs: accelerate with 2 gloo processes, kill -9 and resume,
+fine-tuning a pretrained UNet (cross-attention only, LoRA), mixed precision, accumulation."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import REPO, packed_blobs
+from sdlab.config import EncodeConfig, TextEncoderConfig, TrainConfig, UnetConfig, VaeConfig
+from sdlab.encode import encode_dataset
+from sdlab.models.unet import build_unet, select_trainable
+from sdlab.models.vae import build_vae
+from sdlab.train import data_position, rank_slice
+
+TINY_UNET = {"block_out_channels": [16, 32], "layers_per_block": 1, "attention_head_dim": 4,
+             "cross_attention_levels": [False, True]}
+TEXT_DIM = 384  # the packaged MiniLM
+
+
+@pytest.fixture(scope="module")
+def latents(tmp_path_factory) -> Path:
+    """64 blob images (8 shards) encoded by a tiny VAE into 8x8x4 latents, 56 train / 8 val."""
+    root = tmp_path_factory.mktemp("train-scale")
+    index = packed_blobs(root, seed=11, count=64, image_px=16, shard_size=8)
+    torch.manual_seed(0)
+    vae = build_vae(VaeConfig(block_out_channels=[8, 16]), 16)
+    vae.save_pretrained(root / "vae")
+    rows = [dict(r, split="val" if i % 8 == 7 else "train") for i, r in enumerate(index)]
+    encode_dataset(rows, str(root / "shards"), str(root / "vae"), str(root / "latents"), 16,
+                   EncodeConfig(batch_size=16, workers=1), TextEncoderConfig())
+    return root
+
+
+def train_params(tmp: Path, **train) -> Path:
+    settings = {"unet": TINY_UNET, "max_steps": 30, "batch_size": 8, "lr": 2e-3, "warmup_steps": 5,
+                "checkpoint_every_steps": 10, "keep_checkpoints": 2, "log_every_steps": 1, **train}
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump({"train": settings}))
+    return path
+
+
+def train_command(root: Path, run: Path, params: Path) -> list[str]:
+    return [sys.executable, str(REPO / "stages" / "train.py"), "--params", str(params),
+            "--latents", str(root / "latents"), "--vae", str(root / "vae"), "--checkpoints", str(run / "checkpoints"),
+            "--live", str(run / "live"), "--out", str(run / "pipeline"), "--report", str(run / "report")]
+
+
+def run_train(root: Path, run: Path, **train) -> dict:
+    run.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(train_command(root, run, train_params(run, **train)), cwd=run, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads((run / "report" / "stats.json").read_text())
+
+
+def curve(run: Path, name: str = "loss") -> dict[int, float]:
+    with open(run / "live" / "plots" / "metrics" / "train" / f"{name}.tsv") as f:
+        return {int(r["step"]): float(r[name]) for r in csv.DictReader(f, delimiter="\t")}
+
+
+def unet_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_two_gloo_processes_follow_one_process_with_twice_the_batch(latents, tmp_path):
+    one = run_train(latents, tmp_path / "one", batch_size=16, validation_every_steps=15, validation_prompts=2)
+    two = run_train(latents, tmp_path / "two", batch_size=8, num_processes=2)
+    assert (one["world_size"], one["global_batch"]) == (1, 16)
+    assert (two["world_size"], two["global_batch"]) == (2, 16)
+    a, b = curve(tmp_path / "one"), curve(tmp_path / "two")
+    assert sorted(a) == sorted(b) == list(range(1, 31))
+    first, last = np.mean([a[s] for s in range(1, 6)]), np.mean([a[s] for s in range(21, 31)])
+    assert last < 0.8 * first  # it learns
+    for window in (range(1, 11), range(11, 21), range(21, 31)):  # the same curve within 15 %
+        mean_a, mean_b = np.mean([a[s] for s in window]), np.mean([b[s] for s in window])
+        assert abs(mean_a - mean_b) < 0.15 * mean_a, (window, mean_a, mean_b)
+    # both ranks' weights ended identical, so the exported model is the DDP model
+    assert (tmp_path / "two" / "pipeline" / "model_index.json").is_file()
+    # validation images landed in the dvclive folder at the asked steps
+    images = sorted(p.name for p in (tmp_path / "one" / "live" / "plots" / "images" / "validation").glob("*.png"))
+    assert images == ["step-0000015.png", "step-0000030.png"]
+
+
+def test_kill_9_mid_training_resumes_to_the_exact_weights_and_step(latents, tmp_path):
+    reference = run_train(latents, tmp_path / "reference", max_steps=40)
+    run = tmp_path / "killed"
+    run.mkdir()
+    params = train_params(run, max_steps=40)
+    proc = subprocess.Popen(train_command(latents, run, params), cwd=run, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "step-0000020").exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # mid-run, possibly mid-checkpoint
+    proc.wait()
+    resumed = run_train(latents, run, max_steps=40)
+    assert resumed["start_step"] in (20, 30) and resumed["final_step"] == 40
+    assert max(curve(run)) == 40
+    state = json.loads(sorted((run / "checkpoints").glob("step-*"))[-1].joinpath("run.json").read_text())
+    assert state["step"] == 40 and state["data_position_rank0"] == data_position(40, 56, 8)
+    reference_weights, resumed_weights = unet_weights(tmp_path / "reference"), unet_weights(run)
+    assert reference_weights.keys() == resumed_weights.keys()
+    for name, tensor in reference_weights.items():
+        assert torch.equal(tensor, resumed_weights[name]), name  # bit-exact on CPU
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+    assert reference["final_loss"] == resumed["final_loss"]
+
+
+def test_data_position_and_rank_slices():
+    assert data_position(7, 56, 8) == {"epoch": 1, "samples_seen_in_epoch": 0, "samples_per_epoch": 56}
+    assert data_position(9, 56, 8) == {"epoch": 1, "samples_seen_in_epoch": 16, "samples_per_epoch": 56}
+    index = pa.table({"key": [f"k{i}" for i in range(12)], "latent_shard": [f"{i // 3:05d}" for i in range(12)]})
+    slices = [rank_slice(index, r, 2)["key"].to_pylist() for r in range(2)]
+    assert slices == [["k0", "k1", "k2", "k6", "k7", "k8"], ["k3", "k4", "k5", "k9", "k10", "k11"]]
+    few = [rank_slice(index.slice(0, 3), r, 2)["key"].to_pylist() for r in range(2)]
+    assert few == [["k0", "k2"], ["k1"]]  # fewer shards than ranks: rows round robin
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    """A tiny 'Stable Diffusion' folder with only what fine-tuning reads: unet/."""
+    root = tmp_path_factory.mktemp("sd") / "tiny-sd"
+    torch.manual_seed(123)
+    build_unet(UnetConfig(**TINY_UNET), 8, 4, TEXT_DIM).save_pretrained(root / "unet")
+    return root
+
+
+def test_cross_attention_mode_trains_only_attn2(latents, pretrained, tmp_path):
+    run_train(latents, tmp_path / "xattn", init="pretrained", pretrained=str(pretrained), trainable="cross_attention",
+              max_steps=6)
+    before = load_file(str(pretrained / "unet" / "diffusion_pytorch_model.safetensors"))
+    after = unet_weights(tmp_path / "xattn")
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(".attn2." in name for name in changed)
+    assert any(".attn2." in name for name in changed)
+
+
+def test_lora_export_merges_and_the_saved_adapter_loads_with_load_lora_weights(latents, pretrained, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    stats = run_train(latents, tmp_path / "lora", init="pretrained", pretrained=str(pretrained), trainable="lora",
+                      lora_rank=4, max_steps=8, lr=1e-2)
+    assert stats["trainable_parameters"] < stats["unet_parameters"] / 5
+    out = tmp_path / "lora" / "pipeline"
+    assert (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    merged = StableDiffusionPipeline.from_pretrained(str(out), safety_checker=None)
+    base = StableDiffusionPipeline.from_pretrained(str(out), safety_checker=None,
+                                                   unet=type(merged.unet).from_pretrained(str(pretrained), subfolder="unet"))
+    images = {}
+    for name, pipe in [("merged", merged), ("base", base)]:
+        pipe.set_progress_bar_config(disable=True)
+        images[name] = pipe("a blob", num_inference_steps=4, generator=torch.Generator().manual_seed(0),
+                            output_type="np").images
+    base.load_lora_weights(str(out / "lora"))
+    images["base+lora"] = base("a blob", num_inference_steps=4, generator=torch.Generator().manual_seed(0),
+                               output_type="np").images
+    assert np.abs(images["merged"] - images["base+lora"]).max() < 1e-3
+    assert np.abs(images["merged"] - images["base"]).max() > 1e-3  # the adapter changed the model
+
+
+def test_a_pretrained_unet_that_does_not_fit_is_a_clear_error(latents, tmp_path):
+    wrong = tmp_path / "wrong"
+    build_unet(UnetConfig(**TINY_UNET), 8, 4, 768).save_pretrained(wrong / "unet")
+    run = tmp_path / "run"
+    run.mkdir()
+    result = subprocess.run(train_command(latents, run, train_params(run, init="pretrained", pretrained=str(wrong))),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "cross-attends to 768-d text states, the text encoder gives 384-d" in result.stderr
+
+
+def test_bf16_accumulation_and_checkpointing_run_and_step_the_schedule_once_per_update(latents, tmp_path):
+    stats = run_train(latents, tmp_path / "bf16", mixed_precision="bf16", gradient_accumulation_steps=2,
+                      gradient_checkpointing=True, max_steps=10, warmup_steps=0, lr_schedule="linear")
+    assert stats["global_batch"] == 16 and stats["final_step"] == 10
+    lr = curve(tmp_path / "bf16", "lr")
+    assert lr[1] == pytest.approx(2e-3 * 9 / 10) and lr[10] == pytest.approx(0.0)  # 10 updates, not 20
+    assert all(np.isfinite(list(curve(tmp_path / "bf16").values())))
+
+
+def test_fp16_on_a_cpu_is_refused_with_the_key_named(latents, tmp_path):
+    run = tmp_path / "fp16"
+    run.mkdir()
+    result = subprocess.run(train_command(latents, run, train_params(run, mixed_precision="fp16")),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "train.mixed_precision: fp16 needs a GPU" in result.stderr
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    cfg = TrainConfig(unet=UnetConfig(**TINY_UNET))
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        unet = build_unet(cfg.unet, 8, 4, TEXT_DIM)
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet.train()
+        select_trainable(unet, "all", 4)
+        generator = torch.Generator().manual_seed(1)
+        x, text = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 5, TEXT_DIM, generator=generator)
+        unet(x, torch.tensor([10, 500]), text).sample.square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in unet.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
