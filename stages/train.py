@@ -60,6 +60,7 @@ def main(args, params):
         unet, summary = train_unet(unet, data, cfg, Path(args.checkpoints), fingerprint, live,
                                    validate if val_prompts else None, accelerator)
     if main_process:
+        (Path(args.live) / "plots" / "images").mkdir(parents=True, exist_ok=True)  # a DVC plots out
         export_pipeline(unet, cfg, vae, tokenizer, text_encoder, Path(args.out))
         summary.update(train_samples=train_index.num_rows, unet_parameters=sum(p.numel() for p in unet.parameters()),
                        trainable_parameters=sum(p.numel() for p in unet.parameters() if p.requires_grad))

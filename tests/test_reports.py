@@ -25,9 +25,12 @@ def test_sheet_of_records_shows_sampled_images_with_titles(blob_records, tmp_pat
     assert (np.abs(image.astype(int) - 255).sum(-1) > 200).mean() > 0.05  # colored blobs, not blank
 
 
-def test_records_without_local_files_write_no_sheet(tmp_path):
+def test_records_without_local_files_write_a_note_instead_of_a_sheet(tmp_path):
+    # URL-only sources (discord, laion) have nothing to show before download, but DVC
+    # declares the sheet as a plot and needs the file
     sheet_of_records(tmp_path / "sheet.png", [{"key": "a", "url": "http://x/a.png", "path": ""}], label="title")
-    assert not (tmp_path / "sheet.png").exists()
+    from PIL import Image
+    assert Image.open(tmp_path / "sheet.png").size == (360, 40)
 
 
 def test_curves_are_read_from_dvclive_tsv_and_drawn(tmp_path):
