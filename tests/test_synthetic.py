@@ -29,8 +29,8 @@ def test_at_least_eight_named_skin_colors():
 
 def test_same_seed_same_bytes_and_keys_never_come_from_titles(blob_records, tmp_path):
     from sdlab.config import ScrapeConfig, SyntheticConfig
-    again = SOURCES["synthetic"](ScrapeConfig(seed=3, synthetic=SyntheticConfig(
-        num_images=40, image_px=64, duplicate_fraction=0.05)), tmp_path / "again")
+    [again] = SOURCES["synthetic"](ScrapeConfig(seed=3, synthetic=SyntheticConfig(
+        num_images=40, image_px=64, duplicate_fraction=0.05)), tmp_path / "again", tmp_path / "state", {})
     for a, b in zip(blob_records, again):
         assert open(a["path"], "rb").read() == open(b["path"], "rb").read()
         assert a["key"] == b["key"] and a["title"] not in a["key"]
