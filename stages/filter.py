@@ -5,20 +5,16 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from sdlab.data.filter import filter_file
-from sdlab.data.records import REQUIRED_COLUMNS, DataError
-from sdlab.io import write_json
+from sdlab.data.records import REQUIRED_COLUMNS, DataError, check_columns
+from sdlab.io import require_table, write_json
 from sdlab.reports import sheet_of_records
 from sdlab.stage import parse_args, stage
 
 
 @stage("filter")
 def main(args, params):
-    records, out = Path(args.records), Path(args.out)
-    if not records.is_file():
-        raise FileNotFoundError(f"{records}: table not found (did the previous stage run?)")
-    missing = [c for c in REQUIRED_COLUMNS if c not in pq.read_schema(records).names]
-    if missing:
-        raise DataError(f"{records}: missing column(s) {', '.join(missing)}")
+    records, out = require_table(args.records), Path(args.out)
+    check_columns(pq.read_schema(records).names, REQUIRED_COLUMNS, str(records))
     stats, head = filter_file(records, out / "records.parquet", out / "dropped.parquet", params.filter)
     write_json(Path(args.report) / "stats.json", stats)
     if stats["kept"] == 0:

@@ -9,9 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
-import pytest
 import yaml
 
 from sdlab.config import DownloadConfig

@@ -18,12 +18,23 @@ def _temp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp sibling of `path` to write; it replaces `path` only if the block finishes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = _temp_sibling(path)
-    temp.write_bytes(data)
+    try:
+        yield temp
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
     os.replace(temp, path)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as temp:
+        temp.write_bytes(data)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -35,18 +46,20 @@ def read_json(path: str | Path) -> Any:
 
 
 def write_table(path: str | Path, table: pa.Table) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = _temp_sibling(path)
-    pq.write_table(table, temp)
-    os.replace(temp, path)
+    with atomic_path(path) as temp:
+        pq.write_table(table, temp)
 
 
-def read_table(path: str | Path) -> pa.Table:
+def require_table(path: str | Path) -> Path:
+    """`path`, or FileNotFoundError saying which stage's output is missing."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: table not found (did the previous stage run?)")
-    return pq.read_table(path)
+    return path
+
+
+def read_table(path: str | Path) -> pa.Table:
+    return pq.read_table(require_table(path))
 
 
 @contextlib.contextmanager

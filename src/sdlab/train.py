@@ -226,7 +226,7 @@ def train_unet(unet, data: TrainData, cfg: TrainConfig, checkpoints_dir: Path, d
                 loss = training_loss(model, scheduler, latents, hidden, generator, cfg.noise_offset, cfg.snr_gamma)
                 losses = accelerator.gather(loss.detach()[None])  # every rank stops together
                 if not torch.isfinite(losses).all():
-                    bad = [r for r, value in enumerate(losses.tolist()) if not torch.isfinite(torch.tensor(value))]
+                    bad = (~torch.isfinite(losses)).nonzero().flatten().tolist()
                     raise FloatingPointError(
                         f"train: loss is {losses[bad[0]].item()} at step {step} (rank {bad}); stopped with the last "
                         f"good checkpoint kept in {checkpoints_dir} (try a lower train.lr)")

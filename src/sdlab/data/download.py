@@ -25,9 +25,6 @@ from sdlab.data.fetch import collect, failed_row, fetch, is_fetchable
 from sdlab.data.images import ImageRejected, PreparedImage, prepare_image
 from sdlab.data.shards import shard_name, write_shard
 
-INDEX_COLUMNS = ("key", "shard", "md5", "width", "height", "status", "reason")
-
-
 def prepare_local(path: str, cfg: DownloadConfig) -> PreparedImage | ImageRejected:
     """Mapper: one local file -> prepared image, or the rejection with its reason."""
     try:

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from sdlab.config import FilterConfig
 from sdlab.data.records import DataError
+from sdlab.io import atomic_path
 
 Rule = Callable[[pa.Table, FilterConfig], pa.Array]
 DROPPED_COLUMNS = ("key", "url", "path", "title")
@@ -79,7 +80,6 @@ def _threshold(column: str, param: str, fails: Callable) -> Rule:
             return _none(table)
         return pc.fill_null(fails(_number(table, column, param), limit), True)
 
-    rule.__name__ = f"{param}_rule"
     return rule
 
 
@@ -150,14 +150,17 @@ def drop_reasons(table: pa.Table, cfg: FilterConfig) -> pa.Array:
     return reason
 
 
-def filter_records(table: pa.Table, cfg: FilterConfig) -> tuple[pa.Table, pa.Table, dict]:
-    """Split records into (kept, dropped with `reason`, stats)."""
+def split(table: pa.Table, cfg: FilterConfig, dropped_columns: list[str] | None = None
+          ) -> tuple[pa.Table, pa.Table, Counter]:
+    """(kept rows, dropped rows (`dropped_columns` of them, all by default) with `reason`,
+    drops counted per reason)."""
     reason = drop_reasons(table, cfg)
-    keep = pc.equal(reason, "")
-    kept = table.filter(keep)
-    dropped = table.filter(pc.invert(keep)).append_column("reason", reason.filter(pc.invert(keep)))
-    counts = Counter(dropped.column("reason").to_pylist())
-    return kept, dropped, make_stats(table.num_rows, kept.num_rows, counts, cfg)
+    drop = pc.not_equal(reason, "")
+    dropped = table if dropped_columns is None else table.select(dropped_columns)
+    dropped = dropped.filter(drop).append_column("reason", reason.filter(drop))
+    counted = pc.value_counts(reason.filter(drop))
+    counts = Counter(dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist())))
+    return table.filter(pc.invert(drop)), dropped, counts
 
 
 def make_stats(rows: int, kept: int, counts: Counter, cfg: FilterConfig) -> dict:
@@ -165,36 +168,31 @@ def make_stats(rows: int, kept: int, counts: Counter, cfg: FilterConfig) -> dict
             "dropped_by_reason": {name: counts.get(name, 0) for name in active_rules(cfg)}}
 
 
+def filter_records(table: pa.Table, cfg: FilterConfig) -> tuple[pa.Table, pa.Table, dict]:
+    """Split records into (kept, dropped with `reason`, stats)."""
+    kept, dropped, counts = split(table, cfg)
+    return kept, dropped, make_stats(table.num_rows, kept.num_rows, counts, cfg)
+
+
 def filter_file(records: Path, kept_path: Path, dropped_path: Path, cfg: FilterConfig) -> tuple[dict, list[dict]]:
     """Stream `records` in batches into kept (all columns) and dropped (key, url, path, title,
     reason) files, both written atomically. Returns (stats, the first kept rows)."""
     source = pq.ParquetFile(records)
-    temps = [path.with_name(f".{path.name}.tmp") for path in (kept_path, dropped_path)]
-    kept_path.parent.mkdir(parents=True, exist_ok=True)
-    dropped_columns = [c for c in DROPPED_COLUMNS if c in source.schema_arrow.names]
-    dropped_schema = pa.schema([source.schema_arrow.field(c) for c in dropped_columns] + [("reason", pa.string())])
+    schema = source.schema_arrow
+    dropped_columns = [c for c in DROPPED_COLUMNS if c in schema.names]
+    dropped_schema = pa.schema([schema.field(c) for c in dropped_columns] + [("reason", pa.string())])
     counts: Counter = Counter()
     rows = kept_rows = 0
     head: list[dict] = []
-    with pq.ParquetWriter(temps[0], source.schema_arrow) as kept_out, pq.ParquetWriter(temps[1], dropped_schema) as dropped_out:
+    with atomic_path(kept_path) as kept_temp, atomic_path(dropped_path) as dropped_temp, \
+            pq.ParquetWriter(kept_temp, schema) as kept_out, pq.ParquetWriter(dropped_temp, dropped_schema) as dropped_out:
         for batch in source.iter_batches(batch_size=cfg.batch_rows):
             table = pa.Table.from_batches([batch])
-            reason = drop_reasons(table, cfg)
-            keep = pc.equal(reason, "")
-            kept = table.filter(keep)
+            kept, dropped, batch_counts = split(table, cfg, dropped_columns)
             kept_out.write_table(kept)
-            dropped = table.select(dropped_columns).filter(pc.invert(keep))
-            dropped_out.write_table(dropped.append_column("reason", reason.filter(pc.invert(keep))))
-            counts.update(_counts(reason))
+            dropped_out.write_table(dropped)
+            counts.update(batch_counts)
             rows, kept_rows = rows + table.num_rows, kept_rows + kept.num_rows
             if len(head) < 1000:
                 head += kept.slice(0, 1000 - len(head)).to_pylist()
-    for temp, path in zip(temps, (kept_path, dropped_path)):
-        temp.replace(path)
     return make_stats(rows, kept_rows, counts, cfg), head
-
-
-def _counts(reason: pa.Array) -> dict[str, int]:
-    counted = pc.value_counts(reason)
-    return {value.as_py(): count.as_py() for value, count in zip(counted.field("values"), counted.field("counts"))
-            if value.as_py()}

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from sdlab.io import atomic_path
 
 REQUIRED_COLUMNS = ("key", "source", "url", "path", "title", "caption")
 
@@ -17,8 +18,9 @@ class DataError(ValueError):
     """A data table is missing, malformed or empty where it must not be."""
 
 
-def check_columns(table: pa.Table, columns: tuple[str, ...], where: str) -> None:
-    missing = [c for c in columns if c not in table.column_names]
+def check_columns(names: list[str], columns: tuple[str, ...], where: str) -> None:
+    """DataError naming every one of `columns` that is not among `names`."""
+    missing = [c for c in columns if c not in names]
     if missing:
         raise DataError(f"{where}: missing column(s) {', '.join(missing)}")
 
@@ -27,8 +29,17 @@ def write_records(path: Path, batches: Iterable[list[dict] | pa.Table], head: in
     """Stream record batches into one parquet file (atomically); return (rows, the first `head` rows).
 
     The first batch fixes the schema; keys must be unique across all batches."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
+    with atomic_path(path) as temp:
+        rows, first_rows = _stream(temp, batches, head)
+        if rows == 0:
+            raise DataError("scrape: the source returned no records")
+        distinct = pc.count_distinct(pq.read_table(temp, columns=["key"]).column("key")).as_py()
+        if distinct != rows:
+            raise DataError(f"scrape: record keys are not unique ({rows - distinct} repeated)")
+    return rows, first_rows
+
+
+def _stream(temp: Path, batches: Iterable[list[dict] | pa.Table], head: int) -> tuple[int, list[dict]]:
     writer, rows, first_rows = None, 0, []
     try:
         for batch in batches:
@@ -37,7 +48,7 @@ def write_records(path: Path, batches: Iterable[list[dict] | pa.Table], head: in
                     continue
                 batch = pa.Table.from_pylist(batch, schema=writer.schema if writer else None)
             if writer is None:
-                check_columns(batch, REQUIRED_COLUMNS, "scrape: records")
+                check_columns(batch.column_names, REQUIRED_COLUMNS, "scrape: records")
                 writer = pq.ParquetWriter(temp, batch.schema)
             elif batch.schema.names != writer.schema.names:
                 raise DataError(f"scrape: a later batch has columns {batch.schema.names}, "
@@ -49,12 +60,4 @@ def write_records(path: Path, batches: Iterable[list[dict] | pa.Table], head: in
     finally:
         if writer is not None:
             writer.close()
-    if rows == 0:
-        temp.unlink(missing_ok=True)
-        raise DataError("scrape: the source returned no records")
-    distinct = pc.count_distinct(pq.read_table(temp, columns=["key"]).column("key")).as_py()
-    if distinct != rows:
-        temp.unlink()
-        raise DataError(f"scrape: record keys are not unique ({rows - distinct} repeated)")
-    os.replace(temp, path)
     return rows, first_rows

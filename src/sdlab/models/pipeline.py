@@ -7,6 +7,8 @@ from pathlib import Path
 
 from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline
 
+from sdlab.config import TrainConfig
+from sdlab.diffusion import make_noise_scheduler
 from sdlab.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -22,34 +24,27 @@ def build_pipeline(unet, vae: AutoencoderKL, tokenizer, text_encoder, noise_sche
     )
 
 
-def save_pipeline(pipeline: StableDiffusionPipeline, out_dir: Path) -> None:
-    with atomic_dir(out_dir) as temp:
-        pipeline.save_pretrained(temp)
-
-
-def export_pipeline(unet, cfg, vae: AutoencoderKL, tokenizer, text_encoder, out_dir: Path) -> None:
+def export_pipeline(unet, cfg: TrainConfig, vae: AutoencoderKL, tokenizer, text_encoder, out_dir: Path) -> None:
     """The trained pipeline folder. LoRA runs also keep their adapters as diffusers LoRA
-    weights in `out_dir/lora` (for `pipeline.load_lora_weights`) and ship the base UNet
-    with them merged, so `from_pretrained(out_dir)` is the fine-tuned model in every mode."""
-    from sdlab.diffusion import make_noise_scheduler
-    from sdlab.models.unet import make_unet
+    weights in `out_dir/lora` (for `pipeline.load_lora_weights`) and ship the UNet with
+    them merged, so `from_pretrained(out_dir)` is the fine-tuned model in every mode."""
+    lora = None
+    if cfg.trainable == "lora":
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
 
-    scheduler = make_noise_scheduler(cfg)
-    if cfg.trainable != "lora":
-        save_pipeline(build_pipeline(unet, vae, tokenizer, text_encoder, scheduler), out_dir)
-        return
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
+        lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+        unet.fuse_lora()  # merge the adapters into the base weights, then drop them
+        unet.unload_lora()
+    save_pipeline(build_pipeline(unet, vae, tokenizer, text_encoder, make_noise_scheduler(cfg)), out_dir, lora)
 
-    lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    base = make_unet(cfg, unet.config.sample_size, unet.config.in_channels, unet.config.cross_attention_dim)
-    pipeline = build_pipeline(base, vae, tokenizer, text_encoder, scheduler)
+
+def save_pipeline(pipeline: StableDiffusionPipeline, out_dir: Path, lora: dict | None = None) -> None:
+    """The pipeline folder (and LoRA weights in `lora/`), written atomically."""
     with atomic_dir(out_dir) as temp:
-        StableDiffusionPipeline.save_lora_weights(temp / LORA_FOLDER, unet_lora_layers=lora)
-        pipeline.load_lora_weights(str(temp / LORA_FOLDER))
-        pipeline.fuse_lora()
-        pipeline.unload_lora_weights()
         pipeline.save_pretrained(temp)
+        if lora is not None:
+            StableDiffusionPipeline.save_lora_weights(temp / LORA_FOLDER, unet_lora_layers=lora)
 
 
 def load_pipeline(path: str | Path, device: str = "cpu") -> StableDiffusionPipeline:

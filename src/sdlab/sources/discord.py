@@ -99,17 +99,18 @@ class PageProgress:
 
 def fetch_page(pages: Pages, url: str, cfg: DiscordConfig) -> str:
     """One page's HTML, retried with exponential backoff."""
-    for attempt in range(cfg.retries + 1):
+    for attempt in range(cfg.retries):
         try:
             return pages.html(url)
         except PageError as exc:
-            if attempt == cfg.retries:
-                raise ScrapeError(f"{url}: failed after {attempt + 1} attempt(s): {exc} "
-                                  "(finished pages are kept; rerun to resume)") from None
             wait = cfg.backoff_s * 2 ** attempt
             log.warning("%s: %s; retrying in %.1f s", url, exc, wait)
             time.sleep(wait)
-    raise AssertionError("unreachable")
+    try:
+        return pages.html(url)
+    except PageError as exc:
+        raise ScrapeError(f"{url}: failed after {cfg.retries + 1} attempt(s): {exc} "
+                          "(finished pages are kept; rerun to resume)") from None
 
 
 def stale_selectors(url: str, cfg: DiscordConfig, items: list[dict] | None) -> ScrapeError:

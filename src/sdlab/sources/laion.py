@@ -12,6 +12,7 @@ import glob
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -84,7 +85,7 @@ def hub_batches(cfg: LaionConfig) -> Iterator[tuple[pa.Table, dict[str, str]]]:
 def to_records(table: pa.Table, columns: dict[str, str], first_row: int) -> pa.Table:
     """Records layout for one batch; keys number the rows of the whole metadata."""
     rows = table.num_rows
-    index = pa.array(range(first_row, first_row + rows), pa.int64())
+    index = pa.array(np.arange(first_row, first_row + rows, dtype=np.int64))
     keys = pc.binary_join_element_wise("laion-", pc.utf8_lpad(pc.cast(index, pa.string()), 10, "0"), "")
     caption = pc.fill_null(table.column(columns["caption"]).cast(pa.string()), "")
     empty = pa.array([""] * rows, pa.string())

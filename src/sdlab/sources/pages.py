@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
+import requests
+
 from sdlab.config import DiscordConfig
 from sdlab.data.records import DataError
 
@@ -132,15 +134,11 @@ class HttpPages:
     """Plain HTTP GET: enough for pages whose HTML already holds the items."""
 
     def __init__(self, cfg: DiscordConfig):
-        import requests
-
         self.cfg = cfg
         self.session = requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
 
     def html(self, url: str) -> str:
-        import requests
-
         try:
             response = self.session.get(url, timeout=self.cfg.page_timeout_s)
         except requests.RequestException as exc:
