@@ -1,23 +1,28 @@
-"""DVC stage `encode`: VAE latents of every kept image + text hidden states of each distinct
-caption, by a pool of worker processes (one per GPU), resumable shard by shard."""
+"""DVC stage `encode`: VAE latents of every image shard + text conditioning of every kept image,
+by a pool of worker processes (one per GPU), resumable shard by shard."""
 
 from pathlib import Path
 
-from sdlab.encode import encode_dataset
-from sdlab.io import read_table, write_json
+import pyarrow.parquet as pq
+
+from sdlab.encode import encode_dataset, kept_rows
+from sdlab.io import require_table, write_json
 from sdlab.stage import parse_args, stage
 
 
 @stage("encode")
 def main(args, params):
-    index = read_table(Path(args.index))
-    captions = dict(zip(*read_table(Path(args.captions)).select(["key", "caption"]).to_pydict().values()))
-    rows = [{**row, "caption": captions[row["key"]]} for row in index.to_pylist()]
+    index, captions = require_table(args.index), require_table(args.captions)
+    # only the columns planning needs; the wide record columns are streamed into the index at the end
+    rows = kept_rows(pq.read_table(index, columns=["key", "shard", "split"]),
+                     pq.read_table(captions, columns=["key", "caption"]))
     meta = encode_dataset(rows, args.shards, args.vae, args.out, params.download.image_px,
-                          params.encode, params.text_encoder)
-    write_json(Path(args.report) / "stats.json", {k: meta[k] for k in ("images", "captions", "workers")})
-    print(f"encode: {meta['images']} images -> latents {meta['latent_shape']} x {meta['views']} view(s), "
-          f"{meta['captions']} distinct captions, {meta['workers']} worker(s)")
+                          params.encode, params.text_encoder, records=index)
+    stats = {"images": meta["images"], "shards": len(meta["shards"]),
+             "train": sum(s["train"] for s in meta["shards"]), "val": sum(s["val"] for s in meta["shards"])}
+    write_json(Path(args.report) / "stats.json", stats)
+    print(f"encode: {meta['images']} images in {stats['shards']} shard(s) -> latents {meta['latent_shape']} x "
+          f"{meta['views']} view(s), text as {meta['text']}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""The encode stage's worker pool: bit-exact across worker counts, resumable, self-checking."""
+"""The encode stage's worker pool: bit-exact across worker and node counts, resumable,
+self-checking, fingerprinted by content."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,11 +15,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import REPO, packed_blobs
 from sdlab.config import EncodeConfig, TextEncoderConfig, VaeConfig
 from sdlab.data.shards import load_images
-from sdlab.encode import encode_dataset, load_latents, load_text
+from sdlab.encode import encode_dataset
+from sdlab.latents import NOT_KEPT, SPLIT_CODES, read_header, read_rows
 from sdlab.models.text_encoder import encode_prompts, load_text_encoder
 from sdlab.models.vae import build_vae, load_pretrained_vae, to_tensor
 
@@ -26,61 +30,104 @@ TEXT = TextEncoderConfig()
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    """40 blob images in 5 shards, a tiny VAE folder, rows with captions."""
+    """40 blob images in 5 shards, a tiny VAE folder, kept rows with captions (2 dropped as duplicates)."""
     root = tmp_path_factory.mktemp("encode")
     index = packed_blobs(root, seed=5, count=40, image_px=16, shard_size=8)
     torch.manual_seed(0)
     vae = build_vae(VaeConfig(block_out_channels=[8, 16]), 16)
     vae.register_to_config(scaling_factor=1.7)
     vae.save_pretrained(root / "vae")
-    rows = [dict(r, split="train") for r in index]
-    return root, rows
+    rows = [dict(r, split="val" if i % 5 == 4 else "train") for i, r in enumerate(index) if i not in (3, 17)]
+    return root, pa.Table.from_pylist(rows)
 
 
-def encode(dataset, out: Path, **overrides) -> dict:
+def encode(dataset, out: Path, image_px: int = 16, **overrides) -> dict:
     root, rows = dataset
-    cfg = EncodeConfig(batch_size=5, **overrides)
-    return encode_dataset(rows, str(root / "shards"), str(root / "vae"), str(out), 16, cfg, TEXT)
+    cfg = EncodeConfig(**{"batch_size": 5, **overrides})
+    return encode_dataset(rows, str(root / "shards"), str(root / "vae"), str(out), image_px, cfg, TEXT)
 
 
 def outputs(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.safetensors"))}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
 
 
-def test_two_workers_write_the_same_bytes_as_one(dataset, tmp_path):
-    one = encode(dataset, tmp_path / "one", workers=1)
-    two = encode(dataset, tmp_path / "two", workers=2)
-    assert two["workers"] == 2 and one["workers"] == 1
+def test_worker_count_never_reaches_the_bytes_even_with_random_draws_and_flips(dataset, tmp_path):
+    one = encode(dataset, tmp_path / "one", workers=1, store="sample", flip=True)
+    two = encode(dataset, tmp_path / "two", workers=2, store="sample", flip=True)
     a, b = outputs(tmp_path / "one"), outputs(tmp_path / "two")
-    assert len(a) == 6 and a == b  # 5 latent shards + 1 text chunk, byte for byte
-    assert pq.read_table(tmp_path / "one/index.parquet").equals(pq.read_table(tmp_path / "two/index.parquet"))
+    assert len([n for n in a if n.endswith(".safetensors")]) == 11  # 5 latent + 5 text shards + uncond
+    assert a == b  # every file byte for byte, meta.json and index.parquet included
+    assert one == two and "workers" not in json.dumps(one)
+    sample = load_file(str(tmp_path / "one/shards/00000.safetensors"))["sample"]
+    assert sample.shape == (8, 2, 4, 8, 8) and not torch.equal(sample[:, 0], sample[:, 1])
 
 
-def test_stored_latents_are_the_scaled_posterior_of_each_image(dataset, tmp_path):
+def test_stored_latents_are_the_scaled_posterior_of_each_image_in_tar_order(dataset, tmp_path):
     root, rows = dataset
     encode(dataset, tmp_path / "out", flip=True)
-    index = pq.read_table(tmp_path / "out/index.parquet")
-    stored = load_latents(tmp_path / "out", index)
-    assert stored["mean"].shape == (40, 2, 4, 8, 8)  # 2 views: original and flipped
+    header = read_header(tmp_path / "out/shards/00000.safetensors")
+    first = rows.to_pylist()[:3]
+    assert header["keys"][:3] == [r["key"] for r in first]
+    stored = load_file(str(tmp_path / "out/shards/00000.safetensors"))
+    assert stored["mean"].shape == (8, 2, 4, 8, 8) and stored["mean"].dtype == torch.float16
     vae = load_pretrained_vae(str(root / "vae")).eval()
-    images = to_tensor(load_images(root / "shards", rows[:3]))
+    images = to_tensor(load_images(root / "shards", first))
     with torch.no_grad():
         mean = vae.encode(images).latent_dist.mean * 1.7
         flipped = vae.encode(torch.flip(images, dims=[3])).latent_dist.mean * 1.7
-    assert torch.allclose(stored["mean"][:3, 0], mean, atol=2e-2)
-    assert torch.allclose(stored["mean"][:3, 1], flipped, atol=2e-2)
+    assert torch.allclose(stored["mean"][:3, 0].float(), mean, atol=2e-2)
+    assert torch.allclose(stored["mean"][:3, 1].float(), flipped, atol=2e-2)
 
 
-def test_sample_store_keeps_one_draw_and_text_is_once_per_distinct_caption(dataset, tmp_path):
+def test_text_files_hold_splits_and_the_states_of_each_row_and_the_index_points_at_them(dataset, tmp_path):
     _, rows = dataset
-    meta = encode(dataset, tmp_path / "out", store="sample")
-    stored = load_latents(tmp_path / "out", pq.read_table(tmp_path / "out/index.parquet"))
-    assert set(stored) == {"sample"} and stored["sample"].shape == (40, 1, 4, 8, 8)
-    distinct = {r["caption"] for r in rows}
-    hidden = load_text(tmp_path / "out")
-    assert meta["captions"] == len(distinct) + 1 and hidden.shape == (len(distinct) + 1, 77, 384)
+    meta = encode(dataset, tmp_path / "out")
+    text = load_file(str(tmp_path / "out/text/00000.safetensors"))
+    keys = read_header(tmp_path / "out/shards/00000.safetensors")["keys"]
+    by_key = {r["key"]: r for r in rows.to_pylist()}
+    assert text["split"].tolist() == [SPLIT_CODES[by_key[k]["split"]] if k in by_key else NOT_KEPT for k in keys]
+    assert text["split"][3] == NOT_KEPT  # row 3 was dropped upstream (a duplicate)
     tokenizer, model = load_text_encoder(None, 77)
-    assert torch.allclose(hidden[0], encode_prompts(tokenizer, model, [""])[0], atol=1e-2)  # the empty prompt
+    expected = encode_prompts(tokenizer, model, [by_key[keys[0]]["caption"], ""])
+    assert torch.allclose(text["hidden"][0].float(), expected[0], atol=1e-2)
+    assert torch.allclose(load_file(str(tmp_path / "out/uncond.safetensors"))["hidden"][0].float(), expected[1],
+                          atol=1e-2)
+    index = pq.read_table(tmp_path / "out/index.parquet").to_pylist()
+    assert [r["key"] for r in index] == rows["key"].to_pylist()
+    assert all(keys[r["row"]] == r["key"] for r in index if r["latent_shard"] == "00000.safetensors")
+    assert sum(s["train"] for s in meta["shards"]) == rows["split"].to_pylist().count("train")
+    assert meta["text"] == "states" and meta["text_dim"] == 384
+
+
+def test_tokens_store_ids_and_masks_only_at_a_fraction_of_the_bytes(dataset, tmp_path):
+    encode(dataset, tmp_path / "states")
+    meta = encode(dataset, tmp_path / "tokens", text="tokens")
+    text = load_file(str(tmp_path / "tokens/text/00000.safetensors"))
+    assert set(text) == {"split", "input_ids", "attention_mask"} and text["input_ids"].shape == (8, 77)
+    tokenizer, _ = load_text_encoder(None, 77)
+    key = read_header(tmp_path / "tokens/shards/00000.safetensors")["keys"][0]
+    caption = next(r for r in dataset[1].to_pylist() if r["key"] == key)["caption"]
+    assert text["input_ids"][0].tolist() == tokenizer(caption, padding="max_length", max_length=77).input_ids
+    size = lambda folder: (folder / "text/00000.safetensors").stat().st_size  # noqa: E731
+    assert size(tmp_path / "tokens") * 50 < size(tmp_path / "states")
+    assert meta["text"] == "tokens"
+    # the latents do not depend on the text mode: same bytes
+    assert (tmp_path / "tokens/shards/00001.safetensors").read_bytes() == \
+           (tmp_path / "states/shards/00001.safetensors").read_bytes()
+
+
+def test_a_caption_change_rewrites_only_that_shards_text_never_a_latent(dataset, tmp_path):
+    root, rows = dataset
+    out = tmp_path / "out"
+    encode(dataset, out)
+    inodes = {p.relative_to(out): p.stat().st_ino for p in out.rglob("*.safetensors")}
+    table = rows.to_pylist()
+    table[0]["caption"] = "a brand new caption"
+    encode_dataset(pa.Table.from_pylist(table), str(root / "shards"), str(root / "vae"), str(out), 16,
+                   EncodeConfig(batch_size=5), TEXT)
+    changed = {str(p) for p, inode in inodes.items() if (out / p).stat().st_ino != inode}
+    assert changed == {"text/00000.safetensors"}
 
 
 def test_a_corrupt_or_truncated_shard_is_detected_and_encoded_again(dataset, tmp_path):
@@ -98,35 +145,80 @@ def test_a_corrupt_or_truncated_shard_is_detected_and_encoded_again(dataset, tmp
     assert untouched.stat().st_ino == inode  # valid shards are not rewritten
 
 
-def test_kill_during_encoding_then_rerun_is_bit_exact_and_skips_finished_shards(dataset, tmp_path):
+def test_new_image_px_under_the_same_vae_re_encodes_every_shard_with_the_new_shape(dataset, tmp_path):
+    """The VAE folder is byte-identical (a pinned VAE); only the images changed size."""
+    root, rows = dataset
+    out = tmp_path / "out"
+    encode(dataset, out)
+    index32 = packed_blobs(tmp_path, seed=5, count=40, image_px=32, shard_size=8)  # the same blobs at 32 px
+    by_key = {r["key"]: r for r in rows.to_pylist()}
+    assert set(by_key) <= {r["key"] for r in index32}
+    rows32 = pa.Table.from_pylist([dict(by_key[r["key"]], shard=r["shard"]) for r in index32 if r["key"] in by_key])
+    meta = encode_dataset(rows32, str(tmp_path / "shards"), str(root / "vae"), str(out), 32,
+                          EncodeConfig(batch_size=5), TEXT)
+    assert meta["latent_shape"] == [4, 16, 16]
+    for path in (out / "shards").glob("*.safetensors"):
+        assert load_file(str(path))["mean"].shape[2:] == (4, 16, 16), path.name
+
+
+def test_two_nodes_started_at_different_times_on_one_folder_write_what_one_node_writes(dataset, tmp_path):
+    encode(dataset, tmp_path / "single")
+    shared = tmp_path / "shared"
+    with pytest.raises(Exception, match="not encoded yet"):
+        encode(dataset, shared, num_nodes=2, node_rank=1)  # node 1 first: its share only
+    encode(dataset, shared, num_nodes=2, node_rank=0)  # node 0 later: finds node 1's work, finishes
+    assert outputs(shared) == outputs(tmp_path / "single")
+
+
+def test_another_nodes_temp_file_is_never_deleted(dataset, tmp_path):
+    out = tmp_path / "out"
+    (out / "shards").mkdir(parents=True)
+    foreign = out / "shards" / ".00000.safetensors.tmp-othernode-123-abcdef01"
+    foreign.write_bytes(b"in progress")
+    encode(dataset, out)
+    assert foreign.read_bytes() == b"in progress"
+
+
+def test_kill_mid_shard_then_rerun_is_bit_exact_and_skips_finished_shards(dataset, tmp_path):
     root, rows = dataset
     reference = tmp_path / "reference"
-    encode(dataset, reference)
+    encode(dataset, reference, batch_size=1)
     work = tmp_path / "work"
     work.mkdir()
-    pq.write_table(pa.Table.from_pylist(rows), work / "index.parquet")
-    pq.write_table(pa.table({"key": [r["key"] for r in rows], "caption": [r["caption"] for r in rows]}),
-                   work / "captions.parquet")
-    (work / "params.yaml").write_text("encode:\n  batch_size: 5\n")
+    pq.write_table(rows, work / "index.parquet")
+    pq.write_table(rows.select(["key", "caption"]), work / "captions.parquet")
+    (work / "params.yaml").write_text("download:\n  image_px: 16\nencode:\n  batch_size: 1\n  workers: 1\n")
     command = [sys.executable, str(REPO / "stages/encode.py"), "--index", "index.parquet", "--captions",
                "captions.parquet", "--shards", str(root / "shards"), "--vae", str(root / "vae"), "--out", "latents",
                "--report", "report"]
-    process = subprocess.Popen(command, cwd=work, start_new_session=True,
+    env = dict(os.environ, SDLAB_ENCODE_BATCH_DELAY_S="0.05")  # 50 ms per batch: a kill lands inside a shard
+    process = subprocess.Popen(command, cwd=work, start_new_session=True, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # Kill once the latent shards are done but the caption states are not (the worker is
-    # loading the text encoder then): the stage and its workers, as a kill -9 of dvc repro.
     deadline = time.time() + 120
-    while len(list((work / "latents/shards").glob("*.safetensors"))) < 5 and time.time() < deadline:
-        time.sleep(0.01)
+    while len(list((work / "latents/shards").glob("*.safetensors"))) < 2 and time.time() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.15)  # into the third shard's batches
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     done_before = {p.name: p.stat().st_ino for p in (work / "latents/shards").glob("*.safetensors")}
-    assert len(done_before) == 5 and not (work / "latents/text/00000.safetensors").exists()
+    assert 2 <= len(done_before) < 5 and not (work / "latents/meta.json").exists()
     result = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert outputs(work / "latents") == outputs(reference)
+    tensors = lambda folder: {k: v for k, v in outputs(folder).items() if k != "index.parquet"}  # noqa: E731
+    assert tensors(work / "latents") == tensors(reference)
+    columns = sorted(pq.read_schema(reference / "index.parquet").names)
+    assert pq.read_table(work / "latents/index.parquet", columns=columns).equals(
+        pq.read_table(reference / "index.parquet", columns=columns))
     for name, inode in done_before.items():
         assert (work / "latents/shards" / name).stat().st_ino == inode, f"{name} was encoded twice"
+
+
+def test_read_rows_returns_the_rows_of_one_split(dataset, tmp_path):
+    encode(dataset, tmp_path / "out")
+    val = read_rows(tmp_path / "out", "00000", SPLIT_CODES["val"])
+    train = read_rows(tmp_path / "out", "00000", SPLIT_CODES["train"])
+    assert len(val["mean"]) + len(train["mean"]) == 7  # 8 images, one not kept
+    assert val["hidden"].shape[0] == len(val["mean"])
 
 
 def test_pretrained_clip_text_encoder_loads_from_a_local_folder(tmp_path):
@@ -142,3 +234,6 @@ def test_pretrained_clip_text_encoder_loads_from_a_local_folder(tmp_path):
                                                 tokenizer_subfolder="tokenizer")
     assert isinstance(model, CLIPTextModel)
     assert encode_prompts(loaded_tokenizer, model, ["a blob", "another"]).shape == (2, 77, 32)
+    from sdlab.config import ConfigError
+    with pytest.raises(ConfigError, match="text_encoder.max_length: 100 is above the encoder's limit of 77"):
+        load_text_encoder(str(tmp_path / "repo"), 100, subfolder="text_encoder", tokenizer_subfolder="tokenizer")

@@ -208,6 +208,9 @@ class EncodeConfig(Section):
     num_nodes: int | None = Field(None, gt=0)  # null: from NNODES / NODE_RANK, else 1
     node_rank: int | None = Field(None, ge=0)
     store: Literal["distribution", "sample"] = "distribution"
+    # states: cached text-encoder hidden states (fast steps, L*D*2 bytes per image);
+    # tokens: token ids only, the frozen encoder runs in the train step (L*5 bytes per image)
+    text: Literal["states", "tokens"] = "states"
     flip: bool = False
     precision: Literal["fp32", "fp16", "bf16"] = "bf16"  # on GPUs; CPUs always use fp32
     seed: int = 0
@@ -238,6 +241,7 @@ class TrainConfig(Section):
     # optimisation
     max_steps: int = Field(400, gt=0)
     batch_size: int = Field(128, gt=0)  # per process and micro-step; global = x num_processes x accumulation
+    shuffle_shards: int = Field(4, gt=0)  # latent shards read and shuffled together (the shuffle window)
     gradient_accumulation_steps: int = Field(1, gt=0)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-2, ge=0)
@@ -262,10 +266,13 @@ class TrainConfig(Section):
     allow_tf32: bool = True  # Ampere+ GPUs
     # checkpoints and observability
     checkpoint_every_steps: int = Field(100, gt=0)
-    keep_checkpoints: int = Field(2, gt=0)
+    keep_checkpoints: int = Field(2, gt=0)  # per run
+    keep_runs: int = Field(3, gt=0)  # run folders kept (the current one included); older ones are removed
     log_every_steps: int = Field(10, gt=0)
     validation_every_steps: int = Field(0, ge=0)  # 0: off; else sample images into the dvclive folder
     validation_prompts: int = Field(4, gt=0)
+    validation_steps: int = Field(20, gt=0)  # sampler steps of the validation grids
+    validation_guidance: float = Field(5.0, ge=1)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -284,6 +291,7 @@ class EvaluateConfig(Section):
     guidance_scale: float = Field(5.0, ge=1)
     batch_size: int = Field(32, gt=0)
     loss_timesteps: int = Field(10, gt=0)
+    heldout_samples: int = Field(512, gt=0)  # val latents the held-out loss reads (streamed, at most this many)
     grid_columns: int = Field(8, gt=0)
     guidance_sweep: list[float] = [1.0, 3.0, 5.0, 7.5]  # report: the same prompts at each scale
     sweep_prompts: int = Field(4, ge=0)

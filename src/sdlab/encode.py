@@ -1,21 +1,23 @@
-"""Pre-encode VAE latents and text hidden states once, so training never runs them.
+"""Pre-encode VAE latents (and text conditioning) once, so training never runs the VAE.
 
-Layout of the output folder:
-  meta.json                  vae, scaling factor, latent shape, dtype, views, text encoder
-  shards/<input shard>.safetensors   per image, (V, C, h, w) views of the *scaled* latent:
-                             `mean` + `std` (store: distribution) or `sample` (store: sample);
-                             V = 2 with flip (original, horizontally flipped), else 1
-  text/<chunk>.safetensors   `hidden` (captions, max_length, dim) of distinct captions
-  index.parquet              key, split, latent_shard, row, caption_id (+ record columns)
-  captions.parquet           caption_id, caption (row 0 is "", the empty prompt for CFG)
+The output layout is `sdlab.latents`'. One job per image shard `<stem>.tar`, run by a pool
+of workers (one per GPU; see `sdlab.workers`) and split across nodes with no coordinator:
+
+1. latents: every image of the tar, read and decoded `encode.batch_size` at a time (a
+   reader thread decodes batch i+1 while batch i encodes, so a worker's memory is bounded
+   by the batch, not the shard), scaled posterior mean+std (or one draw), fp16. Its
+   fingerprint covers the tar's bytes (sha256), the VAE weights and the latent recipe.
+2. text: split codes and conditioning for the same rows (`encode.text`: `states` =
+   text-encoder hidden states, `tokens` = token ids only). Its fingerprint covers the
+   latents' fingerprint, the keys, captions and splits of that shard, and the encoder.
 
 Storage per image, fp16: store=sample costs C*h*w*2 bytes, store=distribution twice that,
-and flip doubles either (8x8x4 latents: 512 B / 1 KiB; SD's 64x64x4: 32 / 64 KiB).
+flip doubles either (8x8x4: 512 B / 1 KiB; SD's 32x32x4 at 256 px: 8 / 16 KiB). Text:
+states L*D*2 bytes (77x384 MiniLM: 58 KiB; 77x768 CLIP-L: 115 KiB), tokens L*5 bytes (385 B).
 
-Every output file is one job: latent shard i depends only on input shard i, text chunk j
-only on caption chunk j. A file is written to a temp name and renamed when complete, and
-carries a fingerprint of its inputs and a sha256 of its tensors, so a rerun skips what
-is done and valid and redoes what is missing, stale, truncated or corrupt.
+A rerun skips outputs that are complete, valid and of the same inputs, and redoes missing,
+stale, truncated, corrupt or wrongly shaped ones. Worker, thread and node counts never
+reach an output's bytes.
 """
 
 from __future__ import annotations
@@ -24,47 +26,48 @@ import hashlib
 import json
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import shutil
+import socket
+import tarfile
+import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from sdlab.config import EncodeConfig, TextEncoderConfig
 from sdlab.data.records import DataError
-from sdlab.data.shards import load_images
-from sdlab.io import read_json, write_json, write_table
-from sdlab.models.text_encoder import PACKAGED_MINILM, encode_prompts, load_text_encoder
+from sdlab.data.shards import png_to_array
+from sdlab.io import atomic_path, read_json, write_json, write_table
+from sdlab.latents import (NOT_KEPT, SPLIT_CODES, STORAGE_DTYPE, is_complete, latent_path, read_header,
+                           save_checked, text_path)
+from sdlab.models.text_encoder import PACKAGED_MINILM, encode_prompts, load_text_encoder, tokenize
 from sdlab.models.vae import load_pretrained_vae, to_tensor
 from sdlab.workers import Slot, assign, device_and_dtype, node_split, plan_slots, run_pool
 
 log = logging.getLogger(__name__)
-STORAGE_DTYPE = torch.float16
-TEXT_CHUNK = 2048
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
+BATCH_DELAY_ENV = "SDLAB_ENCODE_BATCH_DELAY_S"  # seconds per batch: lets a test's kill land inside a shard
 
 
 @dataclass(frozen=True)
-class LatentJob:
+class ShardJob:
     shard: str  # input tar name
-    keys: tuple[str, ...]
+    group: int  # row group of the plan file holding this shard's kept rows
+    plan_digest: str  # sha256 of those rows (key, caption, split)
 
     @property
-    def output(self) -> str:
-        return f"shards/{Path(self.shard).stem}.safetensors"
-
-
-@dataclass(frozen=True)
-class TextJob:
-    chunk: int
-    captions: tuple[str, ...]
-
-    @property
-    def output(self) -> str:
-        return f"text/{self.chunk:05d}.safetensors"
+    def stem(self) -> str:
+        return Path(self.shard).stem
 
 
 @dataclass(frozen=True)
@@ -72,40 +75,40 @@ class EncodeSpec:
     """Everything a worker needs, picklable: it builds its own models from this."""
     shards_dir: str
     out_dir: str
+    plan: str  # parquet of kept rows (key, caption, split), one row group per job
     vae: str
     vae_fingerprint: str
     text_encoder: dict  # kwargs of sdlab.models.text_encoder.load_text_encoder
+    text: str  # "states" | "tokens"
     batch_size: int
     store: str  # "distribution" | "sample"
     flip: bool
     seed: int
     precision: str  # fp32 | fp16 | bf16 (accelerators only)
+    latent_shape: tuple[int, int, int]  # (C, h, w) every latent row must have
     jobs: tuple = field(default_factory=tuple)  # this node's jobs
 
-    def fingerprint(self, job: LatentJob | TextJob) -> str:
-        if isinstance(job, TextJob):
-            parts = {"text": self.text_encoder, "captions": list(job.captions)}
-        else:
-            parts = {"vae": self.vae_fingerprint, "shard": job.shard, "keys": list(job.keys), "store": self.store,
-                     "flip": self.flip, "seed": self.seed, "batch": self.batch_size, "precision": self.precision}
-        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    def latent_fingerprint(self, tar_sha256: str) -> str:
+        parts = {"vae": self.vae_fingerprint, "tar": tar_sha256, "store": self.store, "flip": self.flip,
+                 "seed": self.seed, "batch": self.batch_size, "precision": self.precision}
+        return _digest(parts)
+
+    def text_fingerprint(self, latents_fingerprint: str, job: ShardJob) -> str:
+        parts = {"text": self.text, "encoder": self.text_encoder, "latents": latents_fingerprint,
+                 "plan": job.plan_digest}
+        return _digest(parts)
 
 
-def caption_vocabulary(captions: list[str]) -> list[str]:
-    """Distinct captions in first-seen order, with the empty prompt first (for CFG)."""
-    vocabulary = {"": 0}
-    for caption in captions:
-        vocabulary.setdefault(caption, len(vocabulary))
-    return list(vocabulary)
+def _digest(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def plan_jobs(rows: list[dict], vocabulary: list[str]) -> list[LatentJob | TextJob]:
-    by_shard: dict[str, list[str]] = {}
-    for row in rows:
-        by_shard.setdefault(row["shard"], []).append(row["key"])
-    jobs: list = [LatentJob(shard, tuple(keys)) for shard, keys in sorted(by_shard.items())]
-    jobs += [TextJob(i // TEXT_CHUNK, tuple(vocabulary[i:i + TEXT_CHUNK])) for i in range(0, len(vocabulary), TEXT_CHUNK)]
-    return jobs
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def folder_fingerprint(path: str | Path) -> str:
@@ -113,173 +116,327 @@ def folder_fingerprint(path: str | Path) -> str:
     digest = hashlib.sha256()
     for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
         digest.update(str(file.relative_to(path)).encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        digest.update(file_sha256(file).encode())
     return digest.hexdigest()
 
 
-def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+def arrow_digest(*arrays: pa.Array) -> str:
+    """sha256 over the values of Arrow arrays (strings or numbers), without Python objects per row."""
     digest = hashlib.sha256()
-    for name in sorted(tensors):
-        digest.update(name.encode())
-        digest.update(tensors[name].contiguous().view(torch.uint8).numpy().tobytes())
+    for array in arrays:
+        if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+            width = np.int64 if pa.types.is_large_string(array.type) else np.int32
+            _, offsets, data = array.buffers()
+            bounds = np.frombuffer(offsets, width)[array.offset:array.offset + len(array) + 1]
+            digest.update((bounds - bounds[0]).tobytes())
+            digest.update(memoryview(data)[bounds[0]:bounds[-1]] if data is not None else b"")
+        else:
+            digest.update(array.to_numpy(zero_copy_only=False).tobytes())
     return digest.hexdigest()
 
 
-def save_checked(path: Path, tensors: dict[str, torch.Tensor], fingerprint: str) -> None:
-    """Write tensors with their fingerprint and checksum, via a temp name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.contiguous() for k, v in tensors.items()}
-    temp = path.with_name(f".{path.name}.tmp")
-    # One metadata key: safetensors orders several keys differently from run to run.
-    check = json.dumps({"fingerprint": fingerprint, "sha256": tensors_sha256(tensors)}, sort_keys=True)
-    save_file(tensors, str(temp), metadata={"sdlab": check})
-    os.replace(temp, path)
+# ---- the worker side ----------------------------------------------------------------------
+
+def iter_tar_images(path: Path, batch_size: int) -> Iterator[tuple[list[str], np.ndarray]]:
+    """(keys, uint8 (B, H, W, 3)) batches of a shard's images in tar order, streamed."""
+    keys, images = [], []
+    with tarfile.open(path) as tar:
+        for member in tar:
+            key, _, ext = member.name.rpartition("/")[2].partition(".")
+            if not member.isfile() or ext.lower() not in IMAGE_EXTENSIONS:
+                continue
+            keys.append(key)
+            images.append(png_to_array(tar.extractfile(member).read()))
+            if len(keys) == batch_size:
+                yield keys, np.stack(images)
+                keys, images = [], []
+    if keys:
+        yield keys, np.stack(images)
 
 
-def is_complete(path: Path, fingerprint: str, verify: bool = True) -> bool:
-    """True if `path` holds the output of these inputs; with `verify`, also intact (its
-    tensors are read and checked against their checksum, not only the header)."""
-    if not path.is_file():
-        return False
-    try:
-        with safe_open(str(path), "pt") as handle:
-            metadata = json.loads((handle.metadata() or {}).get("sdlab", "{}"))
-        if metadata.get("fingerprint") != fingerprint:
-            return False
-        return not verify or tensors_sha256(load_file(str(path))) == metadata.get("sha256")
-    except Exception as exc:  # any unreadable file is redone, and said so
-        log.warning("%s is unreadable (%s); encoding it again", path, exc)
-        return False
+def prefetched(iterator: Iterator, depth: int = 2) -> Iterator:
+    """Run `iterator` in a thread, `depth` items ahead of the consumer."""
+    items: queue.Queue = queue.Queue(depth)
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in iterator:
+                items.put(item)
+        except BaseException as exc:  # handed to the consumer, raised there
+            items.put(exc)
+        items.put(done)
+
+    threading.Thread(target=produce, daemon=True).start()
+    while (item := items.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 def _latent_views(vae, images: torch.Tensor, spec: EncodeSpec, scaling: float, generator: torch.Generator,
                   device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Scaled latent views of one batch: (B, V, C, h, w) per stored tensor."""
+    """Scaled latent views of one batch: (B, V, C, h, w) per stored tensor, fp16."""
     views = [images, torch.flip(images, dims=[3])] if spec.flip else [images]
     dists = [vae.encode(view.to(device, dtype)).latent_dist for view in views]
     means = [dist.mean.float().cpu() * scaling for dist in dists]
     stds = [dist.std.float().cpu() * scaling for dist in dists]
     if spec.store == "sample":
         draws = [mean + std * torch.randn(mean.shape, generator=generator) for mean, std in zip(means, stds)]
-        return {"sample": torch.stack(draws, dim=1)}
-    return {"mean": torch.stack(means, dim=1), "std": torch.stack(stds, dim=1)}
+        return {"sample": torch.stack(draws, dim=1).to(STORAGE_DTYPE)}
+    return {"mean": torch.stack(means, dim=1).to(STORAGE_DTYPE), "std": torch.stack(stds, dim=1).to(STORAGE_DTYPE)}
 
 
 @torch.no_grad()
-def encode_images(vae, images: torch.Tensor, spec: EncodeSpec, shard: str, device: torch.device,
-                  dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """All stored tensors of one input shard, in row order, fp16."""
+def encode_shard(vae, tar: Path, spec: EncodeSpec, device: torch.device, dtype: torch.dtype
+                 ) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """Keys in tar order and the stored tensors of every image of one shard."""
     scaling = float(vae.config.scaling_factor)
-    seed = spec.seed * 1_000_003 + int(hashlib.sha256(shard.encode()).hexdigest()[:8], 16)
+    seed = spec.seed * 1_000_003 + int(hashlib.sha256(tar.name.encode()).hexdigest()[:8], 16)
     generator = torch.Generator().manual_seed(seed)
-    batches = [_latent_views(vae, images[start:start + spec.batch_size], spec, scaling, generator, device, dtype)
-               for start in range(0, len(images), spec.batch_size)]
-    return {name: torch.cat([batch[name] for batch in batches]).to(STORAGE_DTYPE) for name in batches[0]}
+    keys, batches = [], []
+    delay = float(os.environ.get(BATCH_DELAY_ENV, "0"))
+    for batch_keys, images in prefetched(iter_tar_images(tar, spec.batch_size)):
+        time.sleep(delay)
+        keys += batch_keys
+        batches.append(_latent_views(vae, to_tensor(images), spec, scaling, generator, device, dtype))
+    if not batches:
+        raise DataError(f"{tar}: no images in this shard")
+    return keys, {name: torch.cat([batch[name] for batch in batches]) for name in batches[0]}
 
 
-def _read_job_images(spec: EncodeSpec, job: LatentJob) -> torch.Tensor:
-    return to_tensor(load_images(spec.shards_dir, [{"key": k, "shard": job.shard} for k in job.keys]))
+class TextConditioner:
+    """Builds a shard's text file: split codes plus states or token ids, in row order."""
+
+    def __init__(self, spec: EncodeSpec, device: torch.device):
+        self.spec, self.device = spec, device
+        self.tokenizer, self.model = load_text_encoder(**spec.text_encoder, load_model=spec.text == "states")
+        if self.model is not None:
+            self.model = self.model.to(device)
+
+    def __call__(self, keys: list[str], rows: pa.Table) -> dict[str, torch.Tensor]:
+        kept = dict(zip(rows["key"].to_pylist(), zip(rows["caption"].to_pylist(), rows["split"].to_pylist())))
+        split = torch.tensor([SPLIT_CODES[kept[k][1]] if k in kept else NOT_KEPT for k in keys], dtype=torch.uint8)
+        positions = [i for i, k in enumerate(keys) if k in kept]
+        captions = [kept[keys[i]][0] for i in positions]
+        index = torch.tensor(positions, dtype=torch.long)
+        if self.spec.text == "tokens":
+            ids, mask = tokenize(self.tokenizer, captions)
+            input_ids = torch.zeros(len(keys), ids.shape[1], dtype=torch.int32)
+            attention_mask = torch.zeros(len(keys), ids.shape[1], dtype=torch.uint8)
+            input_ids[index], attention_mask[index] = ids.to(torch.int32), mask.to(torch.uint8)
+            return {"split": split, "input_ids": input_ids, "attention_mask": attention_mask}
+        distinct = list(dict.fromkeys(captions))
+        states = encode_prompts(self.tokenizer, self.model, distinct, self.spec.batch_size, self.device)
+        where = {caption: i for i, caption in enumerate(distinct)}
+        hidden = torch.zeros(len(keys), *states.shape[1:], dtype=STORAGE_DTYPE)
+        hidden[index] = states[[where[c] for c in captions]].to(STORAGE_DTYPE)
+        return {"split": split, "hidden": hidden}
 
 
 def encode_worker(slot: Slot, spec: EncodeSpec) -> None:
-    """Worker body: encode this slot's share of the node's jobs, skipping finished ones."""
+    """Worker body: this slot's share of the node's jobs, skipping finished outputs."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s encode[{slot.rank}] %(levelname)s: %(message)s")
-    out = Path(spec.out_dir)
-    todo = [job for job in assign(spec.jobs, slot.rank, slot.world)
-            if not is_complete(out / job.output, spec.fingerprint(job))]
-    if not todo:
+    out, device_dtype = Path(spec.out_dir), device_and_dtype(spec.precision)
+    plan = pq.ParquetFile(spec.plan)
+    vae = conditioner = None
+    for job in tqdm(assign(spec.jobs, slot.rank, slot.world), desc=f"encode[{slot.rank}]", unit="shard",
+                    disable=slot.rank != 0):
+        tar = Path(spec.shards_dir) / job.shard
+        if not tar.is_file():
+            raise DataError(f"{tar}: image shard listed in the index is missing")
+        fingerprint = spec.latent_fingerprint(file_sha256(tar))
+        if not is_complete(latent_path(out, job.stem), fingerprint, shape=spec.latent_shape):
+            if vae is None:
+                vae = load_pretrained_vae(spec.vae).to(device_dtype[0]).eval()
+                vae = vae if device_dtype[1] == torch.float32 else vae.to(device_dtype[1])
+            keys, tensors = encode_shard(vae, tar, spec, *device_dtype)
+            shape = tuple(next(iter(tensors.values())).shape[2:])
+            if shape != tuple(spec.latent_shape):
+                raise DataError(f"{tar}: images give {shape} latents, meta expects {tuple(spec.latent_shape)} "
+                                "(are the shards of download.image_px?)")
+            save_checked(latent_path(out, job.stem), tensors, fingerprint, keys=keys)
+        text_fingerprint = spec.text_fingerprint(fingerprint, job)
+        if not is_complete(text_path(out, job.stem), text_fingerprint):
+            conditioner = conditioner or TextConditioner(spec, device_dtype[0])
+            keys = read_header(latent_path(out, job.stem))["keys"]
+            save_checked(text_path(out, job.stem), conditioner(keys, plan.read_row_group(job.group)),
+                         text_fingerprint, latents=fingerprint)
+
+
+# ---- the node side -------------------------------------------------------------------------
+
+def kept_rows(index: pa.Table, captions: pa.Table) -> pa.Table:
+    """The dedupe index (or some of its columns) with the caption stage's `caption` column
+    (same keys, any order), in index order."""
+    index = index.drop_columns([c for c in ("caption",) if c in index.column_names])
+    if index["key"].equals(captions["key"]):
+        return index.append_column("caption", captions["caption"])
+    position = pa.array(np.arange(index.num_rows))
+    joined = index.append_column("__position", position).join(captions.select(["key", "caption"]), "key")
+    if joined.num_rows != index.num_rows:
+        raise DataError(f"captions: {index.num_rows - joined.num_rows} kept image(s) have no caption")
+    return joined.sort_by("__position").drop_columns(["__position"])
+
+
+def write_plan(rows: pa.Table, path: Path) -> list[ShardJob]:
+    """The kept rows sorted by (shard, key), one parquet row group per shard; a job per shard."""
+    ordered = rows.select(["shard", "key", "caption", "split"]).sort_by([("shard", "ascending"),
+                                                                         ("key", "ascending")])
+    shard_ids = pc.dictionary_encode(ordered["shard"]).combine_chunks()
+    codes = shard_ids.indices.to_numpy()
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if len(codes) else np.array([], int)
+    bounds = list(starts) + [len(codes)]
+    jobs = []
+    with pq.ParquetWriter(path, ordered.select(["key", "caption", "split"]).schema) as writer:
+        for group, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+            part = ordered.slice(start, stop - start).combine_chunks()
+            writer.write_table(part.select(["key", "caption", "split"]), row_group_size=stop - start)
+            digest = arrow_digest(*(part[c].chunk(0) for c in ("key", "caption", "split")))
+            jobs.append(ShardJob(part["shard"][0].as_py(), group, digest))
+    return jobs
+
+
+def latent_shape(vae_dir: str | Path, image_px: int) -> tuple[int, int, int]:
+    vae_config = read_json(Path(vae_dir) / "config.json")
+    px = image_px // 2 ** (len(vae_config["block_out_channels"]) - 1)
+    return vae_config["latent_channels"], px, px
+
+
+def latents_index(rows: pa.Table, out: Path, jobs: list[ShardJob]) -> tuple[pa.Table, list[dict]]:
+    """Where each kept row lives (`latent_shard`, `row`, aligned with `rows`) and meta's per-shard
+    entries, read from the files' headers (the keys in tar order)."""
+    located, shards = [], []
+    for job in jobs:
+        latent_header, text_header = read_header(latent_path(out, job.stem)), read_header(text_path(out, job.stem))
+        keys = latent_header["keys"]
+        located.append(pa.table({"key": keys, "latent_shard": pa.repeat(f"{job.stem}.safetensors", len(keys)),
+                                 "row": np.arange(len(keys), dtype=np.int64)}))
+        shards.append({"name": job.stem, "rows": len(keys), "latents": latent_header["fingerprint"],
+                       "text": text_header["fingerprint"]})
+    keyed = pa.table({"key": rows["key"], "split": rows["split"], "__position": np.arange(rows.num_rows)})
+    where = keyed.join(pa.concat_tables(located), "key").sort_by("__position")
+    counts = where.group_by(["latent_shard", "split"]).aggregate([("key", "count")]).to_pydict()
+    per_shard = {(s, split): n for s, split, n in zip(counts["latent_shard"], counts["split"], counts["key_count"])}
+    for entry in shards:
+        for split in SPLIT_CODES:
+            entry[split] = per_shard.get((f"{entry['name']}.safetensors", split), 0)
+    return where.select(["latent_shard", "row"]), shards
+
+
+def write_index(path: Path, rows: pa.Table, where: pa.Table, records: Path | None = None,
+                batch_rows: int = 262_144) -> None:
+    """index.parquet: every kept row's record columns, its caption and where its latents live.
+    With `records` (the dedupe index, same rows in the same order) the wide record columns are
+    streamed from that file in batches instead of held in memory."""
+    extra = pa.table({"caption": rows["caption"], "latent_shard": where["latent_shard"], "row": where["row"]})
+    if records is None:
+        base = rows.drop_columns([c for c in extra.column_names if c in rows.column_names])
+        write_table(path, _join_columns(base, extra))
         return
-    device, dtype = device_and_dtype(spec.precision)
-    latent_jobs = [job for job in todo if isinstance(job, LatentJob)]
-    text_jobs = [job for job in todo if isinstance(job, TextJob)]
-    if latent_jobs:
-        vae = load_pretrained_vae(spec.vae).to(device).eval()
-        if dtype != torch.float32:
-            vae = vae.to(dtype)
-        with ThreadPoolExecutor(1) as reader:  # decode shard i+1 while shard i encodes
-            pending = reader.submit(_read_job_images, spec, latent_jobs[0])
-            for i, job in enumerate(tqdm(latent_jobs, desc=f"encode[{slot.rank}]", unit="shard",
-                                         disable=slot.rank != 0)):
-                images = pending.result()
-                if i + 1 < len(latent_jobs):
-                    pending = reader.submit(_read_job_images, spec, latent_jobs[i + 1])
-                tensors = encode_images(vae, images, spec, job.shard, device, dtype)
-                save_checked(out / job.output, tensors, spec.fingerprint(job))
-    if text_jobs:
-        tokenizer, model = load_text_encoder(**spec.text_encoder)
-        model = model.to(device)
-        for job in text_jobs:
-            hidden = encode_prompts(tokenizer, model, list(job.captions), spec.batch_size, device)
-            save_checked(out / job.output, {"hidden": hidden.to(STORAGE_DTYPE)}, spec.fingerprint(job))
+    parquet, start = pq.ParquetFile(records), 0
+    schema = None
+    with atomic_path(path) as temp:
+        writer = None
+        for batch in parquet.iter_batches(batch_size=batch_rows):
+            base = pa.Table.from_batches([batch])
+            base = base.drop_columns([c for c in extra.column_names if c in base.column_names])
+            part = _join_columns(base, extra.slice(start, base.num_rows))
+            if writer is None:
+                schema = part.schema
+                writer = pq.ParquetWriter(temp, schema)
+            writer.write_table(part.cast(schema))
+            start += base.num_rows
+        if writer is not None:
+            writer.close()
+    if start != rows.num_rows:
+        raise DataError(f"{records}: {start} rows, the captions table has {rows.num_rows}")
 
 
-def index_rows(rows: list[dict], vocabulary: list[str]) -> pa.Table:
-    """The latents index: where each key's latents live and which caption row it uses."""
-    caption_id = {caption: i for i, caption in enumerate(vocabulary)}
-    position: dict[str, int] = {}
-    out = []
-    for row in rows:
-        shard = row["shard"]
-        row_in_shard = position.get(shard, 0)
-        position[shard] = row_in_shard + 1
-        out.append({**row, "latent_shard": f"{Path(shard).stem}.safetensors", "row": row_in_shard,
-                    "caption_id": caption_id[row["caption"]]})
-    return pa.Table.from_pylist(out)
+def _join_columns(base: pa.Table, extra: pa.Table) -> pa.Table:
+    for name in extra.column_names:
+        base = base.append_column(name, extra[name])
+    return base
 
 
-def encode_dataset(rows: list[dict], shards_dir: str, vae_dir: str, out_dir: str, image_px: int,
-                   cfg: EncodeConfig, te: TextEncoderConfig) -> dict:
-    """Encode `rows` (kept index rows with a `caption`) into `out_dir`; return meta.
+def write_uncond(out: Path, te: TextEncoderConfig, text: str) -> int:
+    """uncond.safetensors (the empty prompt); returns the text encoder's hidden width."""
+    tokenizer, model = load_text_encoder(**te.model_dump())
+    fingerprint = _digest({"text": text, "encoder": te.model_dump()})
+    path = out / "uncond.safetensors"
+    if is_complete(path, fingerprint):
+        return int(read_header(path)["width"])
+    ids, mask = tokenize(tokenizer, [""])
+    tensors = {"input_ids": ids.to(torch.int32), "attention_mask": mask.to(torch.uint8)}
+    hidden = encode_prompts(tokenizer, model, [""])
+    if text == "states":
+        tensors["hidden"] = hidden.to(STORAGE_DTYPE)
+    save_checked(path, tensors, fingerprint, width=int(hidden.shape[-1]))
+    return int(hidden.shape[-1])
+
+
+def encode_dataset(rows: pa.Table, shards_dir: str, vae_dir: str, out_dir: str, image_px: int,
+                   cfg: EncodeConfig, te: TextEncoderConfig, records: Path | None = None) -> dict:
+    """Encode the kept `rows` (key, shard, split, caption [+ record columns]) into `out_dir`; return meta.
 
     This node's share of the jobs runs on a pool of workers; finished, valid outputs are
-    skipped. Index, captions and meta are written once every job's output is present."""
+    skipped. Index and meta are written by the run that finds every job's output present;
+    the index takes its record columns from `records` (streamed) when given, else from `rows`."""
     out = Path(out_dir)
-    vocabulary = caption_vocabulary([r["caption"] for r in rows])
-    jobs = plan_jobs(rows, vocabulary)
+    if rows.num_rows == 0:
+        raise DataError("encode: no kept images to encode")
     node_rank, num_nodes = node_split(cfg.num_nodes, cfg.node_rank)
-    text_encoder = te.model_dump()  # the kwargs of load_text_encoder, for the workers and for train
-    spec = EncodeSpec(shards_dir=str(shards_dir), out_dir=str(out_dir), vae=str(vae_dir),
-                      vae_fingerprint=folder_fingerprint(vae_dir), text_encoder=text_encoder,
-                      batch_size=cfg.batch_size, store=cfg.store, flip=cfg.flip, seed=cfg.seed,
-                      precision=cfg.precision, jobs=tuple(assign(jobs, node_rank, num_nodes)))
-    expected = {job.output for job in jobs}
-    for stale in [p for p in out.rglob("*.safetensors*") if str(p.relative_to(out)) not in expected]:
-        stale.unlink()  # outputs of inputs that no longer exist, and temp files of a killed run
-    slots = plan_slots(cfg.workers, cfg.threads_per_worker)
-    log.info("node %d/%d: %d of %d jobs on %d worker(s)", node_rank, num_nodes, len(spec.jobs), len(jobs), len(slots))
-    run_pool(encode_worker, spec, slots)
-    # The workers verified or wrote every checksum just now: a header check finds what is missing.
-    missing = [job.output for job in jobs if not is_complete(out / job.output, spec.fingerprint(job), verify=False)]
+    plan_dir = Path(tempfile.mkdtemp(prefix="sdlab-encode-plan-"))  # node-local: nodes never share it
+    try:
+        jobs = write_plan(rows, plan_dir / "plan.parquet")
+        spec = EncodeSpec(shards_dir=str(shards_dir), out_dir=str(out), plan=str(plan_dir / "plan.parquet"),
+                          vae=str(vae_dir), vae_fingerprint=folder_fingerprint(vae_dir),
+                          text_encoder=te.model_dump(), text=cfg.text, batch_size=cfg.batch_size, store=cfg.store,
+                          flip=cfg.flip, seed=cfg.seed, precision=cfg.precision,
+                          latent_shape=latent_shape(vae_dir, image_px), jobs=tuple(assign(jobs, node_rank, num_nodes)))
+        remove_stale(out, {job.stem for job in jobs})
+        slots = plan_slots(cfg.workers, cfg.threads_per_worker)
+        log.info("node %d/%d: %d of %d shards on %d worker(s)", node_rank, num_nodes, len(spec.jobs), len(jobs),
+                 len(slots))
+        run_pool(encode_worker, spec, slots)
+    finally:
+        shutil.rmtree(plan_dir, ignore_errors=True)
+    missing = [job.stem for job in jobs if not (latent_path(out, job.stem).is_file() and _text_matches(out, job, spec))]
     if missing:
-        raise DataError(f"{len(missing)} output(s) missing, e.g. {missing[0]}: other nodes have not finished "
-                        "their share; run this stage again once they have")
-    vae_config = read_json(Path(vae_dir) / "config.json")
-    latent_px = image_px // 2 ** (len(vae_config["block_out_channels"]) - 1)
-    meta = {"vae": str(vae_dir), "scaling_factor": vae_config["scaling_factor"],
-            "latent_shape": [vae_config["latent_channels"], latent_px, latent_px], "dtype": "float16",
-            "store": cfg.store, "views": 2 if cfg.flip else 1, "text_encoder": text_encoder,
-            "text_encoder_name": te.pretrained or PACKAGED_MINILM, "images": len(rows),
-            "captions": len(vocabulary), "workers": len(slots)}
-    write_table(out / "captions.parquet", pa.table({"caption_id": list(range(len(vocabulary))), "caption": vocabulary}))
-    write_table(out / "index.parquet", index_rows(rows, vocabulary))
+        raise DataError(f"{len(missing)} shard(s) not encoded yet, e.g. {missing[0]}: other nodes have not "
+                        "finished their share; run this stage again once they have")
+    where, shards = latents_index(rows, out, jobs)
+    text_dim = write_uncond(out, te, cfg.text)
+    channels, height, width = spec.latent_shape
+    meta = {"vae": str(vae_dir), "scaling_factor": read_json(Path(vae_dir) / "config.json")["scaling_factor"],
+            "latent_shape": [channels, height, width], "dtype": "float16", "store": cfg.store,
+            "views": 2 if cfg.flip else 1, "text": cfg.text, "text_encoder": te.model_dump(),
+            "text_encoder_name": te.pretrained or PACKAGED_MINILM, "text_dim": text_dim,
+            "images": rows.num_rows, "shards": shards}
+    write_index(out / "index.parquet", rows, where, records)
     write_json(out / "meta.json", meta)
     return meta
 
 
-def load_latents(latents_dir: Path, index: pa.Table) -> dict[str, torch.Tensor]:
-    """fp32 stored tensors (`mean`+`std` or `sample`, each (N, V, C, h, w)) for the index rows."""
-    shards = {name: load_file(str(latents_dir / "shards" / name))
-              for name in sorted(set(index.column("latent_shard").to_pylist()))}
-    pairs = list(zip(index.column("latent_shard").to_pylist(), index.column("row").to_pylist()))
-    if not pairs:
-        raise ValueError(f"{latents_dir}: no latents for the requested rows")
-    names = next(iter(shards.values())).keys()
-    return {name: torch.stack([shards[s][name][r] for s, r in pairs]).float() for name in names}
+def _text_matches(out: Path, job: ShardJob, spec: EncodeSpec) -> bool:
+    """Header-only check that a shard's text file was made from its latents and this plan."""
+    latent_header = read_header(latent_path(out, job.stem))
+    if latent_header is None:
+        return False
+    return is_complete(text_path(out, job.stem), spec.text_fingerprint(latent_header["fingerprint"], job),
+                       verify=False)
 
 
-def load_text(latents_dir: Path) -> torch.Tensor:
-    """(num captions, max_length, dim) fp32 hidden states, row = caption_id."""
-    chunks = sorted((latents_dir / "text").glob("*.safetensors"))
-    return torch.cat([load_file(str(path))["hidden"] for path in chunks]).float()
+def remove_stale(out: Path, stems: set[str]) -> None:
+    """Remove outputs of shards that no longer exist, and temp files that this host's dead
+    processes left. Another node's temp files are never touched: on a shared folder they
+    may be its work in progress."""
+    host = socket.gethostname()
+    for folder in ("shards", "text"):
+        for path in (out / folder).glob("*.safetensors") if (out / folder).is_dir() else []:
+            if path.stem not in stems:
+                path.unlink()
+        for temp in (out / folder).glob(f".*.tmp-{host}-*") if (out / folder).is_dir() else []:
+            pid = temp.name.rsplit("-", 2)[-2]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                temp.unlink(missing_ok=True)

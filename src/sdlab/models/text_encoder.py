@@ -8,6 +8,7 @@ is what makes the exported pipeline see at inference what the UNet saw in traini
 from __future__ import annotations
 
 import torch
+from sdlab.config import ConfigError
 from transformers import (AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel, PreTrainedModel,
                           PreTrainedTokenizerBase)
 
@@ -28,15 +29,37 @@ def resolve_text_encoder(pretrained: str | None) -> str:
 
 
 def load_text_encoder(pretrained: str | None, max_length: int, subfolder: str | None = None,
-                      tokenizer_subfolder: str | None = None) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+                      tokenizer_subfolder: str | None = None, load_model: bool = True
+                      ) -> tuple[PreTrainedTokenizerBase, PreTrainedModel | None]:
+    """Tokenizer and (with `load_model`) the frozen encoder; `max_length` beyond the encoder's
+    position embeddings is a ConfigError naming the key."""
     path = resolve_text_encoder(pretrained)
     tokenizer = AutoTokenizer.from_pretrained(path, subfolder=tokenizer_subfolder or subfolder or "")
     tokenizer.model_max_length = max_length  # else every prompt pads to 512
     config = AutoConfig.from_pretrained(path, subfolder=subfolder or "")
+    limit = getattr(getattr(config, "text_config", config), "max_position_embeddings", None)
+    if limit is not None and max_length > limit:
+        raise ConfigError(f"text_encoder.max_length: {max_length} is above the encoder's limit of {limit} tokens")
+    if not load_model:
+        return tokenizer, None
     # A full CLIP checkpoint holds both towers: take the text tower, as SD does.
     model_class = CLIPTextModel if config.model_type in ("clip", "clip_text_model") else AutoModel
     model = model_class.from_pretrained(path, subfolder=subfolder or "").eval()
     return tokenizer, model
+
+
+def tokenize(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), each (N, max_length), padded and truncated as the pipeline does."""
+    tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                       return_tensors="pt")
+    return tokens.input_ids, tokens.attention_mask
+
+
+def encode_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Last hidden states of token ids, as `StableDiffusionPipeline.encode_prompt` computes them:
+    the attention mask is passed only to encoders whose config asks for one."""
+    use_mask = getattr(model.config, "use_attention_mask", False) and attention_mask is not None
+    return model(input_ids.long(), attention_mask=attention_mask.long() if use_mask else None)[0]
 
 
 @torch.no_grad()
@@ -45,8 +68,6 @@ def encode_prompts(tokenizer, model, prompts: list[str], batch_size: int = 64,
     """(N, max_length, hidden) hidden states on the CPU, as the pipeline computes them."""
     chunks = []
     for start in range(0, len(prompts), batch_size):
-        ids = tokenizer(prompts[start:start + batch_size], padding="max_length",
-                        max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids
-        chunks.append(model(ids.to(device))[0].float().cpu())
+        ids, mask = tokenize(tokenizer, prompts[start:start + batch_size])
+        chunks.append(encode_tokens(model, ids.to(device), mask.to(device)).float().cpu())
     return torch.cat(chunks) if chunks else torch.zeros(0)

@@ -1,0 +1,128 @@
+"""The latents folder: the on-disk format `encode` writes and `train`/`evaluate` stream.
+
+  meta.json                  recipe and shapes: vae, scaling factor, latent shape, store,
+                             views, text mode, text encoder, text width, and one entry per
+                             shard {name, rows, train, val, latents, text} (the last two are
+                             the files' content fingerprints). Nothing about the machine.
+  shards/<stem>.safetensors  the VAE latents of *every* image of image shard `<stem>.tar`, in
+                             tar order: `mean` + `std` (store: distribution) or `sample`, each
+                             (N, V, C, h, w) fp16 (V = 2 with flip). Header: fingerprint,
+                             sha256 of the tensors, the keys in row order.
+  text/<stem>.safetensors    the same rows: `split` (N,) uint8 (0 train, 1 val, 2 not kept,
+                             e.g. a duplicate) and the conditioning: `hidden` (N, L, D) fp16
+                             (text: states) or `input_ids` (N, L) int32 + `attention_mask`
+                             (N, L) uint8 (text: tokens, the encoder runs in the train step).
+  uncond.safetensors         the empty prompt for classifier-free guidance, in the same fields.
+  index.parquet              key, split, latent_shard, row, caption (+ the record's columns).
+
+Latents depend on the image bytes, the VAE and the latent recipe only; captions and splits
+live in the cheap text files, so a caption edit or a new split never re-runs the VAE.
+Every file is written under a name unique to this host and process, then renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+log = logging.getLogger(__name__)
+
+STORAGE_DTYPE = torch.float16
+SPLIT_CODES = {"train": 0, "val": 1}
+NOT_KEPT = 2
+LATENT_FIELDS = ("mean", "std", "sample")
+TEXT_FIELDS = ("hidden", "input_ids", "attention_mask")
+
+
+def latent_path(root: Path, stem: str) -> Path:
+    return Path(root) / "shards" / f"{stem}.safetensors"
+
+
+def text_path(root: Path, stem: str) -> Path:
+    return Path(root) / "text" / f"{stem}.safetensors"
+
+
+def unique_temp(path: Path) -> Path:
+    """A temp sibling no other node or process uses: nodes may share one output folder."""
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        digest.update(tensors[name].contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_checked(path: Path, tensors: dict[str, torch.Tensor], fingerprint: str, **extra) -> None:
+    """Write tensors with their fingerprint, checksum and `extra` header fields, via a temp name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    temp = unique_temp(path)
+    # One metadata key: safetensors orders several keys differently from run to run.
+    check = json.dumps({"fingerprint": fingerprint, "sha256": tensors_sha256(tensors), **extra}, sort_keys=True)
+    save_file(tensors, str(temp), metadata={"sdlab": check})
+    os.replace(temp, path)
+
+
+def read_header(path: Path) -> dict | None:
+    """The sdlab header of a file (fingerprint, sha256, extras) plus `shapes`; None if unreadable."""
+    try:
+        with safe_open(str(path), "pt") as handle:
+            header = json.loads((handle.metadata() or {}).get("sdlab", "{}"))
+            header["shapes"] = {name: list(handle.get_slice(name).get_shape()) for name in handle.keys()}
+        return header
+    except Exception as exc:  # a truncated or foreign file: redone, and said so
+        log.warning("%s is unreadable (%s); it will be written again", path, exc)
+        return None
+
+
+def is_complete(path: Path, fingerprint: str, verify: bool = True, shape: tuple[int, ...] | None = None) -> bool:
+    """True if `path` holds the output of these inputs: same fingerprint, per-row shape
+    `shape` (when given) for its latent tensors, and with `verify` intact tensors."""
+    if not path.is_file():
+        return False
+    header = read_header(path)
+    if header is None or header.get("fingerprint") != fingerprint:
+        return False
+    if shape is not None and any(tuple(dims[2:]) != tuple(shape) for name, dims in header["shapes"].items()
+                                 if name in LATENT_FIELDS):
+        log.warning("%s holds latents of another shape; encoding it again", path)
+        return False
+    if verify:
+        try:
+            return tensors_sha256(load_file(str(path))) == header.get("sha256")
+        except Exception as exc:
+            log.warning("%s is unreadable (%s); it will be written again", path, exc)
+            return False
+    return True
+
+
+def read_rows(root: Path, stem: str, split: int, stride: int = 1, offset: int = 0) -> dict[str, torch.Tensor]:
+    """Stored tensors (latents + text fields) of the rows of one shard whose split is `split`,
+    taking every `stride`-th of them from `offset`; dtypes as stored (fp16 / int)."""
+    text = load_file(str(text_path(root, stem)))
+    rows = (text.pop("split") == split).nonzero().flatten()[offset::stride]
+    latents = load_file(str(latent_path(root, stem)))
+    return {name: tensor[rows] for name, tensor in {**latents, **text}.items()}
+
+
+def read_meta(root: Path) -> dict:
+    path = Path(root) / "meta.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (did the encode stage run?)")
+    return json.loads(path.read_text())
+
+
+def read_uncond(root: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(root) / "uncond.safetensors"))
