@@ -3,15 +3,13 @@
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 from diffusers import DDPMScheduler
 
 from sdlab.data.records import DataError
 from sdlab.data.shards import load_images
-from sdlab.encode import load_latents, load_text
-from sdlab.evaluate import (clip_score, fid_kid, generate, guidance_sweep, heldout_loss, inception_extractor,
-                            judge_samples, timestep_grid, use_scheduler)
-from sdlab.io import read_table, write_json
+from sdlab.evaluate import (clip_score, fid_kid, generate, guidance_sweep, heldout_latents, heldout_loss,
+                            inception_extractor, judge_samples, timestep_grid, use_scheduler)
+from sdlab.io import first_rows, write_json
 from sdlab.models.pipeline import load_pipeline
 from sdlab.reports import read_curve, report_html, sample_grid
 from sdlab.stage import parse_args, stage
@@ -21,14 +19,10 @@ from sdlab.stage import parse_args, stage
 def main(args, params):
     cfg, latents_dir = params.evaluate, Path(args.latents)
     pipeline = load_pipeline(args.pipeline)
-    index = read_table(latents_dir / "index.parquet")
-    val = index.filter(pc.equal(index["split"], "val"))
-    rows = val.to_pylist()[: cfg.num_samples]
+    rows = first_rows(latents_dir / "index.parquet", cfg.num_samples, "split", "val").to_pylist()
     if not rows:
         raise DataError("the val split is empty (raise dedupe.val_fraction)")
-    stored = load_latents(latents_dir, val)
-    mean = stored["mean" if "mean" in stored else "sample"][:, 0]  # the unflipped view
-    hidden = load_text(latents_dir)[val["caption_id"].to_pylist()]
+    mean, hidden = heldout_latents(latents_dir, cfg.heldout_samples, pipeline.text_encoder)
     scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)  # the training noise schedule
     losses = heldout_loss(pipeline.unet, scheduler, mean, hidden,
                           timestep_grid(scheduler.config.num_train_timesteps, cfg.loss_timesteps), cfg.seed)
@@ -40,7 +34,7 @@ def main(args, params):
                "heldout_loss_by_t": {str(t): v for t, v in losses.items()}, "num_samples": len(rows)}
     real = load_images(args.shards, rows)  # the real val images behind the prompts
     if "skin_color" in rows[0]:  # the synthetic source: attributes are ground truth
-        train_rows = index.filter(pc.equal(index["split"], "train")).to_pylist()[:4000]
+        train_rows = first_rows(latents_dir / "index.parquet", 4000, "split", "train").to_pylist()
         metrics.update(judge_samples(images, rows, real, load_images(args.shards, train_rows), train_rows,
                                      cfg.judge_steps, cfg.seed))
     if cfg.inception_weights:  # the standard features: only then the standard names

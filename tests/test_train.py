@@ -3,22 +3,31 @@ import json
 import pytest
 import torch
 
+from latent_fixtures import write_latents
 from sdlab.config import TrainConfig, UnetConfig
 from sdlab.models.unet import build_unet
-from sdlab.train import TrainData, batch_indices, list_checkpoints, train_unet
+from sdlab.stream import LatentStream, Part, rank_parts
+from sdlab.train import (Conditioning, list_checkpoints, prune_runs, restore_curves, run_identity, train_unet)
 
 CFG = TrainConfig(unet=UnetConfig(block_out_channels=[8, 16], attention_head_dim=2, cross_attention_levels=[False, True]),
                   max_steps=6, batch_size=4, warmup_steps=2, checkpoint_every_steps=2, keep_checkpoints=2,
-                  log_every_steps=1)
+                  log_every_steps=1, shuffle_shards=2)
 
 
-def data(poison: bool = False) -> TrainData:
-    g = torch.Generator().manual_seed(0)
-    mean = torch.randn(10, 4, 4, 4, generator=g)
-    if poison:
-        mean[:] = float("inf")
-    latents = {"mean": mean[:, None], "std": torch.full_like(mean, 0.1)[:, None]}  # one view
-    return TrainData(latents, torch.arange(10) % 3 + 1, torch.randn(4, 5, 16, generator=g))
+def stream(root, batch_size: int = 4, seed: int = 0, **kwargs) -> LatentStream:
+    meta = json.loads((root / "meta.json").read_text())
+    return LatentStream(root, rank_parts(meta["shards"], 0, 1), batch_size, seed, CFG.shuffle_shards, **kwargs)
+
+
+@pytest.fixture
+def latents(tmp_path):
+    root = tmp_path / "latents"
+    write_latents(root, images=10, shard_size=3, shape=(4, 4, 4), text_dim=16)
+    return root
+
+
+def conditioning() -> Conditioning:
+    return Conditioning(torch.zeros(1, 5, 16))
 
 
 def fresh_unet():
@@ -34,75 +43,132 @@ class StopAt:
     """A dvclive stand-in that kills the run after logging step `at` (before its checkpoint)."""
 
     def __init__(self, at: int):
-        self.at, self.step = at, 0
+        self.at, self.step, self.dir = at, 0, None
 
     def log_metric(self, name, value):
         if self.step == self.at:
             raise Interrupt
+
+    def make_summary(self):
+        pass
 
 
 def weights(unet):
     return {k: v.clone() for k, v in unet.state_dict().items()}
 
 
-def test_batches_cover_each_epoch_once_and_are_reproducible():
-    seen = torch.cat([batch_indices(s, 10, 4, seed=1) for s in range(2)])  # one epoch = 2 batches of 4
-    assert len(set(seen.tolist())) == 8
-    assert torch.equal(batch_indices(3, 10, 4, seed=1), batch_indices(3, 10, 4, seed=1))
+def test_each_epoch_covers_every_train_row_once_in_a_new_order(latents):
+    source = stream(latents, batch_size=5)
+    epochs = [torch.cat([source.batch(m)["mean"] for m in range(e * 2, e * 2 + 2)]) for e in range(2)]
+    flat = [{tuple(row.flatten().tolist()) for row in epoch} for epoch in epochs]
+    assert len(flat[0]) == len(flat[1]) == 10 and flat[0] == flat[1]  # every row once per epoch
+    assert not torch.equal(epochs[0], epochs[1])  # reshuffled
+    again = stream(latents, batch_size=5)
+    assert torch.equal(again.batch(3)["mean"], source.batch(3)["mean"])  # a pure function of the step
+    assert source.batch(0)["mean"].dtype == torch.float16 and source.batch(0)["hidden"].dtype == torch.float16
+    source.close(), again.close()
 
 
-def test_resumed_run_continues_from_the_saved_step_and_matches_an_uninterrupted_run(tmp_path):
-    reference, summary = train_unet(fresh_unet(), data(), CFG, tmp_path / "a", "data-v1")
+def test_rank_parts_split_whole_shards_or_rows_when_shards_are_few():
+    shards = [{"name": f"{i:05d}", "train": 3} for i in range(4)]
+    assert [p.shard for p in rank_parts(shards, 0, 2)] == ["00000", "00002"]
+    assert [p.shard for p in rank_parts(shards, 1, 2)] == ["00001", "00003"]
+    few = rank_parts(shards[:1], 1, 2)
+    assert few == [Part("00000", 1, 2, 1)]  # rows 1 of 0..2
+
+
+def test_data_position_follows_the_stream(latents):
+    source = stream(latents, batch_size=4)
+    assert source.position(12)["epoch"] == 1 and source.position(12)["samples_seen_in_epoch"] == 2
+    assert source.position(9)["samples_per_epoch"] == 10
+    source.close()
+
+
+def test_resumed_run_continues_from_the_saved_step_and_matches_an_uninterrupted_run(latents, tmp_path):
+    reference, summary = train_unet(fresh_unet(), stream(latents), conditioning(), CFG, tmp_path / "a")
     assert summary["start_step"] == 0 and summary["final_step"] == 6
 
     with pytest.raises(Interrupt):
-        train_unet(fresh_unet(), data(), CFG, tmp_path / "b", "data-v1", live=StopAt(5))
+        train_unet(fresh_unet(), stream(latents), conditioning(), CFG, tmp_path / "b", live=StopAt(5))
     assert [p.name for p in list_checkpoints(tmp_path / "b")] == ["step-0000002", "step-0000004"]
-    resumed, summary = train_unet(fresh_unet(), data(), CFG, tmp_path / "b", "data-v1")
+    resumed, summary = train_unet(fresh_unet(), stream(latents), conditioning(), CFG, tmp_path / "b")
     assert summary["start_step"] == 4 and summary["final_step"] == 6
     for name, value in weights(reference).items():
         assert torch.equal(value, resumed.state_dict()[name]), name  # bit-exact on CPU
-    assert json.loads((list_checkpoints(tmp_path / "b")[-1] / "run.json").read_text())["step"] == 6
+    state = json.loads((list_checkpoints(tmp_path / "b")[-1] / "run.json").read_text())
+    assert state["step"] == 6 and state["data_position_rank0"]["samples_seen_in_epoch"] == 4  # 24 samples, 10/epoch
 
 
-def test_a_changed_config_starts_over_instead_of_resuming(tmp_path):
-    train_unet(fresh_unet(), data(), CFG, tmp_path, "data-v1")
-    _, summary = train_unet(fresh_unet(), data(), CFG.model_copy(update={"lr": 5e-4}), tmp_path, "data-v1")
-    assert summary["start_step"] == 0
-    _, summary = train_unet(fresh_unet(), data(), CFG, tmp_path, "data-v2")
-    assert summary["start_step"] == 0
+def test_run_identity_ignores_cadence_and_length_but_not_the_recipe():
+    base = run_identity(CFG, "data-v1")
+    for change in ({"max_steps": 60}, {"log_every_steps": 7}, {"keep_checkpoints": 9}, {"compile": True},
+                   {"validation_every_steps": 3}, {"checkpoint_every_steps": 5}):
+        assert run_identity(CFG.model_copy(update=change), "data-v1") == base, change
+    assert run_identity(CFG.model_copy(update={"lr": 5e-4}), "data-v1") != base
+    assert run_identity(CFG, "data-v2") != base
+    assert run_identity(CFG, "data-v1", world=2) != base
 
 
-def test_half_written_checkpoint_is_ignored(tmp_path):
-    train_unet(fresh_unet(), data(), CFG.model_copy(update={"max_steps": 2}), tmp_path, "d")
-    (tmp_path / ".tmp-step-0000004").mkdir()  # a save that was killed midway
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-0000002"]
+def test_raising_max_steps_continues_the_run(latents, tmp_path):
+    train_unet(fresh_unet(), stream(latents), conditioning(), CFG, tmp_path / "run")
+    _, summary = train_unet(fresh_unet(), stream(latents), conditioning(), CFG.model_copy(update={"max_steps": 8}),
+                            tmp_path / "run")
+    assert summary["start_step"] == 6 and summary["final_step"] == 8 and summary["optimizer_steps"] == 8
+
+
+def test_old_runs_are_removed_only_beyond_keep_runs(tmp_path):
+    import os
+    for age, name in enumerate(["run-a", "run-b", "run-c", "run-d"]):
+        (tmp_path / name).mkdir()
+        os.utime(tmp_path / name, (1000 + age, 1000 + age))
+    removed = prune_runs(tmp_path, "run-a", keep_runs=3)  # the current run counts and stays
+    assert removed == ["run-b"] and sorted(p.name for p in tmp_path.iterdir()) == ["run-a", "run-c", "run-d"]
+
+
+def test_curves_are_restored_up_to_the_checkpoint_step(tmp_path):
+    checkpoint = tmp_path / "step-0000004"
+    (checkpoint / "live" / "plots" / "metrics" / "train").mkdir(parents=True)
+    (checkpoint / "run.json").write_text(json.dumps({"step": 4}))
+    tsv = checkpoint / "live" / "plots" / "metrics" / "train" / "loss.tsv"
+    tsv.write_text("step\tloss\n" + "".join(f"{s}\t0.{s}\n" for s in range(1, 7)))
+    restore_curves(checkpoint, tmp_path / "live")
+    restored = (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
+    assert restored == ["step\tloss"] + [f"{s}\t0.{s}" for s in range(1, 5)]
 
 
 def test_nan_loss_stops_loudly(tmp_path):
+    write_latents(tmp_path / "bad", images=10, shard_size=5, shape=(4, 4, 4), text_dim=16, poison=True)
     with pytest.raises(FloatingPointError, match="loss is (nan|inf) at step 0"):
-        train_unet(fresh_unet(), data(poison=True), CFG, tmp_path, "d")
+        train_unet(fresh_unet(), stream(tmp_path / "bad"), conditioning(), CFG, tmp_path / "run")
 
 
-def test_training_reduces_the_loss(tmp_path):
-    cfg = CFG.model_copy(update={"max_steps": 60, "checkpoint_every_steps": 60, "log_every_steps": 10, "lr": 3e-3})
+def test_training_reduces_the_loss(latents, tmp_path):
+    cfg = CFG.model_copy(update={"max_steps": 120, "checkpoint_every_steps": 120, "log_every_steps": 20, "lr": 3e-3})
     losses = []
 
     class Record:
-        step = 0
+        step, dir = 0, None
 
         def log_metric(self, name, value):
             if name == "train/loss":
                 losses.append(value)
 
-    train_unet(fresh_unet(), data(), cfg, tmp_path, "d", live=Record())
+        def make_summary(self):
+            pass
+
+    train_unet(fresh_unet(), stream(latents), conditioning(), cfg, tmp_path / "run", live=Record())
     assert losses[-1] < losses[0] * 0.8
 
 
-def test_sampled_store_with_flipped_views_trains(tmp_path):
-    base = data()
-    views = torch.cat([base.latents["mean"], base.latents["mean"].flip(-1)], dim=1)  # (N, 2, C, h, w)
-    flipped = TrainData({"sample": views}, base.caption_ids, base.text)
-    assert flipped.views == 2
-    _, summary = train_unet(fresh_unet(), flipped, CFG, tmp_path, "d")
+def test_sampled_store_with_flipped_views_draws_both_views(tmp_path):
+    from sdlab.train import make_batch
+    root = tmp_path / "flip"
+    write_latents(root, images=10, shard_size=5, shape=(4, 4, 4), text_dim=16, views=2, store="sample")
+    source = stream(root)
+    stored = source.batch(0)
+    latents, _, _ = make_batch(source, conditioning(), 0, CFG, 0, torch.device("cpu"))
+    matches = [[torch.equal(latents[i].half(), stored["sample"][i, v]) for v in range(2)] for i in range(4)]
+    picked = {row.index(True) for row in matches}
+    assert all(any(row) for row in matches) and picked == {0, 1}  # each row is one of its views; both occur
+    _, summary = train_unet(fresh_unet(), source, conditioning(), CFG, tmp_path / "run")
     assert summary["final_step"] == 6 and summary["final_loss"] > 0

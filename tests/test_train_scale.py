@@ -3,6 +3,7 @@ fine-tuning a pretrained UNet (cross-attention only, LoRA), mixed precision, acc
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -24,7 +25,6 @@ from sdlab.config import EncodeConfig, TextEncoderConfig, TrainConfig, UnetConfi
 from sdlab.encode import encode_dataset
 from sdlab.models.unet import build_unet, select_trainable
 from sdlab.models.vae import build_vae
-from sdlab.train import data_position, rank_slice
 
 TINY_UNET = {"block_out_channels": [16, 32], "layers_per_block": 1, "attention_head_dim": 4,
              "cross_attention_levels": [False, True]}
@@ -40,14 +40,14 @@ def latents(tmp_path_factory) -> Path:
     vae = build_vae(VaeConfig(block_out_channels=[8, 16]), 16)
     vae.save_pretrained(root / "vae")
     rows = [dict(r, split="val" if i % 8 == 7 else "train") for i, r in enumerate(index)]
-    encode_dataset(rows, str(root / "shards"), str(root / "vae"), str(root / "latents"), 16,
+    encode_dataset(pa.Table.from_pylist(rows), str(root / "shards"), str(root / "vae"), str(root / "latents"), 16,
                    EncodeConfig(batch_size=16, workers=1), TextEncoderConfig())
     return root
 
 
 def train_params(tmp: Path, **train) -> Path:
     settings = {"unet": TINY_UNET, "max_steps": 30, "batch_size": 8, "lr": 2e-3, "warmup_steps": 5,
-                "checkpoint_every_steps": 10, "keep_checkpoints": 2, "log_every_steps": 1, **train}
+                "checkpoint_every_steps": 10, "keep_checkpoints": 2, "log_every_steps": 1, "shuffle_shards": 2, **train}
     path = tmp / "params.yaml"
     path.write_text(yaml.safe_dump({"train": settings}))
     return path
@@ -69,7 +69,37 @@ def run_train(root: Path, run: Path, **train) -> dict:
 
 def curve(run: Path, name: str = "loss") -> dict[int, float]:
     with open(run / "live" / "plots" / "metrics" / "train" / f"{name}.tsv") as f:
-        return {int(r["step"]): float(r[name]) for r in csv.DictReader(f, delimiter="\t")}
+        rows = [(int(r["step"]), float(r[name])) for r in csv.DictReader(f, delimiter="\t")]
+    assert len({step for step, _ in rows}) == len(rows), "a step is logged twice"
+    return dict(rows)
+
+
+def checkpoints(run: Path) -> list[Path]:
+    return sorted((run / "checkpoints").glob("run-*/step-*"))
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout_s: float = 300) -> None:
+    """kill -9 the stage and every process under it (torchrun starts its workers in sessions
+    of their own) as soon as `ready()` holds."""
+    import psutil
+
+    deadline = time.time() + timeout_s
+    while not ready():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.01)
+    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for process in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(signal.SIGKILL)
+    proc.wait()
+    psutil.wait_procs(tree, timeout=30)
+
+
+def start_train(latents: Path, run: Path, **train) -> subprocess.Popen:
+    run.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(train_command(latents, run, train_params(run, **train)), cwd=run, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def unet_weights(run: Path) -> dict[str, torch.Tensor]:
@@ -88,48 +118,57 @@ def test_two_gloo_processes_follow_one_process_with_twice_the_batch(latents, tmp
     for window in (range(1, 11), range(11, 21), range(21, 31)):  # the same curve within 15 %
         mean_a, mean_b = np.mean([a[s] for s in window]), np.mean([b[s] for s in window])
         assert abs(mean_a - mean_b) < 0.15 * mean_a, (window, mean_a, mean_b)
-    # both ranks' weights ended identical, so the exported model is the DDP model
-    assert (tmp_path / "two" / "pipeline" / "model_index.json").is_file()
+    # both ranks' weights ended identical (gradients were synced), so the export is the DDP model
+    hashes = two["rank_weight_sha256"]
+    assert len(hashes) == 2 and hashes[0] == hashes[1]
+    assert hashes[0] != one["rank_weight_sha256"][0]
     # validation images landed in the dvclive folder at the asked steps
     images = sorted(p.name for p in (tmp_path / "one" / "live" / "plots" / "images" / "validation").glob("*.png"))
     assert images == ["step-0000015.png", "step-0000030.png"]
 
 
-def test_kill_9_mid_training_resumes_to_the_exact_weights_and_step(latents, tmp_path):
-    reference = run_train(latents, tmp_path / "reference", max_steps=40)
+@pytest.mark.parametrize("processes", [1, 2])
+def test_kill_9_mid_epoch_resumes_to_the_exact_weights_and_step(latents, tmp_path, processes):
+    reference = run_train(latents, tmp_path / "reference", max_steps=40, num_processes=processes)
     run = tmp_path / "killed"
-    run.mkdir()
-    params = train_params(run, max_steps=40)
-    proc = subprocess.Popen(train_command(latents, run, params), cwd=run, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not (run / "checkpoints" / "step-0000020").exists():
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.time() < deadline
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)  # mid-run, possibly mid-checkpoint
-    proc.wait()
-    resumed = run_train(latents, run, max_steps=40)
+    proc = start_train(latents, run, max_steps=40, num_processes=processes)
+    kill_when(proc, lambda: any(p.name == "step-0000020" for p in checkpoints(run)))  # mid-run, mid-epoch
+    resumed = run_train(latents, run, max_steps=40, num_processes=processes)
     assert resumed["start_step"] in (20, 30) and resumed["final_step"] == 40
-    assert max(curve(run)) == 40
-    state = json.loads(sorted((run / "checkpoints").glob("step-*"))[-1].joinpath("run.json").read_text())
-    assert state["step"] == 40 and state["data_position_rank0"] == data_position(40, 56, 8)
+    assert sorted(curve(run)) == list(range(1, 41))  # one curve over every step, before and after the kill
+    state = json.loads(checkpoints(run)[-1].joinpath("run.json").read_text())
+    per_rank = 56 // processes  # 7 train shards of 8 (shards round robin over ranks)
+    assert state["step"] == 40 and state["data_position_rank0"]["samples_seen_in_epoch"] != 0  # mid-epoch
+    assert state["data_position_rank0"]["samples_per_epoch"] in (per_rank, 56 - per_rank)
     reference_weights, resumed_weights = unet_weights(tmp_path / "reference"), unet_weights(run)
     assert reference_weights.keys() == resumed_weights.keys()
     for name, tensor in reference_weights.items():
         assert torch.equal(tensor, resumed_weights[name]), name  # bit-exact on CPU
-    assert not list((run / "checkpoints").glob(".tmp-*"))
+    assert not list((run / "checkpoints").rglob(".tmp-*"))
     assert reference["final_loss"] == resumed["final_loss"]
 
 
-def test_data_position_and_rank_slices():
-    assert data_position(7, 56, 8) == {"epoch": 1, "samples_seen_in_epoch": 0, "samples_per_epoch": 56}
-    assert data_position(9, 56, 8) == {"epoch": 1, "samples_seen_in_epoch": 16, "samples_per_epoch": 56}
-    index = pa.table({"key": [f"k{i}" for i in range(12)], "latent_shard": [f"{i // 3:05d}" for i in range(12)]})
-    slices = [rank_slice(index, r, 2)["key"].to_pylist() for r in range(2)]
-    assert slices == [["k0", "k1", "k2", "k6", "k7", "k8"], ["k3", "k4", "k5", "k9", "k10", "k11"]]
-    few = [rank_slice(index.slice(0, 3), r, 2)["key"].to_pylist() for r in range(2)]
-    assert few == [["k0", "k2"], ["k1"]]  # fewer shards than ranks: rows round robin
+def test_a_kill_after_the_final_checkpoint_reruns_to_a_complete_stage(latents, tmp_path):
+    run = tmp_path / "run"
+    proc = start_train(latents, run, max_steps=20)
+    kill_when(proc, lambda: any(p.name == "step-0000020" for p in checkpoints(run)))  # before or during export
+    resumed = run_train(latents, run, max_steps=20)
+    assert resumed["start_step"] == 20 and resumed["final_step"] == 20
+    assert (run / "pipeline" / "model_index.json").is_file()
+    assert sorted(curve(run)) == list(range(1, 21))
+    assert json.loads((run / "live" / "metrics.json").read_text())["step"] == 20
+
+
+def test_raising_max_steps_continues_and_a_new_lr_starts_a_new_run_keeping_the_old(latents, tmp_path):
+    run = tmp_path / "run"
+    run_train(latents, run, max_steps=20)
+    longer = run_train(latents, run, max_steps=30, log_every_steps=1, keep_checkpoints=3)
+    assert longer["start_step"] == 20 and longer["final_step"] == 30 and longer["optimizer_steps"] == 30
+    assert sorted(curve(run)) == list(range(1, 31))
+    first_run = longer["run"]
+    other = run_train(latents, run, max_steps=10, lr=1e-3)
+    assert other["start_step"] == 0 and other["run"] != first_run
+    assert (run / "checkpoints" / first_run / "step-0000030").is_dir()  # the old run is still on disk
 
 
 @pytest.fixture(scope="module")
@@ -185,13 +224,40 @@ def test_a_pretrained_unet_that_does_not_fit_is_a_clear_error(latents, tmp_path)
     assert "cross-attends to 768-d text states, the text encoder gives 384-d" in result.stderr
 
 
-def test_bf16_accumulation_and_checkpointing_run_and_step_the_schedule_once_per_update(latents, tmp_path):
+def test_bf16_accumulation_and_checkpointing_step_the_optimizer_once_per_update(latents, tmp_path):
     stats = run_train(latents, tmp_path / "bf16", mixed_precision="bf16", gradient_accumulation_steps=2,
                       gradient_checkpointing=True, max_steps=10, warmup_steps=0, lr_schedule="linear")
     assert stats["global_batch"] == 16 and stats["final_step"] == 10
+    assert stats["optimizer_steps"] == 10  # the optimizer's own count: 10 updates, not 20 micro-steps
+    assert stats["gradient_checkpointing"] is True  # the param reached the UNet
     lr = curve(tmp_path / "bf16", "lr")
-    assert lr[1] == pytest.approx(2e-3 * 9 / 10) and lr[10] == pytest.approx(0.0)  # 10 updates, not 20
+    assert lr[1] == pytest.approx(2e-3 * 9 / 10) and lr[10] == pytest.approx(0.0)
     assert all(np.isfinite(list(curve(tmp_path / "bf16").values())))
+    fp32 = run_train(latents, tmp_path / "fp32", mixed_precision="no", gradient_accumulation_steps=2,
+                     max_steps=10, warmup_steps=0, lr_schedule="linear")
+    assert fp32["rank_weight_sha256"] != stats["rank_weight_sha256"]  # bf16 autocast really ran
+
+
+def test_train_stage_peak_memory_is_flat_between_dataset_sizes(tmp_path):
+    """The same steps on 2,000 and 20,000 images: the streamed reader's memory does not grow."""
+    from latent_fixtures import write_latents
+
+    peaks = {}
+    for images in (2_000, 20_000):
+        root = tmp_path / f"n{images}"
+        write_latents(root / "latents", images=images, shard_size=500, shape=(4, 8, 8), text="tokens", text_dim=384,
+                      length=77)
+        build_vae(VaeConfig(block_out_channels=[8, 16]), 16).save_pretrained(root / "vae")
+        run = root / "run"
+        run.mkdir()
+        params = train_params(run, max_steps=30, batch_size=32, checkpoint_every_steps=30, log_every_steps=10)
+        code = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
+        result = subprocess.run([sys.executable, "-c", code, *train_command(root, run, params)], cwd=run,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        peaks[images] = int(result.stdout.split()[-1])  # KiB
+    assert peaks[20_000] < 1.1 * peaks[2_000], peaks
 
 
 def test_fp16_on_a_cpu_is_refused_with_the_key_named(latents, tmp_path):

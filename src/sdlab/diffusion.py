@@ -27,7 +27,7 @@ def sample_latents(mean: torch.Tensor, std: torch.Tensor, generator: torch.Gener
 def drop_captions(hidden: torch.Tensor, empty: torch.Tensor, prob: float, generator: torch.Generator) -> torch.Tensor:
     """Replace a `prob` fraction of captions by the empty prompt, for classifier-free
     guidance (Ho & Salimans, arXiv:2207.12598)."""
-    drop = torch.rand(hidden.shape[0], generator=generator) < prob
+    drop = (torch.rand(hidden.shape[0], generator=generator) < prob).to(hidden.device)
     return torch.where(drop[:, None, None], empty.expand_as(hidden), hidden)
 
 

@@ -9,6 +9,7 @@ import torch
 from tqdm import tqdm
 
 from sdlab.config import ConfigError
+from sdlab.data.records import DataError
 from sdlab.diffusion import denoising_loss
 
 
@@ -33,6 +34,33 @@ def heldout_loss(unet, scheduler, latents: torch.Tensor, hidden: torch.Tensor, t
             total += denoising_loss(unet, scheduler, latents[part], hidden[part], t_batch, noise[part]).sum().item()
         losses[t] = total / len(latents)
     return losses
+
+
+def heldout_latents(latents_dir: Path, limit: int, text_encoder) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to `limit` val rows, shard by shard: (the unflipped latent mean (N, C, h, w), hidden
+    states (N, L, D)), token ids encoded here by the pipeline's text encoder."""
+    from sdlab.latents import SPLIT_CODES, read_meta, read_rows
+    from sdlab.models.text_encoder import encode_tokens
+
+    means, hidden, have = [], [], 0
+    for shard in read_meta(latents_dir)["shards"]:
+        if have >= limit:
+            break
+        if not shard["val"]:
+            continue
+        stored = read_rows(latents_dir, shard["name"], SPLIT_CODES["val"])
+        take = slice(0, limit - have)
+        means.append(stored["mean" if "mean" in stored else "sample"][take, 0].float())
+        if "hidden" in stored:
+            hidden.append(stored["hidden"][take].float())
+        else:
+            with torch.no_grad():
+                hidden.append(encode_tokens(text_encoder, stored["input_ids"][take],
+                                            stored["attention_mask"][take]).float())
+        have += len(means[-1])
+    if not means:
+        raise DataError("the val split is empty (raise dedupe.val_fraction)")
+    return torch.cat(means), torch.cat(hidden)
 
 
 def generate(pipeline, prompts: list[str], seeds: list[int], steps: int, guidance: float,

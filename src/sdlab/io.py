@@ -86,3 +86,20 @@ def reset_dir(path: str | Path) -> Path:
         shutil.rmtree(path)
     path.mkdir(parents=True)
     return path
+
+
+def first_rows(path: str | Path, count: int, column: str, value: Any, columns: list[str] | None = None) -> pa.Table:
+    """The first `count` rows whose `column` equals `value`, read batch by batch (never the whole table)."""
+    import pyarrow.compute as pc
+
+    parquet = pq.ParquetFile(require_table(path))
+    read = None if columns is None else list(dict.fromkeys([*columns, column]))
+    found, have = [], 0
+    for batch in parquet.iter_batches(batch_size=65_536, columns=read):
+        match = batch.filter(pc.equal(batch.column(column), value))
+        found.append(match.slice(0, count - have) if columns is None else match.select(columns).slice(0, count - have))
+        have += len(found[-1])
+        if have >= count:
+            break
+    schema = parquet.schema_arrow if columns is None else pa.schema([parquet.schema_arrow.field(c) for c in columns])
+    return pa.Table.from_batches(found, schema=schema) if found else schema.empty_table()

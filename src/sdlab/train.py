@@ -1,13 +1,17 @@
 """Train the UNet on cached latents with accelerate; checkpoint, resume, export.
 
 One loop for 1 CPU process and N GPUs on M nodes: `accelerate launch` starts the
-processes (see `sdlab.launch`), each rank holds its own slice of the latent shards
-(`rank_slice`), DDP averages gradients, and only the main process logs and writes.
+processes (see `sdlab.launch`), each rank streams its own share of the latent shards from
+disk (`sdlab.stream`), DDP averages gradients, and only the main process logs and writes.
 
-Determinism: micro-step m of rank r draws its samples and all its randomness (posterior
-draw, noise, timesteps, caption dropout) from (seed, m, r) alone, so a run resumed from a
-checkpoint sees exactly what an uninterrupted run would have seen, and the data position
-of a checkpoint (epoch, samples of that epoch already seen) follows from its step.
+Determinism: micro-step m of rank r reads its samples and draws all its randomness
+(posterior draw, noise, timesteps, caption dropout) from (seed, m, r) alone, so a run
+resumed from a checkpoint sees exactly what an uninterrupted run would have seen, and the
+data position of a checkpoint (epoch, samples of that epoch already seen) follows from its step.
+
+Runs are kept apart: `checkpoints/<run id>/step-N`, where the id covers only what changes
+the trajectory (recipe, data, world size). Raising `max_steps`, or changing a cadence,
+continues the same run; older runs are removed only beyond `train.keep_runs`, logged.
 """
 
 from __future__ import annotations
@@ -22,107 +26,120 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import pyarrow as pa
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from sdlab.config import ConfigError, TrainConfig
 from sdlab.diffusion import drop_captions, make_noise_scheduler, sample_latents, training_loss
+from sdlab.latents import LATENT_FIELDS, read_uncond
+from sdlab.models.text_encoder import encode_tokens
 from sdlab.models.unet import select_trainable
+from sdlab.stream import LatentStream
 
 log = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "step-"
 LOSS_SMOOTHING = 0.9  # the EMA-smoothed loss curve logged beside the raw one
+LIVE_SNAPSHOT = "live"  # the dvclive folder as it stood at a checkpoint
+
+
+NOT_IN_RUN_IDENTITY = {  # cadence, bookkeeping and machine settings: they never change the trajectory
+    "max_steps", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "keep_runs",
+    "validation_every_steps", "validation_prompts", "validation_steps", "validation_guidance", "compile",
+    "allow_tf32", "gradient_checkpointing", "num_processes", "accelerate_config"}
 
 
 @dataclass
-class TrainData:
-    latents: dict[str, torch.Tensor]  # `mean`+`std` or `sample`, each (N, V, C, h, w), V views
-    caption_ids: torch.Tensor  # (N,) rows of `text`
-    text: torch.Tensor  # (num captions, L, D); row 0 is the empty prompt
+class Conditioning:
+    """Turns a batch's stored text fields into hidden states (B, L, D): stored states as they
+    are, or token ids through the frozen text encoder (encode.text: tokens)."""
+    uncond: torch.Tensor  # (1, L, D) float: the empty prompt, for caption dropout
+    encoder: torch.nn.Module | None = None
 
-    def __len__(self) -> int:
-        return len(self.caption_ids)
+    @torch.no_grad()
+    def __call__(self, stored: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+        if "hidden" in stored:
+            return stored["hidden"].to(device).float()
+        return encode_tokens(self.encoder, stored["input_ids"].to(device), stored["attention_mask"].to(device)).float()
 
-    @property
-    def views(self) -> int:
-        return next(iter(self.latents.values())).shape[1]
+
+def conditioning_for(latents_dir: Path, text: str, encoder: torch.nn.Module | None) -> Conditioning:
+    """The conditioning of a latents folder: its stored empty-prompt states, or (tokens) the
+    encoder, which also encodes the empty prompt once."""
+    uncond = read_uncond(latents_dir)
+    if text == "states":
+        return Conditioning(uncond["hidden"].float())
+    with torch.no_grad():
+        hidden = encode_tokens(encoder.eval(), uncond["input_ids"], uncond["attention_mask"]).float()
+    return Conditioning(hidden, encoder)
 
 
-def rank_slice(index: pa.Table, rank: int, world: int) -> pa.Table:
-    """The rows rank `rank` of `world` trains on: whole latent shards, round robin (rows
-    round robin when there are fewer shards than ranks), so each rank reads only its own."""
-    if world == 1:
-        return index
-    shards = sorted(set(index.column("latent_shard").to_pylist()))
-    if len(shards) >= world:
-        mine = set(shards[rank::world])
-        keep = [s in mine for s in index.column("latent_shard").to_pylist()]
-    else:
-        keep = [i % world == rank for i in range(index.num_rows)]
-    return index.filter(pa.array(keep))
+def data_fingerprint(latents_dir: Path) -> str:
+    """The data a run trains on: meta.json names every shard with its content fingerprints."""
+    return hashlib.sha256((Path(latents_dir) / "meta.json").read_bytes()).hexdigest()
+
+
+def prepare_run(run_dir: Path, keep_runs: int, live_dir: Path) -> bool:
+    """Main process, before training: apply the keep_runs policy, put back the curves of the
+    checkpoint this run resumes (or clear them for a new run); True when resuming."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.utime(run_dir)
+    prune_runs(run_dir.parent, run_dir.name, keep_runs)
+    checkpoint = resumable_checkpoint(run_dir)
+    if checkpoint is None:
+        shutil.rmtree(live_dir, ignore_errors=True)
+        return False
+    restore_curves(checkpoint, live_dir)
+    return True
 
 
 def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step + 104_729 * rank)
 
 
-def batch_indices(step: int, num_samples: int, batch_size: int, seed: int) -> torch.Tensor:
-    """Sample ids of `step`: epoch-wise permutations, last partial batch dropped."""
-    batch_size = min(batch_size, num_samples)
-    per_epoch = num_samples // batch_size
-    epoch, position = divmod(step, per_epoch)
-    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed + 7919 * epoch))
-    return order[position * batch_size:(position + 1) * batch_size]
+def run_identity(cfg: TrainConfig, data_fingerprint: str, world: int = 1) -> str:
+    """Names a run: what changes the trajectory (recipe, data, world size), not its cadence or
+    length, so raising max_steps or log_every_steps continues the same run."""
+    recipe = {k: v for k, v in cfg.model_dump().items() if k not in NOT_IN_RUN_IDENTITY}
+    blob = json.dumps({"train": recipe, "data": data_fingerprint, "world": world}, sort_keys=True)
+    return "run-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def data_position(micro_steps: int, num_samples: int, batch_size: int) -> dict:
-    """Where the data stream stands after `micro_steps`: epoch and samples of it seen."""
-    batch_size = min(batch_size, num_samples)
-    epoch, batches = divmod(micro_steps, num_samples // batch_size)
-    return {"epoch": epoch, "samples_seen_in_epoch": batches * batch_size, "samples_per_epoch": num_samples}
-
-
-def run_fingerprint(cfg: TrainConfig, data_fingerprint: str, world: int = 1) -> str:
-    """Identifies a run: checkpoints of another config, data or world size are never resumed."""
-    blob = json.dumps({"train": cfg.model_dump(), "data": data_fingerprint, "world": world}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def list_checkpoints(checkpoints_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (a half-written one has a temp name)."""
-    if not checkpoints_dir.is_dir():
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of one run, oldest first (a half-written one has a temp name)."""
+    if not run_dir.is_dir():
         return []
-    found = [p for p in checkpoints_dir.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) and p.is_dir()]
+    found = [p for p in run_dir.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) and p.is_dir()]
     return sorted(found, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)))
 
 
-def checkpoint_fingerprint(path: Path) -> str | None:
-    state = path / "run.json"
-    return json.loads(state.read_text()).get("fingerprint") if state.is_file() else None
+def resumable_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
 
 
-def remove_foreign_checkpoints(checkpoints_dir: Path, fingerprint: str) -> None:
-    for path in list_checkpoints(checkpoints_dir):
-        if checkpoint_fingerprint(path) != fingerprint:
-            log.warning("removing checkpoint %s of a different config or dataset", path)
-            shutil.rmtree(path)
+def prune_runs(checkpoints_dir: Path, current: str, keep_runs: int) -> list[str]:
+    """Remove the oldest run folders beyond `keep_runs` (the current one counts and stays); logged."""
+    runs = [p for p in checkpoints_dir.glob("run-*") if p.is_dir() and p.name != current]
+    runs.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    removed = []
+    for old in runs[max(keep_runs - 1, 0):]:
+        log.warning("train.keep_runs=%d: removing the checkpoints of older run %s", keep_runs, old.name)
+        shutil.rmtree(old)
+        removed.append(old.name)
+    return removed
 
 
-def resumable_checkpoint(checkpoints_dir: Path, fingerprint: str) -> Path | None:
-    """The newest complete checkpoint of this run."""
-    mine = [p for p in list_checkpoints(checkpoints_dir) if checkpoint_fingerprint(p) == fingerprint]
-    return mine[-1] if mine else None
-
-
-def save_checkpoint(accelerator: Accelerator, checkpoints_dir: Path, step: int, run_state: dict, keep: int) -> None:
-    """accelerate state (every rank's RNG, model, optimizer, LR schedule, EMA) under a temp
-    name, then renamed by the main process: a half-written checkpoint is never resumed."""
-    final = checkpoints_dir / f"{CHECKPOINT_PREFIX}{step:07d}"
-    temp = checkpoints_dir / f".tmp-{final.name}"
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, run_state: dict, keep: int,
+                    live_dir: Path | None = None) -> None:
+    """accelerate state (every rank's RNG, model, optimizer, LR schedule, EMA) and the training
+    curves so far, under a temp name renamed by the main process: a half-written checkpoint is
+    never resumed."""
+    final = run_dir / f"{CHECKPOINT_PREFIX}{step:07d}"
+    temp = run_dir / f".tmp-{final.name}"
     if accelerator.is_main_process:
         if temp.exists():
             shutil.rmtree(temp)
@@ -131,25 +148,46 @@ def save_checkpoint(accelerator: Accelerator, checkpoints_dir: Path, step: int, 
     accelerator.save_state(str(temp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if live_dir is not None and live_dir.is_dir():
+            shutil.copytree(live_dir, temp / LIVE_SNAPSHOT)
         (temp / "run.json").write_text(json.dumps({"step": step, **run_state}))
         if final.exists():
             shutil.rmtree(final)
         os.replace(temp, final)
-        for old in list_checkpoints(checkpoints_dir)[:-keep]:
+        os.utime(run_dir)  # the run's age, for keep_runs
+        for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
 
 
-def make_batch(data: TrainData, micro_step: int, cfg: TrainConfig, rank: int = 0
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+def restore_curves(checkpoint: Path, live_dir: Path) -> None:
+    """Put the curves saved with `checkpoint` back in `live_dir`, rows up to its step only, so a
+    resumed run's curves cover every step once."""
+    step = json.loads((checkpoint / "run.json").read_text())["step"]
+    if live_dir.exists():
+        shutil.rmtree(live_dir)
+    if (checkpoint / LIVE_SNAPSHOT).is_dir():
+        shutil.copytree(checkpoint / LIVE_SNAPSHOT, live_dir)
+    for tsv in live_dir.rglob("*.tsv"):
+        lines = tsv.read_text().splitlines(keepends=True)
+        column = lines[0].rstrip("\n").split("\t").index("step")
+        tsv.write_text("".join(lines[:1] + [line for line in lines[1:]
+                                            if int(line.split("\t")[column]) <= step]))
+
+
+def make_batch(stream: LatentStream, conditioning: Conditioning, micro_step: int, cfg: TrainConfig,
+               rank: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+    """(latents (B, C, h, w), hidden (B, L, D), generator) of one micro-step, all from (seed, step, rank)."""
     generator = step_generator(cfg.seed, micro_step, rank)
-    ids = batch_indices(micro_step, len(data), cfg.batch_size, cfg.seed)
-    view = torch.randint(data.views, (len(ids),), generator=generator)  # original or flipped
-    picked = {name: tensor[ids, view] for name, tensor in data.latents.items()}  # (B, C, h, w) each
+    stored = stream.batch(micro_step)
+    fields = [name for name in LATENT_FIELDS if name in stored]
+    size, views = stored[fields[0]].shape[:2]
+    view = torch.randint(views, (size,), generator=generator)  # original or flipped
+    picked = {name: stored[name][torch.arange(size), view].float() for name in fields}  # (B, C, h, w) each
     latents = picked["sample"] if "sample" in picked else sample_latents(picked["mean"], picked["std"], generator)
-    hidden = data.text[data.caption_ids[ids]]  # (B, L, D)
-    hidden = drop_captions(hidden, data.text[0], cfg.caption_dropout, generator)
-    return latents, hidden, generator
+    hidden = conditioning(stored, device)
+    hidden = drop_captions(hidden, conditioning.uncond.to(device), cfg.caption_dropout, generator)
+    return latents.to(device), hidden, generator
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -181,10 +219,10 @@ class Metrics:
                 "samples_per_s": self.samples / (time.perf_counter() - self.tick)}
 
 
-def train_unet(unet, data: TrainData, cfg: TrainConfig, checkpoints_dir: Path, data_fingerprint: str,
+def train_unet(unet, stream: LatentStream, conditioning: Conditioning, cfg: TrainConfig, run_dir: Path,
                live=None, validate: Callable[[torch.nn.Module, int], None] | None = None,
                accelerator: Accelerator | None = None) -> tuple[torch.nn.Module, dict]:
-    """Train `unet` to `cfg.max_steps` optimizer steps, resuming a matching checkpoint.
+    """Train `unet` to `cfg.max_steps` optimizer steps in `run_dir`, resuming its newest checkpoint.
 
     Returns (the unet with EMA weights, summary). `validate(unet, step)` runs on the main
     process every `validation_every_steps`."""
@@ -202,17 +240,18 @@ def train_unet(unet, data: TrainData, cfg: TrainConfig, checkpoints_dir: Path, d
     unet, optimizer = accelerator.prepare(unet, optimizer)
     accelerator.register_for_checkpointing(lr_schedule, ema)
     model = torch.compile(unet) if cfg.compile else unet
+    if conditioning.encoder is not None:
+        conditioning.encoder.to(accelerator.device).eval().requires_grad_(False)
 
-    fingerprint = run_fingerprint(cfg, data_fingerprint, world)
-    if accelerator.is_main_process:
-        remove_foreign_checkpoints(checkpoints_dir, fingerprint)
-    accelerator.wait_for_everyone()
     start = 0
-    checkpoint = resumable_checkpoint(checkpoints_dir, fingerprint)
+    checkpoint = resumable_checkpoint(run_dir)
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         start = json.loads((checkpoint / "run.json").read_text())["step"]
-        log.info("resuming from %s (step %d of %d)", checkpoint, start, cfg.max_steps)
+        log.info("resuming %s from %s (step %d of %d)", run_dir.name, checkpoint.name, start, cfg.max_steps)
+    if start > cfg.max_steps:
+        raise ConfigError(f"train.max_steps: {cfg.max_steps} is below the step this run already reached ({start}); "
+                          "raise it, or change the recipe to start a new run")
 
     unet.train()
     bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc="train",
@@ -220,8 +259,7 @@ def train_unet(unet, data: TrainData, cfg: TrainConfig, checkpoints_dir: Path, d
     metrics, curve = Metrics(), []
     for step in bar:
         for micro in range(step * accumulation, (step + 1) * accumulation):
-            latents, hidden, generator = make_batch(data, micro, cfg, rank)
-            latents, hidden = latents.to(accelerator.device), hidden.to(accelerator.device)
+            latents, hidden, generator = make_batch(stream, conditioning, micro, cfg, rank, accelerator.device)
             with accelerator.accumulate(unet), accelerator.autocast():
                 loss = training_loss(model, scheduler, latents, hidden, generator, cfg.noise_offset, cfg.snr_gamma)
                 losses = accelerator.gather(loss.detach()[None])  # every rank stops together
@@ -229,7 +267,7 @@ def train_unet(unet, data: TrainData, cfg: TrainConfig, checkpoints_dir: Path, d
                     bad = (~torch.isfinite(losses)).nonzero().flatten().tolist()
                     raise FloatingPointError(
                         f"train: loss is {losses[bad[0]].item()} at step {step} (rank {bad}); stopped with the last "
-                        f"good checkpoint kept in {checkpoints_dir} (try a lower train.lr)")
+                        f"good checkpoint kept in {run_dir} (try a lower train.lr)")
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     metrics.norms.append(float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)))
@@ -254,12 +292,35 @@ def train_unet(unet, data: TrainData, cfg: TrainConfig, checkpoints_dir: Path, d
                 validate(accelerator.unwrap_model(unet), done)
             accelerator.wait_for_everyone()
         if done % cfg.checkpoint_every_steps == 0 or done == cfg.max_steps:
-            state = {"fingerprint": fingerprint, "world_size": world,
-                     "data_position_rank0": data_position(done * accumulation, len(data), cfg.batch_size)}
-            save_checkpoint(accelerator, checkpoints_dir, done, state, cfg.keep_checkpoints)
+            state = {"run": run_dir.name, "world_size": world,
+                     "data_position_rank0": stream.position(done * accumulation * stream.batch_size)}
+            if live is not None and accelerator.is_main_process:
+                live.make_summary()
+            save_checkpoint(accelerator, run_dir, done, state, cfg.keep_checkpoints,
+                            Path(live.dir) if getattr(live, "dir", None) else None)
 
     final = accelerator.unwrap_model(unet)
+    summary = {"run": run_dir.name, "start_step": start, "final_step": cfg.max_steps,
+               "final_loss": curve[-1] if curve else None, "world_size": world,
+               "batch_size_used": stream.batch_size, "global_batch": stream.batch_size * world * accumulation,
+               "optimizer_steps": optimizer_steps(optimizer),
+               "gradient_checkpointing": bool(getattr(final, "is_gradient_checkpointing", False)),
+               "rank_weight_sha256": gather_object([weights_sha256(final)])}
     ema.copy_to(trainable)
     final.eval()
-    return final, {"start_step": start, "final_step": cfg.max_steps, "final_loss": curve[-1] if curve else None,
-                   "world_size": world, "global_batch": cfg.batch_size * world * accumulation}
+    return final, summary
+
+
+def optimizer_steps(optimizer) -> int:
+    """Updates the optimizer itself counted (AdamW's per-parameter `step`), not the loop."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    steps = [int(state["step"]) for state in inner.state.values() if "step" in state]
+    return max(steps, default=0)
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,143 @@
+"""Training data as a stream read from disk: memory bounded by a shuffle window, not by the dataset.
+
+Each rank reads only its own latent shards (whole shards round robin; rows round robin when
+there are fewer shards than ranks). Its samples form an endless stream of epochs; in epoch
+`e` the rank's shards are put in an order drawn from (seed, e) and read in windows of
+`shuffle_shards` shards, each window's train rows permuted by (seed, e, window): a block
+shuffle, as webdataset's shard shuffle + buffer or litdata's chunk shuffle do. Micro-step
+`m` takes stream positions [m*B, (m+1)*B), so a batch is a pure function of (seed, m,
+rank, world): a resumed run needs only the step to see exactly what an uninterrupted one
+would have seen, with no replay.
+
+A loader thread assembles batch m+1 (and reads the next window from disk) while step m
+runs; tensors stay in their stored dtype (fp16 latents, int token ids) until the step moves
+them to the device. Resident memory: at most `MAX_WINDOWS` windows of
+`shuffle_shards` x shard size samples.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sdlab.latents import SPLIT_CODES, read_rows
+
+MAX_WINDOWS = 3  # the window being read, the next one (prefetched) and one a batch may straddle
+
+
+@dataclass(frozen=True)
+class Part:
+    """The rows of one shard a rank trains on: every `stride`-th train row from `offset`."""
+    shard: str
+    rows: int
+    stride: int = 1
+    offset: int = 0
+
+
+def rank_parts(shards: list[dict], rank: int, world: int, split: str = "train") -> list[Part]:
+    """Rank `rank` of `world`'s share of `shards` (meta.json entries with row counts per split)."""
+    shards = [s for s in shards if s[split] > 0]
+    if len(shards) >= world:
+        return [Part(s["name"], s[split]) for s in shards[rank::world]]
+    return [Part(s["name"], len(range(rank, s[split], world)), world, rank) for s in shards
+            if len(range(rank, s[split], world))]
+
+
+def _generator(*parts: int) -> torch.Generator:
+    seed = 0
+    for part in parts:
+        seed = (seed * 1_000_003 + part) % (2**63)
+    return torch.Generator().manual_seed(seed)
+
+
+class LatentStream:
+    """Batches of micro-steps for one rank, read from the latents folder with prefetch."""
+
+    def __init__(self, root: str | Path, parts: list[Part], batch_size: int, seed: int, shuffle_shards: int,
+                 split: str = "train"):
+        if not parts:
+            raise ValueError(f"{root}: this rank has no {split} rows to read")
+        self.root, self.parts, self.batch_size, self.seed = Path(root), parts, batch_size, seed
+        self.shuffle_shards, self.split = shuffle_shards, SPLIT_CODES[split]
+        self.samples_per_epoch = sum(p.rows for p in parts)
+        self._windows: OrderedDict[tuple[int, int], Future] = OrderedDict()
+        self._lock = threading.Lock()
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="window-reader")
+        self._assembler = ThreadPoolExecutor(1, thread_name_prefix="batch-assembler")
+        self._next: tuple[int, Future] | None = None
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def epoch_layout(self, epoch: int) -> tuple[list[list[Part]], list[int]]:
+        """This epoch's windows (lists of parts) and the stream offset where each starts."""
+        order = torch.randperm(len(self.parts), generator=_generator(self.seed, 7919, epoch)).tolist()
+        ordered = [self.parts[i] for i in order]
+        windows = [ordered[i:i + self.shuffle_shards] for i in range(0, len(ordered), self.shuffle_shards)]
+        starts, total = [], 0
+        for window in windows:
+            starts.append(total)
+            total += sum(p.rows for p in window)
+        return windows, starts
+
+    def position(self, sample: int) -> dict:
+        """Where stream position `sample` lies: epoch, window, row in the permuted window."""
+        epoch, offset = divmod(sample, self.samples_per_epoch)
+        _, starts = self.epoch_layout(epoch)
+        window = bisect.bisect_right(starts, offset) - 1
+        return {"epoch": epoch, "window": window, "row": offset - starts[window],
+                "samples_seen_in_epoch": offset, "samples_per_epoch": self.samples_per_epoch}
+
+    def _load_window(self, epoch: int, window: int) -> dict[str, torch.Tensor]:
+        windows, _ = self.epoch_layout(epoch)
+        pieces = [read_rows(self.root, p.shard, self.split, p.stride, p.offset) for p in windows[window]]
+        tensors = {name: torch.cat([piece[name] for piece in pieces]) for name in pieces[0]}
+        count = len(next(iter(tensors.values())))
+        permutation = torch.randperm(count, generator=_generator(self.seed, 104_729, epoch, window))
+        return {name: tensor[permutation] for name, tensor in tensors.items()}
+
+    def _window(self, epoch: int, window: int) -> dict[str, torch.Tensor]:
+        """A window's tensors, from the cache or the reader; schedules the following window."""
+        windows_per_epoch = len(self.epoch_layout(epoch)[0])
+        following = (epoch, window + 1) if window + 1 < windows_per_epoch else (epoch + 1, 0)
+        with self._lock:
+            for key in ((epoch, window), following):
+                if key not in self._windows:
+                    self._windows[key] = self._reader.submit(self._load_window, *key)
+                self._windows.move_to_end(key)
+            while len(self._windows) > MAX_WINDOWS:
+                self._windows.popitem(last=False)
+            future = self._windows[(epoch, window)]
+        return future.result()
+
+    def _assemble(self, micro_step: int) -> dict[str, torch.Tensor]:
+        start, pieces = micro_step * self.batch_size, []
+        remaining = self.batch_size
+        while remaining:
+            where = self.position(start)
+            tensors = self._window(where["epoch"], where["window"])
+            rows = len(next(iter(tensors.values())))
+            take = min(remaining, rows - where["row"])
+            pieces.append({name: t[where["row"]:where["row"] + take] for name, t in tensors.items()})
+            start, remaining = start + take, remaining - take
+        return {name: torch.cat([piece[name] for piece in pieces]) for name in pieces[0]}
+
+    def batch(self, micro_step: int) -> dict[str, torch.Tensor]:
+        """The stored tensors of micro-step `micro_step`; starts assembling the next one."""
+        if self._next is not None and self._next[0] == micro_step:
+            future = self._next[1]
+        else:
+            future = self._assembler.submit(self._assemble, micro_step)
+        self._next = (micro_step + 1, self._assembler.submit(self._assemble, micro_step + 1))
+        return future.result()
+
+    def close(self) -> None:
+        self._assembler.shutdown(wait=True, cancel_futures=True)
+        self._reader.shutdown(wait=True, cancel_futures=True)
+        self._windows.clear()
