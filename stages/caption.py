@@ -1,9 +1,9 @@
 """DVC stage `caption`: one caption per kept image, from `caption.backend`."""
 
-from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sdlab.caption import CAPTIONERS
 from sdlab.io import read_table, write_json, write_table
@@ -14,21 +14,21 @@ from sdlab.stage import parse_args, stage
 @stage("caption")
 def main(args, params):
     cfg = params.caption
-    rows = read_table(Path(args.index)).to_pylist()
+    rows = read_table(Path(args.index))
     Path(args.cache).mkdir(parents=True, exist_ok=True)
     result = CAPTIONERS[cfg.backend](rows, cfg, Path(args.shards), Path(args.cache))
-    captions = result.captions
-    table = pa.table({"key": [r["key"] for r in rows], "caption": [c for c, _ in captions],
-                      "backend": [cfg.backend] * len(rows), "reason": [why for _, why in captions],
-                      **result.columns})
+    captions, reasons = pa.array(result.captions, pa.string()), pa.array(result.reasons, pa.string())
+    table = pa.table({"key": rows["key"], "caption": captions, "backend": pa.repeat(cfg.backend, rows.num_rows),
+                      "reason": reasons, **result.columns})
     write_table(Path(args.out) / "captions.parquet", table)
-    reasons = Counter(why for _, why in captions if why)
-    stats = {"captioned": len(rows), "fallbacks": sum(reasons.values()), "by_reason": dict(sorted(reasons.items())),
-             "empty": sum(1 for c, _ in captions if not c), **result.stats}
+    counts = pc.value_counts(reasons).to_pylist()
+    by_reason = {c["values"]: c["counts"] for c in counts if c["values"]}
+    stats = {"captioned": rows.num_rows, "fallbacks": sum(by_reason.values()), "by_reason": dict(sorted(by_reason.items())),
+             "empty": int(pc.sum(pc.equal(captions, "")).as_py() or 0), **result.stats}
     write_json(Path(args.report) / "stats.json", stats)
-    sheet_of_shards(Path(args.report) / "sheet.png", rows, args.shards,
-                    {r["key"]: c for r, (c, _) in zip(rows, captions)})
-    print(f"caption: {len(rows)} captions ({stats['fallbacks']} fallbacks {stats['by_reason']})")
+    sheet_of_shards(Path(args.report) / "sheet.png", table.select(["key", "caption"]).append_column("shard", rows["shard"]),
+                    args.shards)
+    print(f"caption: {rows.num_rows} captions ({stats['fallbacks']} fallbacks {stats['by_reason']})")
 
 
 if __name__ == "__main__":

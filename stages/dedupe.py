@@ -2,22 +2,19 @@
 
 from pathlib import Path
 
-from sdlab.data.dedupe import dedupe
-from sdlab.io import read_table, write_json, write_table
+from sdlab.data.dedupe import dedupe_file
+from sdlab.io import write_json
 from sdlab.reports import sheet_of_shards
 from sdlab.stage import parse_args, stage
 
 
 @stage("dedupe")
 def main(args, params):
-    index = read_table(Path(args.index))
-    kept, duplicates, stats = dedupe(index, params.dedupe.val_fraction)
-    write_table(Path(args.out) / "index.parquet", kept)
-    write_table(Path(args.out) / "duplicates.parquet", duplicates)
+    out = Path(args.out)
+    stats = dedupe_file(Path(args.index), out / "index.parquet", out / "duplicates.parquet", params.dedupe.val_fraction)
     write_json(Path(args.report) / "stats.json", stats)
-    kept_rows = kept.to_pylist()
-    labels = {r["key"]: f"{r['split']}: {r.get('title') or r['key']}" for r in kept_rows}
-    sheet_of_shards(Path(args.report) / "sheet.png", kept_rows, args.shards, labels)
+    sheet_of_shards(Path(args.report) / "sheet.png", out / "index.parquet", args.shards,
+                    lambda r: f"{r['split']}: {r.get('title') or r['key']}")
     print(f"dedupe: kept {stats['kept']} ({stats['train']} train, {stats['val']} val), "
           f"{stats['duplicates']} duplicates")
 

@@ -35,7 +35,7 @@ def config(model: str, **overrides) -> CaptionConfig:
 
 
 def run(rows, cfg, shards, cache):
-    return CAPTIONERS["qwen2.5-vl"](rows, cfg, shards, cache)
+    return CAPTIONERS["qwen2.5-vl"](pa.Table.from_pylist(rows), cfg, shards, cache)
 
 
 def test_batched_captions_equal_unbatched_ones(tiny_qwen, images):
@@ -56,9 +56,9 @@ def test_cache_hits_on_rerun_and_only_new_images_are_captioned(tiny_qwen, images
     first = run(rows[:8], cfg, shards, tmp_path)
     assert first.stats["captioned_now"] == 8 and first.stats["cache_hits"] == 0
     again = run(rows[:8], cfg, shards, tmp_path)
-    assert again.stats["captioned_now"] == 0 and again.captions == first.captions
+    assert again.stats["captioned_now"] == 0 and again.pairs() == first.pairs()
     more = run(rows, cfg, shards, tmp_path)
-    assert more.stats["captioned_now"] == 4 and more.captions[:8] == first.captions
+    assert more.stats["captioned_now"] == 4 and more.pairs()[:8] == first.pairs()
     changed = run(rows, config(tiny_qwen, prompt="Name the color of {title}."), shards, tmp_path)
     assert changed.stats["captioned_now"] == 12  # a new prompt recaptions everything
 
@@ -66,14 +66,14 @@ def test_cache_hits_on_rerun_and_only_new_images_are_captioned(tiny_qwen, images
 def test_invalid_captions_fall_back_to_the_template_with_a_counted_reason(tiny_qwen, images, tmp_path):
     shards, rows = images
     result = run(rows, config(tiny_qwen), shards, tmp_path)  # random weights never write the title
-    assert all(reason.startswith("invalid_") for _, reason in result.captions)
-    assert [c for c, _ in result.captions] == [r["caption"] for r in rows]  # the template caption, exact
+    assert all(reason.startswith("invalid_") for _, reason in result.pairs())
+    assert [c for c, _ in result.pairs()] == [r["caption"] for r in rows]  # the template caption, exact
     lenient = run(rows, config(tiny_qwen, require_title=False, min_chars=0), shards, tmp_path)
     assert lenient.stats["captioned_now"] == 0  # validation bounds do not recaption
     raw = read_cache(tmp_path)
     settings = GenerationSettings(tiny_qwen, CaptionConfig().prompt, 8, 56 * 56, 56 * 56)
-    assert [c for c, why in lenient.captions if not why] == [
-        clean_caption(raw[settings.cache_key(r["md5"])]["raw"]) for r, (_, why) in zip(rows, lenient.captions) if not why]
+    assert [c for c, why in lenient.pairs() if not why] == [
+        clean_caption(raw[settings.cache_key(r["md5"])]["raw"]) for r, (_, why) in zip(rows, lenient.pairs()) if not why]
 
 
 def test_two_cpu_workers_give_the_same_table_as_one(tiny_qwen, images, tmp_path):
@@ -81,7 +81,7 @@ def test_two_cpu_workers_give_the_same_table_as_one(tiny_qwen, images, tmp_path)
     cfg = config(tiny_qwen, require_title=False, min_chars=0)
     one = run(rows, cfg, shards, tmp_path / "one")
     two = run(rows, cfg.model_copy(update={"workers": 2}), shards, tmp_path / "two")
-    assert one.captions == two.captions
+    assert one.pairs() == two.pairs()
     assert len(list((tmp_path / "two").glob("*.jsonl"))) == 2  # each worker wrote its own part
 
 

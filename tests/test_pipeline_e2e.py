@@ -63,7 +63,9 @@ def test_data_contracts_hold(repo):
 def test_training_checkpointed_and_exported_a_loadable_pipeline(repo):
     stats = json.loads((repo / "reports/train/stats.json").read_text())
     assert stats["final_step"] == 20
-    assert sorted(p.name for p in (repo / "models/checkpoints").iterdir()) == ["step-0000010", "step-0000020"]
+    runs = list((repo / "models/checkpoints").iterdir())
+    assert len(runs) == 1 and runs[0].name == stats["run"]
+    assert sorted(p.name for p in runs[0].iterdir()) == ["step-0000010", "step-0000020"]
     live = json.loads((repo / "reports/train/live/metrics.json").read_text())
     assert live["step"] == 20 and live["train"]["loss"] > 0
     code = ("import sys; from diffusers import StableDiffusionPipeline as P; "
@@ -98,10 +100,36 @@ def test_second_repro_reruns_nothing(repo):
     assert ran(dvc(repo, "repro").stdout) == []
 
 
-def test_changing_only_train_lr_reruns_only_train_and_evaluate(repo):
+def edit_params(repo: Path, section: str, **values) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["train"]["lr"] = 5e-4
+    params[section].update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_more_encode_workers_change_no_byte_and_rerun_nothing_downstream(repo):
+    before = {p: p.read_bytes() for p in sorted((repo / "data/latents").rglob("*")) if p.is_file()}
+    edit_params(repo, "encode", workers=2)
+    assert ran(dvc(repo, "repro").stdout) == ["encode"]
+    after = {p: p.read_bytes() for p in sorted((repo / "data/latents").rglob("*")) if p.is_file()}
+    assert after == before
+
+
+def test_raising_max_steps_continues_the_run_with_one_curve(repo):
+    first = json.loads((repo / "reports/train/stats.json").read_text())
+    edit_params(repo, "train", max_steps=30)
+    assert ran(dvc(repo, "repro").stdout) == ["train", "evaluate"]
+    stats = json.loads((repo / "reports/train/stats.json").read_text())
+    assert stats["run"] == first["run"] and stats["start_step"] == 20 and stats["final_step"] == 30
+    steps = [line.split("\t")[0] for line in (repo / "reports/train/live/plots/metrics/train/loss.tsv")
+             .read_text().splitlines()[1:]]
+    assert steps == [str(s) for s in range(5, 31, 5)]  # every logged step once, before and after the resume
+
+
+def test_changing_only_train_lr_reruns_only_train_and_evaluate(repo):
+    first = json.loads((repo / "reports/train/stats.json").read_text())
+    edit_params(repo, "train", lr=5e-4)
     output = dvc(repo, "repro").stdout
     assert ran(output) == ["train", "evaluate"]
-    assert json.loads((repo / "reports/train/stats.json").read_text())["start_step"] == 0  # not resumed
+    stats = json.loads((repo / "reports/train/stats.json").read_text())
+    assert stats["start_step"] == 0 and stats["run"] != first["run"]  # a new run, not resumed
+    assert (repo / "models/checkpoints" / first["run"]).is_dir()  # and the old run is kept

@@ -143,11 +143,27 @@ def sheet_of_records(path: str | Path, rows: list[dict], label: str, count: int 
     write_sheet(path, load_local([r["path"] for r in rows]), [str(r.get(label) or r.get("title") or "") for r in rows])
 
 
-def sheet_of_shards(path: str | Path, rows: list[dict], shards_dir: str | Path, labels: dict[str, str] | None = None,
-                    count: int = 32, seed: int = 0) -> None:
-    """Contact sheet of packed images (index rows with `key`, `shard`), labelled by key -> text."""
+def sheet_of_shards(path: str | Path, rows, shards_dir: str | Path, label=None, count: int = 32,
+                    seed: int = 0) -> None:
+    """Contact sheet of packed images: `rows` is an index table (or its parquet path) with `key`
+    and `shard`; `label(row)` names each picked image. Only the picked rows become Python dicts."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
     from sdlab.data.shards import load_images
 
-    rows = pick_rows([r for r in rows if r.get("shard")], count, seed)
-    texts = [(labels or {}).get(r["key"]) or str(r.get("caption") or r.get("title") or r["key"]) for r in rows]
-    write_sheet(path, load_images(shards_dir, rows), texts)
+    if isinstance(rows, (str, Path)):
+        wanted = ("key", "shard", "split", "title", "caption")
+        rows = pq.read_table(rows, columns=[c for c in wanted if c in pq.read_schema(rows).names])
+    table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows)
+    if "shard" in table.column_names:
+        table = table.filter(pc.and_(pc.invert(pc.is_null(table["shard"])), pc.not_equal(table["shard"], "")))
+    else:
+        table = table.slice(0, 0)
+    if table.num_rows > count:
+        chosen = np.sort(np.random.default_rng(seed).choice(table.num_rows, size=count, replace=False))
+        table = table.take(pa.array(chosen))
+    picked = table.to_pylist()
+    default = lambda r: str(r.get("caption") or r.get("title") or r["key"])  # noqa: E731
+    write_sheet(path, load_images(shards_dir, picked), [(label or default)(r) for r in picked])

@@ -1,36 +1,125 @@
-"""Exact dedupe by MD5 of the original bytes, and a stable train/val split."""
+"""Exact dedupe by MD5 of the original bytes, and a stable train/val split.
+
+Columnar throughout (Arrow + numpy): the plan reads only `key`, `status` and `md5`, and the
+kept rows are streamed from the index in batches, so 12M rows fit in a few GiB.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from sdlab.io import atomic_path, require_table
+
+DUPLICATES_SCHEMA = pa.schema([("key", pa.string()), ("md5", pa.string()), ("duplicate_of", pa.string())])
 
 
 def split_for_key(key: str, val_fraction: float) -> str:
     """'val' for a stable `val_fraction` of keys (by hash, so adding data moves nobody)."""
-    bucket = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2**64
-    return "val" if bucket < val_fraction else "train"
+    return "val" if _bucket(key) < val_fraction else "train"
+
+
+def _bucket(key: str) -> float:
+    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2**64
+
+
+def splits_for_keys(keys: pa.Array, val_fraction: float, chunk: int = 1 << 20) -> pa.Array:
+    """`split_for_key` over a column, a chunk of keys at a time (no list of every key in memory)."""
+    is_val = np.empty(len(keys), bool)
+    for start in range(0, len(keys), chunk):
+        part = keys.slice(start, chunk).to_pylist()
+        digests = b"".join(hashlib.sha1(k.encode()).digest()[:8] for k in part)
+        is_val[start:start + len(part)] = np.frombuffer(digests, dtype=">u8") / 2**64 < val_fraction
+    return pc.if_else(pa.array(is_val), "val", "train")
+
+
+_HEX = np.full(256, 255, np.uint8)
+_HEX[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16)
+_HEX[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
+
+
+def _hex_words(chunk: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
+    """(high, low) uint64 of 32-character hex digests, read from Arrow's buffer; None if not all are."""
+    chunk = chunk.cast(pa.string())
+    if chunk.null_count or (len(chunk) and not pc.all(pc.equal(pc.utf8_length(chunk), 32)).as_py()):
+        return None
+    _, offsets, data = chunk.buffers()
+    start = int(np.frombuffer(offsets, np.int32)[chunk.offset]) if len(chunk) else 0
+    nibbles = _HEX[np.frombuffer(data, np.uint8, count=32 * len(chunk), offset=start).reshape(-1, 32)]
+    if (nibbles == 255).any():
+        return None
+    shifts = np.arange(60, -4, -4, dtype=np.uint64)
+    words = [(nibbles[:, half * 16:(half + 1) * 16].astype(np.uint64) << shifts).sum(1, dtype=np.uint64)
+             for half in (0, 1)]
+    return words[0], words[1]
+
+
+def _md5_codes(md5: pa.Array | pa.ChunkedArray, chunk_rows: int = 1 << 20) -> np.ndarray:
+    """An integer per distinct md5, equal codes for equal digests. Hex digests become two
+    uint64 words a chunk at a time and are sorted (no hash table, no Python string per row)."""
+    chunks = md5.chunks if isinstance(md5, pa.ChunkedArray) else [md5]
+    words = [_hex_words(c.slice(i, chunk_rows)) for c in chunks for i in range(0, len(c), chunk_rows)]
+    if not words or any(w is None for w in words):
+        return pc.dictionary_encode(md5).combine_chunks().indices.to_numpy().astype(np.int64) \
+            if isinstance(md5, pa.ChunkedArray) else pc.dictionary_encode(md5).indices.to_numpy().astype(np.int64)
+    high, low = np.concatenate([w[0] for w in words]), np.concatenate([w[1] for w in words])
+    order = np.lexsort((low, high))
+    new_group = np.r_[True, (np.diff(high[order]) != 0) | (np.diff(low[order]) != 0)]
+    codes = np.empty(len(order), np.int64)
+    codes[order] = np.cumsum(new_group) - 1
+    return codes
+
+
+def dedupe_plan(keys: pa.ChunkedArray, status: pa.ChunkedArray, md5: pa.ChunkedArray, val_fraction: float
+                ) -> tuple[np.ndarray, pa.Array, pa.Table, dict]:
+    """(positions of kept rows in the index, their splits, the duplicates table, stats): the
+    first ok row of each md5 (index order) is kept."""
+    ok = np.flatnonzero(pc.equal(status, "ok").to_numpy(zero_copy_only=False))
+    codes = _md5_codes(md5.take(pa.array(ok)))
+    _, first = np.unique(codes, return_index=True)  # first occurrence of each md5 among ok rows
+    is_first = np.zeros(len(ok), bool)
+    is_first[first] = True
+    first_of_code = np.empty(len(first), np.int64)
+    first_of_code[codes[first]] = ok[first]
+    kept = ok[is_first]
+    repeated = ok[~is_first]
+    duplicates = pa.table({"key": keys.take(pa.array(repeated)), "md5": md5.take(pa.array(repeated)),
+                           "duplicate_of": keys.take(pa.array(first_of_code[codes[~is_first]]))},
+                          schema=DUPLICATES_SCHEMA)
+    splits = splits_for_keys(keys.take(pa.array(kept)), val_fraction)
+    val = int(pc.sum(pc.equal(splits, "val")).as_py() or 0)
+    stats = {"input": len(keys), "failed_upstream": len(keys) - len(ok), "duplicates": len(repeated),
+             "kept": len(kept), "train": len(kept) - val, "val": val}
+    return kept, splits, duplicates, stats
 
 
 def dedupe(index: pa.Table, val_fraction: float) -> tuple[pa.Table, pa.Table, dict]:
     """Keep the first ok row of each md5 (index order); return (kept, duplicates, stats)."""
-    ok = index.filter(pc.equal(index.column("status"), "ok"))
-    first_key: dict[str, str] = {}
-    keep, duplicate_rows = [], []
-    for position, (key, md5) in enumerate(zip(ok.column("key").to_pylist(), ok.column("md5").to_pylist())):
-        if md5 in first_key:
-            duplicate_rows.append({"key": key, "md5": md5, "duplicate_of": first_key[md5]})
-        else:
-            first_key[md5] = key
-            keep.append(position)
-    kept = ok.take(pa.array(keep, pa.int64()))
-    splits = [split_for_key(key, val_fraction) for key in kept.column("key").to_pylist()]
-    kept = kept.append_column("split", pa.array(splits, pa.string()))
-    schema = pa.schema([("key", pa.string()), ("md5", pa.string()), ("duplicate_of", pa.string())])
-    duplicates = pa.Table.from_pylist(duplicate_rows, schema=schema)
-    stats = {"input": index.num_rows, "failed_upstream": index.num_rows - ok.num_rows,
-             "duplicates": len(duplicate_rows), "kept": kept.num_rows,
-             "train": splits.count("train"), "val": splits.count("val")}
-    return kept, duplicates, stats
+    kept, splits, duplicates, stats = dedupe_plan(*(index[c].combine_chunks() for c in ("key", "status", "md5")),
+                                                  val_fraction)
+    return index.take(pa.array(kept, pa.int64())).append_column("split", splits), duplicates, stats
+
+
+def dedupe_file(index_path: Path, kept_path: Path, duplicates_path: Path, val_fraction: float,
+                batch_rows: int = 262_144) -> dict:
+    """`dedupe` from one parquet file to another, streaming the index's wide columns in batches."""
+    parquet = pq.ParquetFile(require_table(index_path))
+    columns = pq.read_table(index_path, columns=["key", "status", "md5"])
+    kept, splits, duplicates, stats = dedupe_plan(*(columns[c] for c in ("key", "status", "md5")), val_fraction)
+    del columns
+    schema = parquet.schema_arrow.append(pa.field("split", pa.string()))
+    with atomic_path(kept_path) as temp, pq.ParquetWriter(temp, schema) as writer:
+        start, taken = 0, 0
+        for batch in parquet.iter_batches(batch_size=batch_rows):
+            mine = kept[(kept >= start) & (kept < start + batch.num_rows)] - start
+            part = pa.Table.from_batches([batch]).take(pa.array(mine, pa.int64()))
+            writer.write_table(part.append_column("split", splits.slice(taken, len(mine))).cast(schema))
+            start, taken = start + batch.num_rows, taken + len(mine)
+    with atomic_path(duplicates_path) as temp:
+        pq.write_table(duplicates, temp)
+    return stats
