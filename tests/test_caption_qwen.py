@@ -61,6 +61,19 @@ def test_cache_hits_on_rerun_and_only_new_images_are_captioned(tiny_qwen, images
     assert more.stats["captioned_now"] == 4 and more.pairs()[:8] == first.pairs()
     changed = run(rows, config(tiny_qwen, prompt="Name the color of {title}."), shards, tmp_path)
     assert changed.stats["captioned_now"] == 12  # a new prompt recaptions everything
+    longer = run(rows, config(tiny_qwen, max_new_tokens=9), shards, tmp_path)
+    assert longer.stats["captioned_now"] == 12  # so do new generation settings
+
+
+def test_a_title_change_recaptions_only_that_image(tiny_qwen, images, tmp_path):
+    shards, rows = images
+    run(rows, config(tiny_qwen), shards, tmp_path)
+    renamed = [dict(r, title="blobrenamed") if i == 5 else r for i, r in enumerate(rows)]
+    again = run(renamed, config(tiny_qwen), shards, tmp_path)
+    assert again.stats["captioned_now"] == 1 and again.stats["cache_hits"] == 11
+    no_title = config(tiny_qwen, prompt="Describe this emoji.")  # a prompt without {title}: titles do not count
+    run(rows, no_title, shards, tmp_path)
+    assert run(renamed, no_title, shards, tmp_path).stats["captioned_now"] == 0
 
 
 def test_invalid_captions_fall_back_to_the_template_with_a_counted_reason(tiny_qwen, images, tmp_path):
@@ -72,8 +85,10 @@ def test_invalid_captions_fall_back_to_the_template_with_a_counted_reason(tiny_q
     assert lenient.stats["captioned_now"] == 0  # validation bounds do not recaption
     raw = read_cache(tmp_path)
     settings = GenerationSettings(tiny_qwen, CaptionConfig().prompt, 8, 56 * 56, 56 * 56)
+    from sdlab.caption.qwen_pool import cache_keys
+    keys = cache_keys(rows, settings, str(shards))
     assert [c for c, why in lenient.pairs() if not why] == [
-        clean_caption(raw[settings.cache_key(r["md5"])]["raw"]) for r, (_, why) in zip(rows, lenient.pairs()) if not why]
+        clean_caption(raw[keys[r["key"]]]["raw"]) for r, (_, why) in zip(rows, lenient.pairs()) if not why]
 
 
 def test_two_cpu_workers_give_the_same_table_as_one(tiny_qwen, images, tmp_path):

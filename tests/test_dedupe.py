@@ -42,3 +42,24 @@ def test_synthetic_duplicates_are_found_end_to_end(blob_records, tmp_path):
     for row in duplicates.to_pylist():
         assert row["key"] not in kept_keys and row["duplicate_of"] in kept_keys
         assert row["duplicate_of"] < row["key"]  # the first occurrence is kept
+
+
+def test_split_of_named_keys_is_fixed_across_processes_and_versions():
+    """Literal expectations: a split that moved (a salted hash(), another digest) fails here."""
+    expected = {"syn-000001": "train", "syn-000002": "train", "laion-42": "train",
+                "discord-0123456789abcdef": "val", "a": "train", "d": "val", "f": "val", "h": "val"}
+    assert {key: split_for_key(key, 0.3) for key in expected} == expected
+    from sdlab.data.dedupe import splits_for_keys
+    assert splits_for_keys(pa.array(list(expected)), 0.3).to_pylist() == list(expected.values())
+
+
+def test_the_columnar_md5_path_and_the_fallback_agree():
+    import hashlib
+    digests = [hashlib.md5(str(i % 7).encode()).hexdigest() for i in range(50)]  # 32-char hex: the fast path
+    table = index([{"key": f"k{i:02d}", "md5": d, "status": "ok"} for i, d in enumerate(digests)])
+    kept, duplicates, _ = dedupe(table, 0.1)
+    assert kept["key"].to_pylist() == [f"k{i:02d}" for i in range(7)]
+    assert duplicates.num_rows == 43
+    assert all(int(row["duplicate_of"][1:]) == int(row["key"][1:]) % 7 for row in duplicates.to_pylist())
+    short = index([{"key": f"k{i:02d}", "md5": d[:8], "status": "ok"} for i, d in enumerate(digests)])
+    assert dedupe(short, 0.1)[0]["key"].to_pylist() == kept["key"].to_pylist()  # the hash-table fallback

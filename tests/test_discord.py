@@ -107,11 +107,48 @@ def test_static_pages_work_with_the_http_driver(tmp_path):
     html = """<div class="FS5UE28h container"><div class="LQY5mtmC"><div class="aLnnpRah text-center">
       <div class="Mw1EAtrx"><img src="/_next/image?url=%2Femojis%2Fa.png&amp;w=128&amp;q=75"></div><p>a</p></div></div></div>"""
     from sdlab.testing.local_site import Response
+    empty = '<div class="FS5UE28h container"><div class="LQY5mtmC"></div></div>'  # a present list, no items
     routes = {"/emoji-list/tag/Blobs?page=1": Response(html.encode(), content_type="text/html"),
-              "/emoji-list/tag/Blobs?page=2": Response(list_page("Blobs", []), content_type="text/html")}
+              "/emoji-list/tag/Blobs?page=2": Response(empty.encode(), content_type="text/html")}
     with LocalSite(routes) as site:
         [records] = discord.scrape(discord_config(site.url, driver="http"), tmp_path, tmp_path / "state", {})
     assert [(r["title"], r["url"]) for r in records] == [("a", f"{site.url}/emojis/a.png")]
+
+
+def test_items_a_script_adds_after_the_container_are_read_whole(tmp_path):
+    """The container appears at load, its items 400 ms later (page 1) and 1.2 s later (page 3)."""
+    routes = emoji_routes("Blobs", blob_pages(), late_items={1: 400, 3: 1200})
+    with LocalSite(routes) as site:
+        [records] = discord.scrape(discord_config(site.url), tmp_path / "raw", tmp_path / "state", {})
+    assert [r["page"] for r in records] == [1, 1, 1, 1, 2, 2, 3, 3]
+
+
+def test_a_page_after_the_first_without_its_list_fails_the_scrape_naming_page_and_selector(tmp_path):
+    routes = emoji_routes("Blobs", blob_pages(), challenge_pages={2})
+    with LocalSite(routes) as site:
+        with pytest.raises(DataError) as error:
+            discord.scrape(discord_config(site.url, retries=2, page_timeout_s=2), tmp_path / "raw",
+                           tmp_path / "state", {})
+        requests = dict(site.requests)
+    message = str(error.value)
+    assert "page 2 of tag 'Blobs' has no list" in message and "FS5UE28h" in message and "\n" not in message
+    assert requests["/emoji-list/tag/Blobs?page=2"] == 3  # tried, then retried twice
+    assert "/emoji-list/tag/Blobs?page=3" not in requests  # never taken as the end of the list
+    assert len(list((tmp_path / "state").rglob("*.json"))) == 1  # page 1 kept for the rerun
+
+
+def test_a_named_empty_state_ends_a_tag_without_waiting_to_settle(tmp_path):
+    empty = ('<div class="FS5UE28h container"><div class="LQY5mtmC"></div>'
+             '<p class="no-results">No emoji found</p></div>')
+    from sdlab.testing.local_site import Response
+    routes = emoji_routes("Blobs", blob_pages()[:1], extra_empty_pages=0)
+    routes["/emoji-list/tag/Blobs?page=2"] = Response(empty.encode(), content_type="text/html")
+    selectors = DiscordSelectors(empty="p.no-results")
+    with LocalSite(routes) as site:
+        started = time.perf_counter()
+        [records] = discord.scrape(discord_config(site.url, selectors=selectors, settle_s=5), tmp_path / "raw",
+                                   tmp_path / "state", {})
+    assert len(records) == 4 and time.perf_counter() - started < 9  # page 1 settles 5 s; page 2 does not wait
 
 
 def test_stale_selectors_fail_loudly_instead_of_returning_nothing(tmp_path):

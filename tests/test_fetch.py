@@ -71,6 +71,27 @@ def test_every_url_ends_ok_or_failed_with_its_reason(tmp_path):
     assert tuple(images["/red.png"][8, 8]) == (255, 0, 0)
 
 
+def test_each_url_is_fetched_once_across_filter_changes_source_switches_and_image_px(tmp_path):
+    routes = {f"/e{i}.png": Response(image_bytes(distinct_color(i))) for i in range(12)}
+    cache = tmp_path / "cache"
+    cfg = DownloadConfig(image_px=16, processes=1, threads=4, shard_size=4, retries=0)
+    with LocalSite(routes) as site:
+        rows = url_rows(site.url, [*routes, "/missing.png"])
+        counts = lambda: {path: site.count(path) for path in [*routes, "/missing.png"]}  # noqa: E731
+        download(pa.Table.from_pylist(rows[:8]), cfg, tmp_path / "a", cache)  # a strict filter admitted 8
+        assert counts() == {path: int(i < 8) for i, path in enumerate([*routes, "/missing.png"])}
+        index, _ = download(pa.Table.from_pylist(rows), cfg, tmp_path / "b", cache)  # a lowered threshold: +5
+        assert set(counts().values()) == {1}  # only the newly admitted URLs were fetched, the 404 too
+        assert index["reason"].to_pylist()[-1] == "http_404"
+        download(pa.Table.from_pylist(rows[8:]), cfg, tmp_path / "c", cache)  # the source switched away ...
+        bigger, _ = download(pa.Table.from_pylist(rows), cfg.model_copy(update={"image_px": 32}), tmp_path / "d",
+                             cache)  # ... and back, at a new image_px
+        assert set(counts().values()) == {1}  # nothing fetched again: resized from the cached originals
+    ok = [r for r in bigger.to_pylist() if r["status"] == "ok"]
+    assert len(ok) == 12 and load_images(tmp_path / "d", ok[:1]).shape == (1, 32, 32, 3)
+    assert bigger["md5"].to_pylist() == index["md5"].to_pylist()
+
+
 def test_reasons_and_schemes():
     assert reason_of("HTTP Error 403: Forbidden") == "http_403"
     assert reason_of("<urlopen error [Errno 111] Connection refused>") == "connection_error"
@@ -97,16 +118,16 @@ def test_killed_download_resumes_without_fetching_finished_shards_again(tmp_path
         cache = tmp_path / "cache"
         proc = run_download(tmp_path / "records.parquet", tmp_path / "images", cache, params)
         deadline = time.time() + 120
-        while len(list(cache.glob("*/shards/*_stats.json"))) < 2:
+        while len(list(cache.glob("batches/*/shards/*_stats.json"))) < 2:
             assert proc.poll() is None, proc.stderr.read()
             assert time.time() < deadline, "img2dataset finished no shard in 120 s"
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        finished = sorted(cache.glob("*/shards/*_stats.json"))
+        finished = sorted(cache.glob("batches/*/shards/*_stats.json"))
         assert 2 <= len(finished) < 8, "kill came too late to test a resume"
         done_ids = {int(p.name.split("_")[0]) for p in finished}
-        inodes = {p: p.stat().st_ino for p in cache.glob("*/shards/*.tar") if int(p.stem) in done_ids}
+        inodes = {p: p.stat().st_ino for p in cache.glob("batches/*/shards/*.tar") if int(p.stem) in done_ids}
 
         resumed = run_download(tmp_path / "records.parquet", tmp_path / "images", cache, params)
         assert resumed.wait(timeout=300) == 0, resumed.stderr.read()

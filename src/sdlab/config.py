@@ -36,6 +36,7 @@ class DiscordSelectors(Section):
     container: str = "div.FS5UE28h.container"
     items: str = "div.LQY5mtmC div.aLnnpRah.text-center"
     image: str = "div.Mw1EAtrx img, img"
+    empty: str | None = None  # an element the site shows on a list with no items (ends a tag at once)
 
 
 class DiscordConfig(Section):
@@ -44,7 +45,8 @@ class DiscordConfig(Section):
     max_pages: int = Field(50, gt=0)
     driver: Literal["selenium", "http"] = "selenium"
     page_delay_s: float = Field(1.0, ge=0)  # politeness pause between pages
-    page_timeout_s: float = Field(20.0, gt=0)  # explicit wait for the list to render
+    page_timeout_s: float = Field(20.0, gt=0)  # explicit wait for the list's items to render
+    settle_s: float = Field(0.5, ge=0)  # the item count unchanged this long = the list is complete (or empty)
     retries: int = Field(3, ge=0)  # per page, with exponential backoff
     backoff_s: float = Field(2.0, ge=0)
     selectors: DiscordSelectors = DiscordSelectors()

@@ -30,8 +30,10 @@ import socket
 import uuid
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
+from safetensors.numpy import load_file as load_numpy
 from safetensors.torch import load_file, save_file
 
 log = logging.getLogger(__name__)
@@ -111,10 +113,16 @@ def is_complete(path: Path, fingerprint: str, verify: bool = True, shape: tuple[
 def read_rows(root: Path, stem: str, split: int, stride: int = 1, offset: int = 0) -> dict[str, torch.Tensor]:
     """Stored tensors (latents + text fields) of the rows of one shard whose split is `split`,
     taking every `stride`-th of them from `offset`; dtypes as stored (fp16 / int)."""
-    text = load_file(str(text_path(root, stem)))
-    rows = (text.pop("split") == split).nonzero().flatten()[offset::stride]
-    latents = load_file(str(latent_path(root, stem)))
-    return {name: tensor[rows] for name, tensor in {**latents, **text}.items()}
+    return {name: torch.from_numpy(array) for name, array in read_rows_numpy(root, stem, split, stride, offset).items()}
+
+
+def read_rows_numpy(root: Path, stem: str, split: int, stride: int = 1, offset: int = 0) -> dict[str, np.ndarray]:
+    """`read_rows` as numpy arrays: no torch op, so a loader thread never competes with the
+    training step's intra-op threads."""
+    text = load_numpy(str(text_path(root, stem)))
+    rows = np.flatnonzero(text.pop("split") == split)[offset::stride]
+    latents = load_numpy(str(latent_path(root, stem)))
+    return {name: array[rows] for name, array in {**latents, **text}.items()}
 
 
 def read_meta(root: Path) -> dict:

@@ -69,12 +69,12 @@ def caption_qwen(rows: pa.Table, cfg: CaptionConfig, shards_dir: Path, cache_dir
     rows = rows.to_pylist()
 
     settings = GenerationSettings(cfg.model, cfg.prompt, cfg.max_new_tokens, cfg.min_pixels, cfg.max_pixels)
-    cache, captioned_now = caption_missing(rows, settings, str(shards_dir), str(cache_dir), cfg.batch_size,
-                                           cfg.workers, cfg.threads_per_worker, cfg.precision)
+    cache, keys, captioned_now = caption_missing(rows, settings, str(shards_dir), str(cache_dir), cfg.batch_size,
+                                                 cfg.workers, cfg.threads_per_worker, cfg.precision)
     out = []
     for row in rows:
         title = str(row.get("title") or "")
-        caption = clean_caption(cache[settings.cache_key(row["md5"])]["raw"])
+        caption = clean_caption(cache[keys[row["key"]]]["raw"])
         reason = validate_caption(caption, title, cfg.min_chars, cfg.max_chars, cfg.require_title)
         out.append((template.caption_record(row, cfg)[0], f"invalid_{reason}") if reason else (caption, ""))
     stats = {"model": cfg.model, "prompt_hash": settings.prompt_hash, "captioned_now": captioned_now,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -66,14 +67,29 @@ def caption_worker(slot: Slot, spec: CaptionSpec) -> None:
                         "prompt_hash": spec.settings.prompt_hash} for j, text in zip(batch, raw)])
 
 
+def cache_keys(rows: list[dict], settings: GenerationSettings, shards_dir: str) -> dict[str, str]:
+    """Row key -> cache key; the pixels part is a hash of the packed image, each shard read once."""
+    keys, shard, samples = {}, None, {}
+    for row in sorted(rows, key=lambda r: (r["shard"], r["key"])):
+        if row["shard"] != shard:
+            shard, samples = row["shard"], read_shard(Path(shards_dir) / row["shard"])
+        sample = samples.get(row["key"], {})
+        image = sample.get("png") or sample.get("jpg") or b""
+        pixels = hashlib.sha256(image).hexdigest()[:16]
+        keys[row["key"]] = settings.cache_key(row["md5"], pixels, str(row.get("title") or ""))
+    return keys
+
+
 def caption_missing(rows: list[dict], settings: GenerationSettings, shards_dir: str, cache_dir: str,
                     batch_size: int, workers: int | None, threads_per_worker: int | None,
-                    precision: str) -> tuple[dict[str, dict], int]:
-    """Caption every row whose cache key is missing; return (cache, number captioned now)."""
+                    precision: str) -> tuple[dict[str, dict], dict[str, str], int]:
+    """Caption every row whose cache key is missing; return (cache, row key -> cache key,
+    number captioned now)."""
     cache = read_cache(cache_dir)
+    keys = cache_keys(rows, settings, shards_dir)
     todo, queued = [], set()
     for row in sorted(rows, key=lambda r: (r["shard"], r["key"])):
-        cache_key = settings.cache_key(row["md5"])
+        cache_key = keys[row["key"]]
         if cache_key not in cache and cache_key not in queued:  # same bytes: captioned once
             queued.add(cache_key)
             todo.append(CaptionJob(cache_key, row["key"], row["shard"], str(row.get("title") or "")))
@@ -83,4 +99,4 @@ def caption_missing(rows: list[dict], settings: GenerationSettings, shards_dir: 
         run_pool(caption_worker, CaptionSpec(settings, str(shards_dir), str(cache_dir), batch_size, precision,
                                              tuple(todo)), slots)
         cache = read_cache(cache_dir)
-    return cache, len(todo)
+    return cache, keys, len(todo)

@@ -2,8 +2,9 @@
 
 The model and processor are real transformers code (`from_pretrained` of a hub id or a
 local folder). A batch of images goes through one `generate` call with left padding, so
-a batched caption equals the unbatched one. Raw generations are cached by
-(image md5, model, prompt, generation params); validation happens when the table is
+a batched caption equals the unbatched one. Raw generations are cached by (image md5, the
+exact pixels shown (a hash of the packed image, so `image_px` counts), the title as it
+enters the prompt, model, prompt, generation params); validation happens when the table is
 assembled, so changing its bounds never recaptions.
 """
 
@@ -28,9 +29,12 @@ class GenerationSettings:
     min_pixels: int
     max_pixels: int
 
-    def cache_key(self, md5: str) -> str:
-        """Identifies one caption: the image bytes, the model, the prompt, how it was generated."""
-        blob = json.dumps({"md5": md5, "model": self.model, "prompt": self.prompt, "max_new_tokens": self.max_new_tokens,
+    def cache_key(self, md5: str, pixels: str, title: str) -> str:
+        """Identifies one caption: the image (original bytes and the pixels shown), the title as
+        it enters the prompt, the model, the prompt, how it was generated."""
+        used_title = title if "{title}" in self.prompt else ""
+        blob = json.dumps({"md5": md5, "pixels": pixels, "title": used_title, "model": self.model,
+                           "prompt": self.prompt, "max_new_tokens": self.max_new_tokens,
                            "min_pixels": self.min_pixels, "max_pixels": self.max_pixels}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 

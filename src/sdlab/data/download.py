@@ -2,7 +2,8 @@
 
 Local files: reader -> mapper -> writer; records are read in order, each is prepared in a
 worker process (validate, composite on white, fit to `image_px`), and the ok ones are
-written to shards of `shard_size`. http(s) URLs: img2dataset (see `fetch`). A record that
+written to shards of `shard_size`. http(s) URLs: img2dataset into a per-URL cache of
+originals, then the same preparation (see `fetch`). A record that
 fails keeps its row with status `failed` and a reason, so rows in the index always equal
 rows in the filtered records.
 """
@@ -12,9 +13,10 @@ from __future__ import annotations
 import functools
 import json
 import multiprocessing
-import shutil
+import itertools
 from collections import Counter
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,18 +36,24 @@ def prepare_local(path: str, cfg: DownloadConfig) -> PreparedImage | ImageReject
     except OSError as exc:
         return ImageRejected("unreadable_file", f"{path}: {exc}")
     try:
-        return prepare_image(data, cfg.image_px, cfg.min_side_px, cfg.max_aspect_ratio)
+        return prepare_image(data, cfg.image_px, cfg.min_side_px, cfg.max_aspect_ratio, cfg.max_image_pixels)
     except ImageRejected as exc:
         return exc
 
 
-def _map_ordered(fn, items: list, processes: int):
-    if processes <= 1 or len(items) < 64:
-        yield from map(fn, items)
+def map_ordered(fn, items: Iterable, processes: int, chunk: int = 512) -> Iterator:
+    """`fn` over `items` in order on a pool of spawned processes, `chunk` items in flight at a
+    time (so a long input stream is never held whole); in this process for one process."""
+    items = iter(items)
+    first = list(itertools.islice(items, chunk))
+    if processes <= 1 or len(first) < 64:
+        yield from map(fn, itertools.chain(first, items))
         return
     context = multiprocessing.get_context("spawn")
     with context.Pool(processes) as pool:
-        yield from pool.imap(fn, items, chunksize=32)
+        while first:
+            yield from pool.imap(fn, first, chunksize=32)
+            first = list(itertools.islice(items, chunk))
 
 
 def pack_local(records: pa.Table, cfg: DownloadConfig, shards_dir: Path,
@@ -53,7 +61,7 @@ def pack_local(records: pa.Table, cfg: DownloadConfig, shards_dir: Path,
     """Shards for `records` that have a local `path`: (index rows in record order, shards written)."""
     rows = records.to_pylist()
     mapper = functools.partial(prepare_local, cfg=cfg)
-    results = _map_ordered(mapper, [row["path"] for row in rows], cfg.processes)
+    results = map_ordered(mapper, (row["path"] for row in rows), cfg.processes)
     index, pending, written = [], [], 0
 
     def flush() -> None:
@@ -100,13 +108,11 @@ def download(records: pa.Table, cfg: DownloadConfig, shards_dir: Path,
     local = records.filter(pc.equal(kinds, "local"))
     remote = records.filter(pc.equal(kinds, "remote"))
     rows, shards = pack_local(local, cfg, shards_dir) if local.num_rows else ([], 0)
-    if cache_dir is not None and remote.num_rows == 0 and cache_dir.exists():
-        shutil.rmtree(cache_dir)  # nothing to resume: drop an older run's downloads
-    if remote.num_rows:
+    if remote.num_rows:  # the cache is never cleared here: a source switched away and back fetches nothing
         if cache_dir is None:
             raise ValueError("download: http(s) records need a cache folder")
-        run_dir = fetch(remote, cfg, cache_dir)
-        fetched, count = collect(remote, run_dir, shards_dir, cfg.shard_size, first_shard=shards)
+        results = fetch(remote, cfg, cache_dir)
+        fetched, count = collect(remote, results, cache_dir, shards_dir, cfg, first_shard=shards)
         rows, shards = rows + fetched, shards + count
     for row in records.filter(pc.equal(kinds, "unsupported")).to_pylist():
         rows.append(failed_row(row, "unsupported_scheme", f"only http(s) URLs are fetched: {row.get('url')!r}"))

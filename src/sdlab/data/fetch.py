@@ -1,34 +1,38 @@
-"""Fetch http(s) images with img2dataset and map its per-URL results onto our index.
+"""Fetch http(s) images with img2dataset into a cache keyed by URL, and map results onto our index.
 
-img2dataset downloads (threads x processes, or a pyspark/ray cluster), validates, composites
-alpha on white, resizes and hashes the original bytes (md5). It writes one tar + one
-parquet (every URL with `status`/`error_message`) + one `_stats.json` per shard into a
-persisted cache folder, so a rerun after a kill fetches only the shards that never finished.
-`collect` then rewrites its shards into ours (`<key>.png` + `<key>.json`, samples in
-record order) and gives every record its index row with a short counted reason.
+img2dataset downloads (threads x processes, or a pyspark/ray cluster), honours
+X-Robots-Tag, and hashes the original bytes (md5). It keeps the *original* bytes here (no
+re-encoding), in batches under `cache_dir/batches/<id>/`: one tar + one parquet (every URL
+with `status`/`error_message`) + one `_stats.json` per shard. A batch holds only URLs no
+earlier batch fetched, so a filter change, new scraped pages or a source switched away and
+back fetch only new URLs, and a kill resumes the unfinished batch's missing shards. `collect`
+then validates and resizes each record's cached original with the same code as local files
+(`prepare_image`: `image_px`, `min_side_px`, `max_aspect_ratio`, `max_image_pixels`), so a
+change of those fetches nothing. Failed URLs are cached with their reason too.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from sdlab.config import DownloadConfig
+from sdlab.data.images import ImageRejected, prepare_image
 from sdlab.data.records import DataError
 from sdlab.data.shards import read_shard, shard_name, write_shard
 from sdlab.io import write_table
 
 FETCHED_SCHEMES = ("http", "https")
-KEY_COLUMN = "record_key"  # img2dataset has its own `key`
 
 # img2dataset's error_message -> our reason, first match wins.
 REASONS: tuple[tuple[str, str], ...] = (
@@ -62,31 +66,19 @@ def is_fetchable(url: str) -> bool:
     return parts.scheme.lower() in FETCHED_SCHEMES and bool(parts.netloc)
 
 
-def fetch_fingerprint(keys: list[str], urls: list[str], cfg: DownloadConfig) -> str:
-    """Identity of a download: the URL list and every param that changes what a shard holds."""
-    digest = hashlib.sha256()
-    for key, url in zip(keys, urls):
-        digest.update(f"{key}\t{url}\n".encode())
-    settings = (cfg.image_px, cfg.shard_size, cfg.min_side_px, cfg.max_aspect_ratio, cfg.max_image_pixels)
-    digest.update(json.dumps(settings).encode())
-    return digest.hexdigest()[:16]
+def batch_id(urls: list[str]) -> str:
+    return hashlib.sha256("\n".join(urls).encode()).hexdigest()[:16]
 
 
 def run_img2dataset(url_list: Path, output: Path, cfg: DownloadConfig) -> None:
-    """img2dataset over `url_list` (parquet: url, record_key) into `output`, resuming finished shards.
-
-    Call from under `if __name__ == "__main__":`: its workers are spawned."""
+    """img2dataset over `url_list` (parquet: url) into `output`, keeping original bytes and
+    resuming finished shards. Call from under `if __name__ == "__main__":` (spawned workers)."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    # cv2 refuses to even decode beyond this, so a bomb never allocates more than 4x the limit
-    os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(4 * cfg.max_image_pixels)
     from img2dataset import download
 
     download(
-        url_list=str(url_list), input_format="parquet", url_col="url",
-        save_additional_columns=[KEY_COLUMN], output_folder=str(output), output_format="webdataset",
-        image_size=cfg.image_px, resize_mode="border", encode_format="png", encode_quality=9,
-        min_image_size=cfg.min_side_px, max_aspect_ratio=cfg.max_aspect_ratio,
-        max_image_area=cfg.max_image_pixels, compute_hash="md5", extract_exif=False,
+        url_list=str(url_list), input_format="parquet", url_col="url", output_folder=str(output),
+        output_format="webdataset", disable_all_reencoding=True, compute_hash="md5", extract_exif=False,
         processes_count=cfg.processes, thread_count=cfg.threads, timeout=cfg.timeout_s,
         retries=cfg.retries, distributor=cfg.distributor, number_sample_per_shard=cfg.shard_size,
         incremental_mode="incremental", user_agent_token=cfg.user_agent_token,
@@ -94,64 +86,107 @@ def run_img2dataset(url_list: Path, output: Path, cfg: DownloadConfig) -> None:
     )
 
 
-def fetch(records: pa.Table, cfg: DownloadConfig, cache_dir: Path) -> Path:
-    """Download `records` (key, url: all fetchable) into `cache_dir/<fingerprint>/`; return it.
-
-    Folders of other fingerprints (an older URL list or other settings) are removed."""
-    keys, urls = records.column("key").to_pylist(), records.column("url").to_pylist()
-    run_dir = cache_dir / fetch_fingerprint(keys, urls, cfg)
-    if cache_dir.exists():
-        for other in cache_dir.iterdir():
-            if other != run_dir:
-                shutil.rmtree(other) if other.is_dir() else other.unlink()
-    url_list = run_dir / "urls.parquet"
-    if not url_list.exists():
-        write_table(url_list, pa.table({"url": urls, KEY_COLUMN: keys}))
-    run_img2dataset(url_list, run_dir / "shards", cfg)
-    return run_dir
+def batch_complete(batch: Path) -> bool:
+    """True once every shard of the batch has its stats file (img2dataset's own marker)."""
+    urls = pq.read_metadata(batch / "urls.parquet").num_rows
+    shard_size = json.loads((batch / "batch.json").read_text())["shard_size"]
+    return all((batch / "shards" / f"{i:05d}_stats.json").exists() for i in range((urls + shard_size - 1) // shard_size))
 
 
-def expected_shards(num_records: int, shard_size: int) -> list[int]:
-    return list(range((num_records + shard_size - 1) // shard_size))
+def cached_results(cache_dir: Path) -> pa.Table:
+    """url -> batch, shard, sample key, status, error, md5 of every finished batch."""
+    parts = []
+    for batch in sorted((cache_dir / "batches").glob("*")) if (cache_dir / "batches").is_dir() else []:
+        if not (batch / "batch.json").exists() or not batch_complete(batch):
+            continue
+        for result in sorted((batch / "shards").glob("[0-9]*.parquet")):
+            table = pq.read_table(result, columns=["url", "key", "status", "error_message", "md5"])
+            parts.append(table.append_column("batch", pa.repeat(batch.name, table.num_rows))
+                         .append_column("shard", pa.repeat(result.stem, table.num_rows)))
+    schema = pa.schema([("url", pa.string()), ("key", pa.string()), ("status", pa.string()),
+                        ("error_message", pa.string()), ("md5", pa.string()), ("batch", pa.string()),
+                        ("shard", pa.string())])
+    return pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
 
 
-def collect(records: pa.Table, run_dir: Path, shards_dir: Path, shard_size: int,
+def fetch(records: pa.Table, cfg: DownloadConfig, cache_dir: Path) -> pa.Table:
+    """Fetch the URLs of `records` that no finished batch holds (resuming an unfinished batch
+    first); return the cached result of every URL."""
+    for batch in sorted((cache_dir / "batches").glob("*")) if (cache_dir / "batches").is_dir() else []:
+        if (batch / "batch.json").exists() and not batch_complete(batch):  # a killed run's batch: finish it
+            run_img2dataset(batch / "urls.parquet", batch / "shards", cfg)
+    known = cached_results(cache_dir)
+    wanted = pc.unique(records["url"].combine_chunks())
+    new = pc.filter(wanted, pc.invert(pc.is_in(wanted, known["url"]))).to_pylist()
+    if new:
+        batch = cache_dir / "batches" / batch_id(new)
+        write_table(batch / "urls.parquet", pa.table({"url": new}))
+        (batch / "batch.json").write_text(json.dumps({"shard_size": cfg.shard_size, "urls": len(new)}))
+        run_img2dataset(batch / "urls.parquet", batch / "shards", cfg)
+        if not batch_complete(batch):
+            raise DataError(f"download: img2dataset did not finish {batch}; rerun the stage to fetch the rest")
+        known = cached_results(cache_dir)
+    return known
+
+
+def _prepare_cached(data: bytes, cfg: DownloadConfig) -> object:
+    try:
+        return prepare_image(data, cfg.image_px, cfg.min_side_px, cfg.max_aspect_ratio, cfg.max_image_pixels)
+    except ImageRejected as exc:
+        return exc
+
+
+def collect(records: pa.Table, results: pa.Table, cache_dir: Path, shards_dir: Path, cfg: DownloadConfig,
             first_shard: int = 0) -> tuple[list[dict], int]:
-    """Index rows of `records` (order kept) from img2dataset's output; our shards from its shards.
+    """Index rows of `records` (order kept) from the cached results, and our shards (`<key>.png`
+    + `<key>.json`, in record order) from the cached originals. Returns (rows, shards written)."""
+    from sdlab.data.download import map_ordered
 
-    Returns (rows, number of shards written)."""
-    source = run_dir / "shards"
-    rows_by_key = {row["key"]: row for row in records.to_pylist()}
-    index: dict[str, dict] = {}
-    written = 0
-    for shard_id in tqdm(expected_shards(records.num_rows, shard_size), desc="collect", unit="shard"):
-        stem = source / f"{shard_id:05d}"
-        if not Path(f"{stem}_stats.json").exists():
-            raise DataError(f"download: img2dataset did not finish shard {shard_id} in {source}; "
-                            "rerun the stage to fetch the missing shards")
-        results = pq.read_table(f"{stem}.parquet").to_pylist()
-        samples = read_shard(f"{stem}.tar") if Path(f"{stem}.tar").exists() else {}
-        ours, name = [], shard_name(first_shard + written)
-        for result in sorted(results, key=lambda r: r["key"]):
-            key = result[KEY_COLUMN]
-            row = rows_by_key[key]
-            if result["status"] == "success" and result["key"] in samples:
-                image = samples[result["key"]]
-                meta = {"key": key, "title": row.get("title", ""), "caption": row.get("caption", "")}
-                ours.append({"key": key, "png": image["png"], "json": json.dumps(meta).encode()})
-                index[key] = {**row, "shard": name, "md5": result["md5"] or "",
-                              "width": result["original_width"] or 0, "height": result["original_height"] or 0,
-                              "status": "ok", "reason": "", "error": ""}
-            else:
-                error = result["error_message"] or "missing from the shard"
-                index[key] = failed_row(row, reason_of(error), error)
-        if ours:
-            write_shard(shards_dir / name, ours)
-            written += 1
-    missing = [key for key in rows_by_key if key not in index]
+    position = {url: i for i, url in enumerate(results["url"].to_pylist())}
+    located = results.to_pylist()
+    rows = records.to_pylist()
+    missing = [row["url"] for row in rows if row["url"] not in position]
     if missing:
-        raise DataError(f"download: img2dataset returned no result for {len(missing)} record(s), e.g. {missing[0]!r}")
-    return [index[key] for key in rows_by_key], written
+        raise DataError(f"download: no cached result for {len(missing)} URL(s), e.g. {missing[0]!r}")
+    out, pending, written = [], [], 0
+
+    def originals():
+        """Original bytes of each ok record, reading each cached shard once, in record order."""
+        tars: dict[tuple[str, str], dict] = {}
+        for row in rows:
+            hit = located[position[row["url"]]]
+            if hit["status"] != "success":
+                continue
+            where = (hit["batch"], hit["shard"])
+            if where not in tars:
+                tars.clear()  # records of one batch shard usually come together: keep one open
+                tars[where] = read_shard(cache_dir / "batches" / hit["batch"] / "shards" / f"{hit['shard']}.tar")
+            sample = tars[where].get(hit["key"], {})
+            yield next((v for k, v in sample.items() if k not in ("json", "txt")), b"")
+
+    prepared = map_ordered(functools.partial(_prepare_cached, cfg=cfg), originals(), cfg.processes)
+    for row in tqdm(rows, desc="collect", unit="img"):
+        hit = located[position[row["url"]]]
+        if hit["status"] != "success":
+            error = hit["error_message"] or "not downloaded"
+            out.append(failed_row(row, reason_of(error), error))
+            continue
+        result = next(prepared)
+        if isinstance(result, ImageRejected):
+            out.append(failed_row(row, result.reason, str(result)))
+            continue
+        name = shard_name(first_shard + written)
+        out.append({**row, "shard": name, "md5": result.md5, "width": result.width, "height": result.height,
+                    "status": "ok", "reason": "", "error": ""})
+        meta = {"key": row["key"], "title": row.get("title", ""), "caption": row.get("caption", "")}
+        pending.append({"key": row["key"], "png": result.png, "json": json.dumps(meta).encode()})
+        if len(pending) == cfg.shard_size:
+            write_shard(shards_dir / name, pending)
+            written, pending = written + 1, []
+    if pending:
+        write_shard(shards_dir / shard_name(first_shard + written), pending)
+        written += 1
+    return out, written
 
 
 def failed_row(row: dict, reason: str, error: str) -> dict:

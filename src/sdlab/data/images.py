@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-Image.MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs (PIL raises)
+DEFAULT_MAX_PIXELS = 64_000_000  # decompression bombs: refused before any pixel is decoded
 
 
 class ImageRejected(ValueError):
@@ -53,23 +53,34 @@ def fit_square(image: Image.Image, image_px: int) -> Image.Image:
     return canvas
 
 
-def decode(data: bytes) -> Image.Image:
+def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The first frame of an image; `too_large` from its header alone when it has more than
+    `max_pixels` pixels (a 17 KB PNG can claim 12000x12000), `decode_error` for bad bytes."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # our own check below, from the header
+            try:
+                image = Image.open(io.BytesIO(data))
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
+            if image.width * image.height > max_pixels:
+                raise ImageRejected("too_large", f"{image.width}x{image.height} > {max_pixels} pixels")
             image.seek(0)
             image.load()
+    except ImageRejected:
+        raise
     except Exception as exc:  # PIL raises many types for bad bytes; each becomes a reason
         raise ImageRejected("decode_error", f"{type(exc).__name__}: {exc}") from None
     return image
 
 
-def prepare_image(data: bytes, image_px: int, min_side_px: int, max_aspect_ratio: float) -> PreparedImage:
+def prepare_image(data: bytes, image_px: int, min_side_px: int, max_aspect_ratio: float,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> PreparedImage:
     """Validate original bytes and return the training-resolution PNG."""
     if not data:
         raise ImageRejected("empty_file")
-    image = decode(data)
+    image = decode(data, max_pixels)
     width, height = image.size
     if min(width, height) < min_side_px:
         raise ImageRejected("too_small", f"{width}x{height} < {min_side_px}px")

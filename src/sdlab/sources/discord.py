@@ -97,20 +97,27 @@ class PageProgress:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def fetch_page(pages: Pages, url: str, cfg: DiscordConfig) -> str:
-    """One page's HTML, retried with exponential backoff."""
-    for attempt in range(cfg.retries):
-        try:
-            return pages.html(url)
-        except PageError as exc:
-            wait = cfg.backoff_s * 2 ** attempt
-            log.warning("%s: %s; retrying in %.1f s", url, exc, wait)
+def fetch_items(pages: Pages, url: str, cfg: DiscordConfig) -> list[dict] | None:
+    """One page's items, retried with exponential backoff on an HTTP error, a crash or a page
+    without the list (a bot check, a slow render); None if the list never appeared."""
+    problem = ""
+    for attempt in range(cfg.retries + 1):
+        if attempt:
+            wait = cfg.backoff_s * 2 ** (attempt - 1)
+            log.warning("%s: %s; retrying in %.1f s", url, problem, wait)
             time.sleep(wait)
-    try:
-        return pages.html(url)
-    except PageError as exc:
-        raise ScrapeError(f"{url}: failed after {cfg.retries + 1} attempt(s): {exc} "
-                          "(finished pages are kept; rerun to resume)") from None
+        try:
+            items = parse_items(pages.html(url), cfg.selectors, url)
+        except PageError as exc:
+            problem = str(exc)
+            continue
+        if items is not None:
+            return items
+        problem = f"no element matches scrape.discord.selectors.container {cfg.selectors.container!r}"
+    if problem.startswith("no element matches"):
+        return None
+    raise ScrapeError(f"{url}: failed after {cfg.retries + 1} attempt(s): {problem} "
+                      "(finished pages are kept; rerun to resume)")
 
 
 def stale_selectors(url: str, cfg: DiscordConfig, items: list[dict] | None) -> ScrapeError:
@@ -140,10 +147,15 @@ def scrape(config: ScrapeConfig, out_dir: Path, state_dir: Path, stats: dict) ->
                         pages = PAGE_FETCHERS[cfg.driver](cfg)
                     elif cfg.page_delay_s:
                         time.sleep(cfg.page_delay_s)
-                    items = parse_items(fetch_page(pages, url, cfg), cfg.selectors, url)
+                    items = fetch_items(pages, url, cfg)
                     if number == 1 and not items:
                         raise stale_selectors(url, cfg, items)
-                    items = items or []
+                    if items is None:  # only a present list with nothing new ends a tag
+                        raise ScrapeError(
+                            f"{url}: page {number} of tag {tag!r} has no list: no element matches "
+                            f"scrape.discord.selectors.container {cfg.selectors.container!r} after "
+                            f"{cfg.retries + 1} attempt(s) (a bot check or a slow render?); the {number - 1} "
+                            "finished page(s) are kept: rerun to resume")
                     progress.save(tag, number, items)
                     fetched += 1
                 else:

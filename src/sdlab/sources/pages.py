@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -51,8 +52,30 @@ def document_status(performance_log: list[dict]) -> int | None:
     return status
 
 
+class ListSettled:
+    """Wait condition: the list container is present and either shows the empty-state element
+    (`selectors.empty`) or holds an item count unchanged for `settle_s` (items a script adds
+    after the container are waited for; a list that stays empty that long is empty)."""
+
+    def __init__(self, cfg: DiscordConfig, by: str):
+        self.cfg, self.by = cfg, by
+        self.count, self.since = -1, 0.0
+
+    def __call__(self, driver) -> bool:
+        selectors = self.cfg.selectors
+        containers = driver.find_elements(self.by, selectors.container)
+        if not containers:
+            return False
+        if selectors.empty and driver.find_elements(self.by, selectors.empty):
+            return True
+        count, now = len(containers[0].find_elements(self.by, selectors.items)), time.monotonic()
+        if count != self.count:
+            self.count, self.since = count, now
+        return now - self.since >= self.cfg.settle_s
+
+
 class BrowserPages:
-    """Headless Chromium; waits explicitly for the list container, restarts after a crash."""
+    """Headless Chromium; waits explicitly for the list to settle, restarts after a crash."""
 
     def __init__(self, cfg: DiscordConfig):
         self.cfg = cfg
@@ -80,7 +103,6 @@ class BrowserPages:
     def html(self, url: str) -> str:
         from selenium.common.exceptions import TimeoutException, WebDriverException
         from selenium.webdriver.common.by import By
-        from selenium.webdriver.support import expected_conditions
         from selenium.webdriver.support.ui import WebDriverWait
         from urllib3.exceptions import HTTPError
 
@@ -94,9 +116,9 @@ class BrowserPages:
                 raise PageError(f"HTTP {status}")
             try:
                 WebDriverWait(self.driver, self.cfg.page_timeout_s, poll_frequency=0.1).until(
-                    expected_conditions.presence_of_element_located((By.CSS_SELECTOR, self.cfg.selectors.container)))
+                    ListSettled(self.cfg, By.CSS_SELECTOR))
             except TimeoutException:
-                log.warning("%s: no element matches %r after %.0f s", url, self.cfg.selectors.container,
+                log.warning("%s: the list (%r) did not settle within %.0f s", url, self.cfg.selectors.container,
                             self.cfg.page_timeout_s)
             return self.driver.page_source
         except TimeoutException as exc:

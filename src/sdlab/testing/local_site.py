@@ -131,11 +131,7 @@ PAGE = """<!DOCTYPE html>
 <body><div id="__next"><nav>Discords</nav><main id="main"></main></div>
 <script>
 const ITEMS = {items};
-function render() {{
-  const container = document.createElement("div");
-  container.className = "FS5UE28h container";
-  const row = document.createElement("div");
-  row.className = "LQY5mtmC";
+function fill(row) {{
   for (const item of ITEMS) {{
     const card = document.createElement("div");
     card.className = "aLnnpRah text-center";
@@ -148,8 +144,15 @@ function render() {{
     name.textContent = item.title;
     card.appendChild(name); row.appendChild(card);
   }}
+}}
+function render() {{
+  const container = document.createElement("div");
+  container.className = "FS5UE28h container";
+  const row = document.createElement("div");
+  row.className = "LQY5mtmC";
   container.appendChild(row);
   document.getElementById("main").appendChild(container);
+  if ({items_delay_ms} > 0) setTimeout(() => fill(row), {items_delay_ms}); else fill(row);
 }}
 window.addEventListener("load", () => setTimeout(render, {render_delay_ms}));
 </script></body></html>
@@ -169,21 +172,33 @@ def proxied(path: str) -> str:
     return f"/_next/image?url={quote(path, safe='')}&w=128&q=75"
 
 
-def list_page(tag: str, emojis: list[Emoji], render_delay_ms: int = 0) -> bytes:
+# What a bot check or an error page looks like: a page without the list.
+CHALLENGE = b"""<!DOCTYPE html><html><head><title>Just a moment...</title></head>
+<body><h1>Checking your browser before accessing discords.com</h1></body></html>"""
+
+
+def list_page(tag: str, emojis: list[Emoji], render_delay_ms: int = 0, items_delay_ms: int = 0) -> bytes:
+    """The list page; the container appears `render_delay_ms` after load and its items
+    `items_delay_ms` after the container."""
     items = [{"src": proxied(f"/emojis/{e.name}"), "title": e.title} for e in emojis]
     data = json.dumps(items).replace("<", "\\u003c")  # no `</script>` from a title
-    return PAGE.format(tag=html.escape(tag), items=data, render_delay_ms=render_delay_ms).encode()
+    return PAGE.format(tag=html.escape(tag), items=data, render_delay_ms=render_delay_ms,
+                       items_delay_ms=items_delay_ms).encode()
 
 
 def emoji_routes(tag: str, pages: list[list[Emoji]], flaky_pages: dict[int, int] | None = None,
-                 slow_pages: dict[int, int] | None = None, extra_empty_pages: int = 3) -> dict[str, Response]:
+                 slow_pages: dict[int, int] | None = None, extra_empty_pages: int = 3,
+                 late_items: dict[int, int] | None = None, challenge_pages: set[int] = frozenset()
+                 ) -> dict[str, Response]:
     """Routes of one tag: its list pages (1-based; then empty pages), each emoji's original
     and `_next/image` URL. flaky_pages: page -> 500s before success; slow_pages: page -> ms
-    before the list renders."""
+    before the list renders; late_items: page -> ms between the container and its items;
+    challenge_pages: pages that answer a bot check without the list."""
     routes: dict[str, Response] = {}
-    flaky_pages, slow_pages = flaky_pages or {}, slow_pages or {}
+    flaky_pages, slow_pages, late_items = flaky_pages or {}, slow_pages or {}, late_items or {}
     for number, emojis in enumerate(pages + [[]] * extra_empty_pages, start=1):
-        body = list_page(tag, emojis, slow_pages.get(number, 0))
+        body = CHALLENGE if number in challenge_pages else list_page(tag, emojis, slow_pages.get(number, 0),
+                                                                        late_items.get(number, 0))
         routes[f"/emoji-list/tag/{tag}?page={number}"] = Response(body, content_type="text/html; charset=utf-8",
                                                                  fail_first=flaky_pages.get(number, 0))
         for emoji in (e for e in emojis if e.body is not None):
