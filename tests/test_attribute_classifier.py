@@ -16,7 +16,7 @@ def blobs(seed: int, count: int, px: int = 32):
 @pytest.fixture(scope="module")
 def judge():
     train, train_rows = blobs(1, 800)
-    return train_classifier(train, train_rows, steps=200, seed=0)
+    return train_classifier(train, train_rows, steps=300, seed=0)  # the profile's judge_steps: eyes 0.98 here, 0.78 at 200
 
 
 def test_classifier_reads_attributes_of_real_images_and_not_of_noise(judge):

@@ -116,8 +116,9 @@ def test_static_pages_work_with_the_http_driver(tmp_path):
 
 
 def test_items_a_script_adds_after_the_container_are_read_whole(tmp_path):
-    """The container appears at load, its items 400 ms later (page 1) and 1.2 s later (page 3)."""
-    routes = emoji_routes("Blobs", blob_pages(), late_items={1: 400, 3: 1200})
+    """The container appears at load, its items 400 ms later (page 1) and 800 ms later (page 3),
+    both within the default settle_s of 1 s."""
+    routes = emoji_routes("Blobs", blob_pages(), late_items={1: 400, 3: 800})
     with LocalSite(routes) as site:
         [records] = discord.scrape(discord_config(site.url), tmp_path / "raw", tmp_path / "state", {})
     assert [r["page"] for r in records] == [1, 1, 1, 1, 2, 2, 3, 3]

@@ -46,7 +46,7 @@ class DiscordConfig(Section):
     driver: Literal["selenium", "http"] = "selenium"
     page_delay_s: float = Field(1.0, ge=0)  # politeness pause between pages
     page_timeout_s: float = Field(20.0, gt=0)  # explicit wait for the list's items to render
-    settle_s: float = Field(0.5, ge=0)  # the item count unchanged this long = the list is complete (or empty)
+    settle_s: float = Field(1.0, ge=0)  # the item count unchanged this long = the list is complete (or empty)
     retries: int = Field(3, ge=0)  # per page, with exponential backoff
     backoff_s: float = Field(2.0, ge=0)
     selectors: DiscordSelectors = DiscordSelectors()
