@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/train_cached_vs_online.py [--steps 20]
 
 Same UNet (the default profile's), same batch size, same optimizer, side by side:
-- cached: what `train` does: a batch of stored posterior mean/std + cached caption states;
+- cached: what `train` does: a batch of stored posterior mean/std + cached caption states,
+  streamed from a latents folder in the encode stage's format;
 - online: how the diffusers `train_text_to_image.py` example (and the source project)
   train: every step runs the VAE encoder on the batch's images and the text encoder on
   its captions (both frozen, no grad), then the same UNet step.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +34,8 @@ from sdlab.models.text_encoder import encode_prompts, load_text_encoder  # noqa:
 from sdlab.models.unet import build_unet  # noqa: E402
 from sdlab.models.vae import build_vae, encode_moments, to_tensor  # noqa: E402
 from sdlab.sources.synthetic import draw_blob, sample_blob  # noqa: E402
-from sdlab.train import TrainData, make_batch  # noqa: E402
+from sdlab.train import make_batch  # noqa: E402
+from latents_folder import latents_stream  # noqa: E402
 
 
 def blobs(count: int, px: int) -> tuple[torch.Tensor, list[str]]:
@@ -78,10 +81,12 @@ def main() -> None:
         mean, std = encode_moments(vae, images, 256)
         vocabulary = [""] + captions
         text = encode_prompts(tokenizer, text_encoder, vocabulary, 128)
-    data = TrainData({"mean": mean[:, None], "std": std[:, None]}, torch.arange(1, len(captions) + 1), text)
+    folder = tempfile.TemporaryDirectory()
+    stream, conditioning = latents_stream(Path(folder.name), {"mean": mean[:, None], "std": std[:, None]}, text[1:],
+                                          empty, cfg.batch_size)
 
     def cached(step):
-        update(*make_batch(data, step, cfg))
+        update(*make_batch(stream, conditioning, step, cfg, 0, torch.device("cpu")))
 
     def online(step):
         generator = torch.Generator().manual_seed(step)

@@ -6,7 +6,7 @@
   `torch.utils.flop_counter.FlopCounterMode` on one real step of the default profile's
   UNet at its batch size (convolutions, attention, linear layers; elementwise ops are
   not counted, as usual for MFU).
-- Steps/s come from the real step (`make_batch` from cached latents, `training_loss`,
+- Steps/s come from the real step (`make_batch` from latents streamed from a temp folder, `training_loss`,
   backward, clipping, AdamW), after a warm-up step.
 - This machine's dense matmul FLOP/s: fp32 2048x2048 `torch.matmul`, best of 5 rounds,
   with the same thread count.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +33,8 @@ sys.path.insert(0, str(REPO / "src"))
 from sdlab.config import load_params  # noqa: E402
 from sdlab.diffusion import make_noise_scheduler, training_loss  # noqa: E402
 from sdlab.models.unet import build_unet  # noqa: E402
-from sdlab.train import TrainData, make_batch  # noqa: E402
+from sdlab.train import make_batch  # noqa: E402
+from latents_folder import latents_stream  # noqa: E402
 
 H100_BF16_DENSE = 989e12  # FLOP/s, SXM, dense (NVIDIA datasheet)
 ASSUMED_H100_MFU = 0.35  # typical of well-fed diffusion UNet training in bf16
@@ -75,11 +77,13 @@ def main() -> None:
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr)
     scheduler = make_noise_scheduler(cfg)
     mean = torch.randn(1024, 1, channels, latent_px, latent_px)
-    data = TrainData({"mean": mean, "std": torch.full_like(mean, 0.1)}, torch.randint(1, 65, (1024,)),
-                     torch.randn(65, params.text_encoder.max_length, text_dim))
+    states = torch.randn(65, params.text_encoder.max_length, text_dim)
+    folder = tempfile.TemporaryDirectory()
+    stream, conditioning = latents_stream(Path(folder.name), {"mean": mean, "std": torch.full_like(mean, 0.1)},
+                                          states[torch.randint(1, 65, (1024,))], states[0], cfg.batch_size)
 
     def step(s: int) -> None:
-        latents, hidden, generator = make_batch(data, s, cfg)
+        latents, hidden, generator = make_batch(stream, conditioning, s, cfg, 0, torch.device("cpu"))
         loss = training_loss(unet, scheduler, latents, hidden, generator, cfg.noise_offset, cfg.snr_gamma)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,8 @@ def caption_worker(slot: Slot, spec: CaptionSpec) -> None:
     if not jobs:
         return
     captioner = QwenCaptioner(spec.settings, None, spec.precision)
-    writer = CacheWriter(spec.cache_dir, f"part-{slot.rank:03d}-{os.getpid()}")
+    # one part file per process and host: nodes that share the cache folder never append to one file
+    writer = CacheWriter(spec.cache_dir, f"part-{socket.gethostname()}-{slot.rank:03d}-{os.getpid()}")
     images = ShardImages(spec.shards_dir)
     batches = [jobs[i:i + spec.batch_size] for i in range(0, len(jobs), spec.batch_size)]
     for batch in tqdm(batches, desc=f"caption[{slot.rank}]", unit="batch", disable=slot.rank != 0):
