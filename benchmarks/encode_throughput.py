@@ -46,7 +46,7 @@ def make_dataset(root: Path, count: int, params) -> list[dict]:
     records = synthetic.scrape(scrape, root / "raw")
     download = DownloadConfig(**{**params.download.model_dump(), "processes": 2})
     index, _ = download_images(pa.Table.from_pylist(records), download, root / "shards")
-    return [dict(r, caption="blob") for r in index.to_pylist()]
+    return [dict(r, caption="blob", split="train") for r in index.to_pylist()]
 
 
 @torch.no_grad()
@@ -85,8 +85,8 @@ def main() -> None:
             out = root / f"latents-{workers}"
             cfg = EncodeConfig(**{**params.encode.model_dump(), "workers": workers})
             started = time.perf_counter()
-            encode_dataset(rows, str(root / "shards"), str(vae_dir), str(out), params.download.image_px,
-                           cfg, TextEncoderConfig())
+            encode_dataset(pa.Table.from_pylist(rows), str(root / "shards"), str(vae_dir), str(out),
+                           params.download.image_px, cfg, TextEncoderConfig())
             whole = len(rows) / (time.perf_counter() - started)
             # Worker w wrote every workers-th shard; its steady rate is (shards - 1) / (last - first).
             shards = sorted((out / "shards").glob("*.safetensors"))
