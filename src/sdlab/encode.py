@@ -361,11 +361,11 @@ def _join_columns(base: pa.Table, extra: pa.Table) -> pa.Table:
 
 def write_uncond(out: Path, te: TextEncoderConfig, text: str) -> int:
     """uncond.safetensors (the empty prompt); returns the text encoder's hidden width."""
-    tokenizer, model = load_text_encoder(**te.model_dump())
     fingerprint = _digest({"text": text, "encoder": te.model_dump()})
     path = out / "uncond.safetensors"
-    if is_complete(path, fingerprint):
+    if is_complete(path, fingerprint):  # a rerun does not load the encoder
         return int(read_header(path)["width"])
+    tokenizer, model = load_text_encoder(**te.model_dump())
     ids, mask = tokenize(tokenizer, [""])
     tensors = {"input_ids": ids.to(torch.int32), "attention_mask": mask.to(torch.uint8)}
     hidden = encode_prompts(tokenizer, model, [""])

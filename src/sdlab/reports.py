@@ -35,12 +35,15 @@ def sample_grid(images: np.ndarray, labels: list[str], columns: int, label_px: i
     return grid
 
 
+def pick_indices(total: int, count: int, seed: int) -> np.ndarray:
+    """Sorted positions of a reproducible random sample (all of them if there are fewer)."""
+    if total <= count:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(seed).choice(total, size=count, replace=False))
+
+
 def pick_rows(rows: list[dict], count: int, seed: int) -> list[dict]:
-    """A reproducible random sample of rows (all of them if there are fewer)."""
-    if len(rows) <= count:
-        return list(rows)
-    chosen = np.random.default_rng(seed).choice(len(rows), size=count, replace=False)
-    return [rows[i] for i in sorted(chosen)]
+    return [rows[i] for i in pick_indices(len(rows), count, seed)]
 
 
 def load_local(paths: list[str], px: int = SHEET_PX) -> np.ndarray:
@@ -161,9 +164,6 @@ def sheet_of_shards(path: str | Path, rows, shards_dir: str | Path, label=None, 
         table = table.filter(pc.and_(pc.invert(pc.is_null(table["shard"])), pc.not_equal(table["shard"], "")))
     else:
         table = table.slice(0, 0)
-    if table.num_rows > count:
-        chosen = np.sort(np.random.default_rng(seed).choice(table.num_rows, size=count, replace=False))
-        table = table.take(pa.array(chosen))
-    picked = table.to_pylist()
+    picked = table.take(pa.array(pick_indices(table.num_rows, count, seed))).to_pylist()
     default = lambda r: str(r.get("caption") or r.get("title") or r["key"])  # noqa: E731
     write_sheet(path, load_images(shards_dir, picked), [(label or default)(r) for r in picked])

@@ -19,6 +19,7 @@ int token ids) and become tensors without a copy when the step takes them. Resid
 from __future__ import annotations
 
 import bisect
+import functools
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -74,6 +75,7 @@ class LatentStream:
     def __len__(self) -> int:
         return self.samples_per_epoch
 
+    @functools.lru_cache(maxsize=4)
     def epoch_layout(self, epoch: int) -> tuple[list[list[Part]], list[int]]:
         """This epoch's windows (lists of parts) and the stream offset where each starts."""
         order = _rng(self.seed, 7919, epoch).permutation(len(self.parts)).tolist()
