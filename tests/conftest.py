@@ -19,6 +19,52 @@ from sdlab.sources import synthetic
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 
+# Loopback only, even when the code under test is broken: this process and every Python
+# process it starts (sitecustomize on PYTHONPATH) refuse and record non-loopback traffic.
+GUARD_DIR = REPO / "tests" / "netguard"
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(GUARD_DIR), os.environ.get("PYTHONPATH")]))
+if "SDLAB_NETGUARD_LOG" not in os.environ:
+    import tempfile
+    os.environ["SDLAB_NETGUARD_LOG"] = str(Path(tempfile.mkdtemp(prefix="sdlab-netguard-")) / "attempts.jsonl")
+sys.path.insert(0, str(GUARD_DIR))
+import loopback_guard  # noqa: E402
+
+loopback_guard.install()
+
+
+class NetGuard:
+    """What the tests' processes tried to reach outside loopback since the test began."""
+
+    def __init__(self):
+        self.start = len(loopback_guard.attempts())
+
+    def attempts(self) -> list[dict]:
+        return loopback_guard.attempts()[self.start:]
+
+
+@pytest.fixture
+def netguard() -> NetGuard:
+    """For tests that expect refused attempts (and assert on them)."""
+    return NetGuard()
+
+
+# Chromium's own background requests (sync, updates, its search engine's preconnect) pass the
+# scraper's guard proxy, which tries to resolve them: the guard refuses those look-ups (no packet
+# leaves). Tolerated as look-ups only; a connect outside loopback is never tolerated.
+BROWSER_SERVICE_NAMES = ("google.com", "googleapis.com", "gstatic.com", "gvt1.com", "duckduckgo.com")
+
+
+def unexpected(attempts: list[dict]) -> list[dict]:
+    return [a for a in attempts if not (a["what"] == "resolve" and a["target"].endswith(BROWSER_SERVICE_NAMES))]
+
+
+@pytest.fixture(autouse=True)
+def _loopback_only(request):
+    guard = NetGuard()
+    yield
+    if "netguard" not in request.fixturenames:
+        assert not unexpected(guard.attempts()), f"non-loopback network attempts during the test: {guard.attempts()}"
+
 
 def png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
@@ -78,7 +124,7 @@ def project_copy(work: Path, params_yaml: str) -> Path:
 
 def dvc_env(workdir: Path) -> dict:
     return dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", HF_HUB_OFFLINE="1",
-                PYTHONPATH=str(workdir / "src"))  # the copy runs its own code
+                PYTHONPATH=os.pathsep.join([str(workdir / "src"), str(GUARD_DIR)]))  # the copy runs its own code
 
 
 def dvc(workdir: Path, *args: str) -> subprocess.CompletedProcess:

@@ -53,7 +53,8 @@ def blob_site(latency_s: float = 0.0) -> LocalSite:
 
 
 def discord_config(base_url: str, **overrides) -> ScrapeConfig:
-    settings = dict(base_url=base_url, page_delay_s=0, page_timeout_s=6, backoff_s=0.2, browser_args=[LOOPBACK_ONLY])
+    settings = dict(base_url=base_url, page_delay_s=0, page_timeout_s=6, backoff_s=0.2, browser_args=[LOOPBACK_ONLY],
+                    allow_private_networks=True)
     return ScrapeConfig(source="discord", discord=DiscordConfig(**{**settings, **overrides}))
 
 
@@ -89,7 +90,8 @@ def test_browser_scrapes_every_page_rendered_by_javascript(tmp_path):
     assert all(re.fullmatch(r"discord-[0-9a-f]{16}", r["key"]) for r in records)
     assert records[0]["url"] == f"{site.url}/emojis/happy.png"
     assert records[0]["proxy_url"] == f"{site.url}/_next/image?url=%2Femojis%2Fhappy.png&w=128&q=75"
-    assert stats == {"pages_fetched": 4, "pages_resumed": 0, "duplicates_across_pages": 1}
+    assert {k: stats[k] for k in ("pages_fetched", "pages_resumed", "duplicates_across_pages")} == {
+        "pages_fetched": 4, "pages_resumed": 0, "duplicates_across_pages": 1}
     assert requests["/emoji-list/tag/Blobs?page=2"] == 2  # the 500, then the retry
     assert requests["/emoji-list/tag/Blobs?page=4"] == 1  # the empty page ends the walk
     assert "/emoji-list/tag/Blobs?page=5" not in requests
@@ -185,8 +187,9 @@ def discord_params(base_url: str, page_delay_s: float = 0.0) -> str:
     params = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
     params["scrape"] = {"source": "discord", "discord": {
         "base_url": base_url, "tags": ["Blobs"], "page_delay_s": page_delay_s, "page_timeout_s": 6,
-        "backoff_s": 0.2, "browser_args": [LOOPBACK_ONLY]}}
-    params["download"].update({"image_px": 16, "processes": 1, "threads": 8, "timeout_s": 5, "retries": 0})
+        "backoff_s": 0.2, "browser_args": [LOOPBACK_ONLY], "allow_private_networks": True}}
+    params["download"].update({"image_px": 16, "processes": 1, "threads": 8, "timeout_s": 5, "retries": 0,
+                               "allow_private_networks": True})
     params["caption"]["backend"] = "template"
     return yaml.safe_dump(params, allow_unicode=True)
 

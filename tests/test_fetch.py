@@ -48,7 +48,8 @@ def test_every_url_ends_ok_or_failed_with_its_reason(tmp_path):
         secret.write_bytes(RED)
         rows += [{"key": "file", "source": "test", "url": secret.as_uri(), "path": "", "title": "f", "caption": ""},
                  {"key": "ftp", "source": "test", "url": "ftp://127.0.0.1/red.png", "path": "", "title": "f", "caption": ""}]
-        cfg = DownloadConfig(image_px=16, timeout_s=1, retries=0, processes=1, threads=8, shard_size=4)
+        cfg = DownloadConfig(image_px=16, timeout_s=1, retries=0, processes=1, threads=8, shard_size=4,
+                             allow_private_networks=True)
         index, stats = download(pa.Table.from_pylist(rows), cfg, tmp_path / "shards", tmp_path / "cache")
 
     assert index["key"].to_pylist() == [r["key"] for r in rows]  # records in = rows out, same order
@@ -74,7 +75,7 @@ def test_every_url_ends_ok_or_failed_with_its_reason(tmp_path):
 def test_each_url_is_fetched_once_across_filter_changes_source_switches_and_image_px(tmp_path):
     routes = {f"/e{i}.png": Response(image_bytes(distinct_color(i))) for i in range(12)}
     cache = tmp_path / "cache"
-    cfg = DownloadConfig(image_px=16, processes=1, threads=4, shard_size=4, retries=0)
+    cfg = DownloadConfig(image_px=16, processes=1, threads=4, shard_size=4, retries=0, allow_private_networks=True)
     with LocalSite(routes) as site:
         rows = url_rows(site.url, [*routes, "/missing.png"])
         counts = lambda: {path: site.count(path) for path in [*routes, "/missing.png"]}  # noqa: E731
@@ -112,7 +113,7 @@ def test_killed_download_resumes_without_fetching_finished_shards_again(tmp_path
     routes = {f"/e{i}.png": Response(image_bytes(distinct_color(i))) for i in range(48)}
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"download": {"image_px": 16, "shard_size": 6, "processes": 1, "threads": 2,
-                                                   "timeout_s": 5, "retries": 0}}))
+                                                   "timeout_s": 5, "retries": 0, "allow_private_networks": True}}))
     with LocalSite(routes, latency_s=0.25) as site:
         write_table(tmp_path / "records.parquet", pa.Table.from_pylist(url_rows(site.url, list(routes))))
         cache = tmp_path / "cache"

@@ -25,6 +25,16 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 
+def check_networks(setting: bool | list[str]) -> None:
+    import ipaddress
+
+    for cidr in [] if isinstance(setting, bool) else setting:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ValueError(f"allow_private_networks: {cidr!r} is not an address or CIDR range") from None
+
+
 class SyntheticConfig(Section):
     num_images: int = Field(2000, gt=0)
     image_px: int = Field(128, ge=16)
@@ -53,9 +63,14 @@ class DiscordConfig(Section):
     chromium: str = "/usr/bin/chromium"
     chromedriver: str = "/usr/bin/chromedriver"
     browser_args: list[str] = []  # extra Chromium flags (tests pin DNS to loopback with one)
+    # pages (and every request the browser makes) reach public addresses only; true or CIDRs
+    # let private ones through (tests' local site)
+    allow_private_networks: bool | list[str] = False
+    max_page_bytes: int = Field(20_000_000, gt=0)  # driver http
 
     @model_validator(mode="after")
     def _check(self) -> "DiscordConfig":
+        check_networks(self.allow_private_networks)
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError("base_url: must start with http:// or https://")
         if not self.tags:
@@ -146,6 +161,17 @@ class DownloadConfig(Section):
     retries: int = Field(2, ge=0)
     distributor: Literal["multiprocessing", "pyspark", "ray"] = "multiprocessing"
     user_agent_token: str | None = None  # honours X-Robots-Tag noai for this token (and for all)
+    # hostile URLs: only public addresses are fetched (checked per redirect hop, at most 5 hops);
+    # true lets loopback/private hosts through (tests' local servers), a list of CIDRs only those
+    allow_private_networks: bool | list[str] = False
+    max_bytes: int = Field(20_000_000, gt=0)  # a larger body fails as too_large, read no further
+    deadline_s: float = Field(60.0, gt=0)  # per URL, whole fetch; a slower body fails as timeout
+
+
+    @model_validator(mode="after")
+    def _check_networks(self) -> "DownloadConfig":
+        check_networks(self.allow_private_networks)
+        return self
 
 
 class DedupeConfig(Section):

@@ -9,6 +9,9 @@ back fetch only new URLs, and a kill resumes the unfinished batch's missing shar
 then validates and resizes each record's cached original with the same code as local files
 (`prepare_image`: `image_px`, `min_side_px`, `max_aspect_ratio`, `max_image_pixels`), so a
 change of those fetches nothing. Failed URLs are cached with their reason too.
+
+img2dataset fetches through `public_http` (see `img2dataset_public`): public addresses only,
+checked at every redirect, bodies bounded by `max_bytes` and `deadline_s`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -31,11 +33,11 @@ from sdlab.data.images import ImageRejected, prepare_image
 from sdlab.data.records import DataError
 from sdlab.data.shards import read_shard, shard_name, write_shard
 from sdlab.io import write_table
-
-FETCHED_SCHEMES = ("http", "https")
+from sdlab.public_http import SCHEMES, FetchPolicy, network_policy
 
 # img2dataset's error_message -> our reason, first match wins.
 REASONS: tuple[tuple[str, str], ...] = (
+    (r"^(blocked_address|unsupported_scheme|too_many_redirects|too_large|timeout|bad_url):", "{0}"),
     (r"HTTP Error (\d{3})", "http_{0}"),
     (r"timed out", "timeout"),
     (r"X-Robots-Tag", "robots_disallowed"),
@@ -63,7 +65,13 @@ def is_fetchable(url: str) -> bool:
         parts = urlsplit(url)
     except ValueError:
         return False
-    return parts.scheme.lower() in FETCHED_SCHEMES and bool(parts.netloc)
+    return parts.scheme.lower() in SCHEMES and bool(parts.netloc)
+
+
+def fetch_policy(cfg: DownloadConfig) -> FetchPolicy:
+    allow_all, allowed = network_policy(cfg.allow_private_networks)
+    return FetchPolicy(allow_private_networks=allow_all, allowed_networks=allowed, max_bytes=cfg.max_bytes,
+                       timeout_s=cfg.timeout_s, deadline_s=cfg.deadline_s)
 
 
 def batch_id(urls: list[str]) -> str:
@@ -73,17 +81,17 @@ def batch_id(urls: list[str]) -> str:
 def run_img2dataset(url_list: Path, output: Path, cfg: DownloadConfig) -> None:
     """img2dataset over `url_list` (parquet: url) into `output`, keeping original bytes and
     resuming finished shards. Call from under `if __name__ == "__main__":` (spawned workers)."""
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    from img2dataset import download
+    from sdlab.data.img2dataset_public import download, public_fetches
 
-    download(
-        url_list=str(url_list), input_format="parquet", url_col="url", output_folder=str(output),
-        output_format="webdataset", disable_all_reencoding=True, compute_hash="md5", extract_exif=False,
-        processes_count=cfg.processes, thread_count=cfg.threads, timeout=cfg.timeout_s,
-        retries=cfg.retries, distributor=cfg.distributor, number_sample_per_shard=cfg.shard_size,
-        incremental_mode="incremental", user_agent_token=cfg.user_agent_token,
-        disallowed_header_directives=["noai", "noimageai", "noindex", "noimageindex"],
-    )
+    with public_fetches(fetch_policy(cfg)):
+        download(
+            url_list=str(url_list), input_format="parquet", url_col="url", output_folder=str(output),
+            output_format="webdataset", disable_all_reencoding=True, compute_hash="md5", extract_exif=False,
+            processes_count=cfg.processes, thread_count=cfg.threads, timeout=cfg.timeout_s,
+            retries=cfg.retries, distributor=cfg.distributor, number_sample_per_shard=cfg.shard_size,
+            incremental_mode="incremental", user_agent_token=cfg.user_agent_token,
+            disallowed_header_directives=["noai", "noimageai", "noindex", "noimageindex"],
+        )
 
 
 def batch_complete(batch: Path) -> bool:

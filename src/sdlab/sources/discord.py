@@ -135,7 +135,7 @@ def scrape(config: ScrapeConfig, out_dir: Path, state_dir: Path, stats: dict) ->
     progress = PageProgress(state_dir, cfg)
     records: list[dict] = []
     seen: set[str] = set()
-    fetched = resumed = duplicates = 0
+    fetched = resumed = duplicates = refused = 0
     pages: Pages | None = None
     try:
         for tag in cfg.tags:
@@ -172,7 +172,11 @@ def scrape(config: ScrapeConfig, out_dir: Path, state_dir: Path, stats: dict) ->
                                     "caption": "", "tag": tag, "page": number})
     finally:
         if pages is not None:
+            refused = len(pages.refused)
+            for what in pages.refused[:10]:
+                log.warning("refused a request of the page walk: %s", what)
             pages.close()
     progress.finish()
-    stats.update({"pages_fetched": fetched, "pages_resumed": resumed, "duplicates_across_pages": duplicates})
+    stats.update({"pages_fetched": fetched, "pages_resumed": resumed, "duplicates_across_pages": duplicates,
+                  "refused_requests": refused})
     return [records]

@@ -28,14 +28,20 @@ class Response:
     delay_s: float = 0.0  # before the headers: beyond a client's timeout it times out
     fail_first: int = 0  # answer 500 this many times, then succeed
     headers: dict[str, str] = field(default_factory=dict)
+    # hostile bodies: `body` repeated without end (chunked), or sent a chunk every drip_s seconds
+    endless: bool = False
+    drip_s: float = 0.0
+    declared_length: int | None = None  # a Content-Length other than the body's
 
 
 class LocalSite:
-    """`with LocalSite(routes) as site:` serves `routes` (path with query -> Response) at `site.url`."""
+    """`with LocalSite(routes) as site:` serves `routes` (path with query -> Response) at `site.url`.
+    `host` is any loopback address (127.0.0.2 for a second, separately allowed host)."""
 
-    def __init__(self, routes: dict[str, Response] | None = None, latency_s: float = 0.0):
+    def __init__(self, routes: dict[str, Response] | None = None, latency_s: float = 0.0, host: str = "127.0.0.1"):
         self.routes: dict[str, Response] = dict(routes or {})
         self.latency_s = latency_s
+        self.host = host
         self.requests: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -64,14 +70,37 @@ class LocalSite:
                     self._send(404, b"not found", "text/plain", {})
                 elif seen <= response.fail_first:
                     self._send(500, b"internal error", "text/plain", {})
+                elif response.endless or response.drip_s:
+                    self._stream(response)
                 else:
-                    self._send(response.status, response.body, response.content_type, response.headers)
+                    self._send(response.status, response.body, response.content_type, response.headers,
+                               response.declared_length)
 
-            def _send(self, status: int, body: bytes, content_type: str, headers: dict) -> None:
+            def _stream(self, response: Response) -> None:
+                """Chunked: `body` forever (endless) or once, a chunk every drip_s seconds."""
+                try:
+                    self.send_response(response.status)
+                    self.send_header("Content-Type", response.content_type)
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    deadline = time.monotonic() + 60  # a server thread never outlives a test by much
+                    pieces = [response.body[i:i + 16] for i in range(0, len(response.body), 16)] or [b"x"]
+                    sent = 0
+                    while time.monotonic() < deadline and (response.endless or sent < len(pieces)):
+                        piece = response.body if response.endless else pieces[sent]
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                        sent += 1
+                        time.sleep(response.drip_s)
+                    self.wfile.write(b"0\r\n\r\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def _send(self, status: int, body: bytes, content_type: str, headers: dict,
+                      declared: int | None = None) -> None:
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", content_type)
-                    self.send_header("Content-Length", str(len(body)))
+                    self.send_header("Content-Length", str(len(body) if declared is None else declared))
                     for name, value in headers.items():
                         self.send_header(name, value)
                     self.end_headers()
@@ -83,7 +112,7 @@ class LocalSite:
             request_queue_size = 1024  # the default backlog of 5 drops bursts of connections
             daemon_threads = True
 
-        self._server = Server(("127.0.0.1", 0), Handler)
+        self._server = Server((self.host, 0), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
