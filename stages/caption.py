@@ -25,9 +25,10 @@ def main(args, params):
     by_reason = {c["values"]: c["counts"] for c in counts if c["values"]}
     stats = {"captioned": rows.num_rows, "fallbacks": sum(by_reason.values()), "by_reason": dict(sorted(by_reason.items())),
              "empty": int(pc.sum(pc.equal(captions, "")).as_py() or 0), **result.stats}
+    stats["sheet_unreadable"] = sheet_of_shards(
+        Path(args.report) / "sheet.png", table.select(["key", "caption"]).append_column("shard", rows["shard"]),
+        args.shards, max_pixels=params.download.max_image_pixels)
     write_json(Path(args.report) / "stats.json", stats)
-    sheet_of_shards(Path(args.report) / "sheet.png", table.select(["key", "caption"]).append_column("shard", rows["shard"]),
-                    args.shards)
     print(f"caption: {rows.num_rows} captions ({stats['fallbacks']} fallbacks {stats['by_reason']})")
 
 

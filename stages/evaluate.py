@@ -32,13 +32,13 @@ def main(args, params):
                       cfg.guidance_scale, cfg.batch_size)
     metrics = {"heldout_loss": float(np.mean(list(losses.values()))),
                "heldout_loss_by_t": {str(t): v for t, v in losses.items()}, "num_samples": len(rows)}
-    real = load_images(args.shards, rows)  # the real val images behind the prompts
+    real = load_images(args.shards, rows, params.download.max_image_pixels)  # the real val images behind the prompts
     if "skin_color" in rows[0]:  # the synthetic source: attributes are ground truth
         train_rows = first_rows(latents_dir / "index.parquet", 4000, "split", "train").to_pylist()
-        metrics.update(judge_samples(images, rows, real, load_images(args.shards, train_rows), train_rows,
+        metrics.update(judge_samples(images, rows, real, load_images(args.shards, train_rows, params.download.max_image_pixels), train_rows,
                                      cfg.judge_steps, cfg.seed))
     if cfg.inception_weights:  # the standard features: only then the standard names
-        metrics["fid_inception"], metrics["kid_inception"] = fid_kid(inception_extractor(cfg.inception_weights),
+        metrics["fid_inception"], metrics["kid_inception"] = fid_kid(inception_extractor(cfg.inception_weights, cfg.inception_sha256),
                                                                      real, images)
     if cfg.clip_model:
         metrics["clip_score"] = clip_score(cfg.clip_model, images, prompts)
@@ -51,7 +51,7 @@ def main(args, params):
     curves = {f"train/{name}": read_curve(Path(args.curves) / "train" / f"{name}.tsv", name)
               for name in ("loss", "lr", "grad_norm", "samples_per_s")}
     sampling = {k: getattr(cfg, k) for k in ("scheduler", "num_inference_steps", "guidance_scale", "num_samples", "seed")}
-    (out / "report.html").write_text(report_html(metrics, grid, sweep, note, curves, sampling))
+    (out / "report.html").write_text(report_html(metrics, grid, sweep, note, curves, sampling, prompts))
     write_json(out / "metrics.json", metrics)
     print(f"evaluate: {metrics}")
 

@@ -16,11 +16,12 @@ def main(args, params):
     records, out = require_table(args.records), Path(args.out)
     check_columns(pq.read_schema(records).names, REQUIRED_COLUMNS, str(records))
     stats, head = filter_file(records, out / "records.parquet", out / "dropped.parquet", params.filter)
-    write_json(Path(args.report) / "stats.json", stats)
     if stats["kept"] == 0:
+        write_json(Path(args.report) / "stats.json", stats)
         raise DataError(f"every one of {stats['input']} records was dropped: {stats['dropped_by_reason']} "
                         "(loosen the filter params)")
-    sheet_of_records(Path(args.report) / "sheet.png", head, label="caption")
+    stats["sheet_unreadable"] = sheet_of_records(Path(args.report) / "sheet.png", head, label="caption")
+    write_json(Path(args.report) / "stats.json", stats)
     print(f"filter: kept {stats['kept']} of {stats['input']}; dropped {stats['dropped_by_reason']}")
 
 

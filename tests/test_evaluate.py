@@ -1,3 +1,4 @@
+import hashlib
 import subprocess
 import sys
 
@@ -147,7 +148,8 @@ def test_standard_inception_fid_loads_its_weights_from_a_local_file(tmp_path, mo
         patch.setattr(fidelity.torch, "load", lambda *a, **k: {})
         torch.save(NoTrainInceptionV3("inception-v3-compat", ["2048"], "unused").state_dict(),
                    tmp_path / "inception.pth")
-    extractor = inception_extractor(str(tmp_path / "inception.pth"))
+    digest = hashlib.sha256((tmp_path / "inception.pth").read_bytes()).hexdigest()
+    extractor = inception_extractor(str(tmp_path / "inception.pth"), digest)
     images, _ = real_blobs(6)
     features = extractor(torch.from_numpy(images).permute(0, 3, 1, 2))
     assert features.shape == (6, 2048)
@@ -155,3 +157,19 @@ def test_standard_inception_fid_loads_its_weights_from_a_local_file(tmp_path, mo
     assert abs(fid_self) < 1e-2
     with pytest.raises(ConfigError, match="evaluate.inception_weights: file not found"):
         inception_extractor(str(tmp_path / "missing.pth"))
+
+
+def test_inception_weights_are_checked_before_they_are_unpickled(tmp_path, monkeypatch):
+    from sdlab.config import ConfigError
+    from sdlab.evaluate import inception_extractor
+    import torch_fidelity.feature_extractor_inceptionv3 as fidelity
+
+    unpickled = []
+    monkeypatch.setattr(fidelity.torch, "load", lambda *a, **k: unpickled.append(a) or {})
+    hostile = tmp_path / "pt_inception-2015-12-05-6726825d.pth"  # the right name, other bytes
+    hostile.write_bytes(b"\x80\x04 not the published pickle")
+    with pytest.raises(ConfigError, match=r"evaluate.inception_weights: .* has sha256 [0-9a-f]{64}, expected 6726825d"):
+        inception_extractor(str(hostile))
+    with pytest.raises(ConfigError, match="expected 0123abcd"):
+        inception_extractor(str(hostile), "0123abcd")
+    assert unpickled == []  # refused before torch.load

@@ -14,7 +14,7 @@ from sdlab.reports import curve_svg, read_curve, report_html, sheet_of_records
 
 def blob_grid(records, count=8):
     from sdlab.reports import load_local
-    return load_local([r["path"] for r in records[:count]])
+    return load_local([r["path"] for r in records[:count]])[0]
 
 
 def test_sheet_of_records_shows_sampled_images_with_titles(blob_records, tmp_path):

@@ -147,6 +147,12 @@ class FilterConfig(Section):
     laion: LaionFilterConfig | None = None  # metadata rules; `{}` for the recipe defaults
     batch_rows: int = Field(262_144, gt=0)  # rows per streamed batch
 
+    @model_validator(mode="after")
+    def _check_tags(self) -> "FilterConfig":
+        if self.allowed_tags is not None and not self.allowed_tags:
+            raise ValueError("allowed_tags: an empty list drops every record; use null to allow all tags")
+        return self
+
 
 class DownloadConfig(Section):
     image_px: int = Field(32, ge=8)
@@ -200,6 +206,21 @@ class CaptionConfig(Section):
     threads_per_worker: int | None = Field(None, gt=0)  # CPU; null: all cores in one worker
     precision: Literal["fp32", "fp16", "bf16"] = "bf16"  # on GPUs; CPUs always use fp32
 
+    @model_validator(mode="after")
+    def _check_ranges(self) -> "CaptionConfig":
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars: {self.min_chars} is above max_chars {self.max_chars}")
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels: {self.min_pixels} is above max_pixels {self.max_pixels}")
+        return self
+
+
+def check_channels(channels: list[int]) -> None:
+    if not channels:
+        raise ValueError("block_out_channels: must not be empty")
+    if any(c <= 0 for c in channels):
+        raise ValueError(f"block_out_channels: every channel count must be > 0, got {channels}")
+
 
 class VaeConfig(Section):
     pretrained: str | None = None
@@ -215,8 +236,7 @@ class VaeConfig(Section):
 
     @model_validator(mode="after")
     def _check_channels(self) -> "VaeConfig":
-        if not self.block_out_channels:
-            raise ValueError("block_out_channels: must not be empty")
+        check_channels(self.block_out_channels)
         return self
 
 
@@ -252,6 +272,7 @@ class UnetConfig(Section):
 
     @model_validator(mode="after")
     def _check_levels(self) -> "UnetConfig":
+        check_channels(self.block_out_channels)
         if len(self.cross_attention_levels) != len(self.block_out_channels):
             raise ValueError("cross_attention_levels: needs one entry per block_out_channels entry")
         return self
@@ -309,12 +330,14 @@ class TrainConfig(Section):
             raise ValueError("pretrained: required when init is pretrained (a hub id or a local diffusers folder)")
         if self.trainable != "all" and self.init != "pretrained":
             raise ValueError(f"trainable: {self.trainable} fine-tunes a pretrained UNet; set init: pretrained")
+        if self.warmup_steps > self.max_steps:
+            raise ValueError(f"warmup_steps: {self.warmup_steps} is above max_steps {self.max_steps}")
         return self
 
 
 class EvaluateConfig(Section):
     scheduler: Literal["dpm_solver_multistep", "ddim", "euler", "euler_ancestral", "pndm", "unipc"] = "dpm_solver_multistep"
-    num_samples: int = Field(64, gt=0)
+    num_samples: int = Field(64, ge=2)  # FID/KID need at least two samples
     num_inference_steps: int = Field(20, gt=0)
     guidance_scale: float = Field(5.0, ge=1)
     batch_size: int = Field(32, gt=0)
@@ -326,7 +349,15 @@ class EvaluateConfig(Section):
     judge_steps: int = Field(300, ge=1)  # training steps of the attribute classifier (synthetic source)
     clip_model: str | None = None  # hub id or local folder of a CLIP model: adds clip_score
     inception_weights: str | None = None  # torch-fidelity's pt_inception-2015-12-05 file: adds fid/kid_inception
+    # its sha256 is checked before it is unpickled: null = the published file (6726825d...)
+    inception_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{8,64}$")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_sweep(self) -> "EvaluateConfig":
+        if any(scale < 1 for scale in self.guidance_sweep):
+            raise ValueError(f"guidance_sweep: every scale must be >= 1 (1 = no guidance), got {self.guidance_sweep}")
+        return self
 
 
 class Params(Section):

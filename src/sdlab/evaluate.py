@@ -183,11 +183,34 @@ def clip_score(model_name_or_path: str, images: np.ndarray, prompts: list[str]) 
     return float(metric.compute())
 
 
-def inception_extractor(weights_path: str) -> torch.nn.Module:
-    """The standard FID InceptionV3 (2048-d pool features), weights from a local file."""
+# torch-fidelity's pt_inception-2015-12-05-6726825d.pth: by torch.hub's convention the name's
+# hash is the start of the file's sha256 (what `torch.hub.download_url_to_file` checks).
+INCEPTION_SHA256_PREFIX = "6726825d"
+
+
+def check_weights_file(path: str, sha256: str | None, key: str = "evaluate.inception_weights") -> None:
+    """Refuse a weights file before it is unpickled unless its sha256 is the published one
+    (`sha256` pins the whole digest; else the published file's prefix)."""
+    import hashlib
+
+    if not Path(path).is_file():
+        raise ConfigError(f"{key}: file not found: {path}")
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    actual = digest.hexdigest()
+    expected = (sha256 or INCEPTION_SHA256_PREFIX).lower()
+    if not actual.startswith(expected):
+        raise ConfigError(f"{key}: {path} has sha256 {actual}, expected {expected}{'' if sha256 else '...'} "
+                          "(the published file); refusing to unpickle it")
+
+
+def inception_extractor(weights_path: str, sha256: str | None = None) -> torch.nn.Module:
+    """The standard FID InceptionV3 (2048-d pool features), weights from a local file checked
+    against its published sha256 first (torch-fidelity unpickles it)."""
     from torchmetrics.image.fid import NoTrainInceptionV3
 
-    if not Path(weights_path).is_file():
-        raise ConfigError(f"evaluate.inception_weights: file not found: {weights_path}")
+    check_weights_file(weights_path, sha256)
     return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
                               feature_extractor_weights_path=weights_path)

@@ -6,13 +6,15 @@ import base64
 import html
 import io
 import json
+import os
 import textwrap
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from sdlab.data.images import composite_on_white, fit_square
+from sdlab.data.images import DEFAULT_MAX_PIXELS, ImageRejected, composite_on_white, decode, fit_square
+from sdlab.prompts import safe_title
 
 SHEET_PX = 64
 
@@ -30,7 +32,7 @@ def sample_grid(images: np.ndarray, labels: list[str], columns: int, label_px: i
         x, y = (i % columns) * width, (i // columns) * (cell + label_px)
         tile = Image.fromarray(image).resize((cell, cell), Image.Resampling.NEAREST)
         grid.paste(tile, (x + (width - cell) // 2, y))
-        text = "\n".join(textwrap.wrap(label, width=width // 5)[:5])
+        text = "\n".join(textwrap.wrap(safe_title(label, 300), width=width // 5)[:5])
         draw.multiline_text((x + 2, y + cell + 1), text, fill="black", font=font, spacing=0)
     return grid
 
@@ -46,17 +48,21 @@ def pick_rows(rows: list[dict], count: int, seed: int) -> list[dict]:
     return [rows[i] for i in pick_indices(len(rows), count, seed)]
 
 
-def load_local(paths: list[str], px: int = SHEET_PX) -> np.ndarray:
-    """uint8 (N, px, px, 3) thumbnails of local image files; unreadable ones are grey."""
-    thumbs = []
-    for path in paths:
+def load_local(paths: list[str], px: int = SHEET_PX, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_bytes: int = 50_000_000) -> tuple[np.ndarray, list[int]]:
+    """uint8 (N, px, px, 3) thumbnails of the readable local image files, and the positions
+    skipped (missing, larger than `max_bytes`, a bomb over `max_pixels`, bad bytes)."""
+    thumbs, skipped = [], []
+    for i, path in enumerate(paths):
         try:
-            with Image.open(path) as image:
-                image.seek(0)
-                thumbs.append(np.asarray(fit_square(composite_on_white(image), px)))
-        except (OSError, ValueError):
-            thumbs.append(np.full((px, px, 3), 128, np.uint8))
-    return np.stack(thumbs) if thumbs else np.zeros((0, px, px, 3), np.uint8)
+            if os.path.getsize(path) > max_bytes:
+                raise ImageRejected("too_large", f"{path}: over {max_bytes} bytes")
+            with open(path, "rb") as handle:
+                image = decode(handle.read(), max_pixels)
+            thumbs.append(np.asarray(fit_square(composite_on_white(image), px)))
+        except (OSError, ImageRejected):
+            skipped.append(i)
+    return (np.stack(thumbs) if thumbs else np.zeros((0, px, px, 3), np.uint8)), skipped
 
 
 def write_sheet(path: str | Path, images: np.ndarray, labels: list[str], columns: int = 8) -> None:
@@ -118,8 +124,10 @@ def _flatten(metrics: dict, prefix: str = "") -> list[tuple[str, object]]:
 
 
 def report_html(metrics: dict, grid: Image.Image, sweep: Image.Image | None, sweep_note: str,
-                curves: dict[str, list[tuple[float, float]]], params: dict) -> str:
-    """One self-contained page: metrics, sample grid, guidance sweep, training curves."""
+                curves: dict[str, list[tuple[float, float]]], params: dict, prompts: list[str] = ()) -> str:
+    """One self-contained page: metrics, sample grid (with its prompts as escaped text: they are
+    captions of scraped data), guidance sweep, training curves."""
+    prompt_list = "".join(f"<li>{html.escape(p)}</li>" for p in prompts)
     table = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>" if isinstance(v, float)
                     else f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
                     for k, v in _flatten(metrics))
@@ -134,27 +142,33 @@ td{{border:1px solid #ccc;padding:2px 8px;font-size:13px}}img{{max-width:100%;im
 <p>Sampling: {html.escape(json.dumps(params, sort_keys=True))}</p>
 <h2>Metrics</h2><table>{table}</table>
 <h2>Samples for held-out prompts (fixed seeds)</h2><img alt="samples" src="{png_data_uri(grid)}">
+<ol class="prompts">{prompt_list}</ol>
 {sweep_html}
 <h2>Training curves</h2>{charts or "<p>no training curves found</p>"}
 </body></html>
 """
 
 
-def sheet_of_records(path: str | Path, rows: list[dict], label: str, count: int = 32, seed: int = 0) -> None:
-    """Contact sheet of records that point at local files (`path`); skipped for URL-only sources."""
+def sheet_of_records(path: str | Path, rows: list[dict], label: str, count: int = 32, seed: int = 0,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """Contact sheet of records that point at local files (`path`); skipped for URL-only sources.
+    Returns how many picked images were unreadable (skipped, not drawn)."""
     rows = [r for r in pick_rows(rows, count, seed) if r.get("path")]
-    write_sheet(path, load_local([r["path"] for r in rows]), [str(r.get(label) or r.get("title") or "") for r in rows])
+    images, skipped = load_local([r["path"] for r in rows], max_pixels=max_pixels)
+    rows = [r for i, r in enumerate(rows) if i not in set(skipped)]
+    write_sheet(path, images, [str(r.get(label) or r.get("title") or "") for r in rows])
+    return len(skipped)
 
 
 def sheet_of_shards(path: str | Path, rows, shards_dir: str | Path, label=None, count: int = 32,
-                    seed: int = 0) -> None:
+                    seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
     """Contact sheet of packed images: `rows` is an index table (or its parquet path) with `key`
     and `shard`; `label(row)` names each picked image. Only the picked rows become Python dicts."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from sdlab.data.shards import load_images
+    from sdlab.data.shards import iter_images
 
     if isinstance(rows, (str, Path)):
         wanted = ("key", "shard", "split", "title", "caption")
@@ -166,4 +180,8 @@ def sheet_of_shards(path: str | Path, rows, shards_dir: str | Path, label=None, 
         table = table.slice(0, 0)
     picked = table.take(pa.array(pick_indices(table.num_rows, count, seed))).to_pylist()
     default = lambda r: str(r.get("caption") or r.get("title") or r["key"])  # noqa: E731
-    write_sheet(path, load_images(shards_dir, picked), [(label or default)(r) for r in picked])
+    readable = sorted((i, image) for i, image in iter_images(shards_dir, picked, max_pixels)
+                      if not isinstance(image, ImageRejected))
+    images = np.stack([image for _, image in readable]) if readable else np.zeros((0, SHEET_PX, SHEET_PX, 3), np.uint8)
+    write_sheet(path, images, [(label or default)(picked[i]) for i, _ in readable])
+    return len(picked) - len(readable)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from sdlab.prompts import safe_title, title_message
 from sdlab.workers import device_and_dtype
 
 
@@ -32,7 +33,7 @@ class GenerationSettings:
     def cache_key(self, md5: str, pixels: str, title: str) -> str:
         """Identifies one caption: the image (original bytes and the pixels shown), the title as
         it enters the prompt, the model, the prompt, how it was generated."""
-        used_title = title if "{title}" in self.prompt else ""
+        used_title = safe_title(title) if "{title}" in self.prompt else ""
         blob = json.dumps({"md5": md5, "pixels": pixels, "title": used_title, "model": self.model,
                            "prompt": self.prompt, "max_new_tokens": self.max_new_tokens,
                            "min_pixels": self.min_pixels, "max_pixels": self.max_pixels}, sort_keys=True)
@@ -43,9 +44,13 @@ class GenerationSettings:
         return hashlib.sha256(self.prompt.encode()).hexdigest()[:12]
 
 
-def fill_prompt(prompt: str, title: str) -> str:
-    """The instruction with the image's title in place of `{title}` (other braces stay)."""
-    return prompt.replace("{title}", title)
+def conversation(prompt: str, image: Image.Image, title: str, min_pixels: int, max_pixels: int) -> list[dict]:
+    """Instruction (system) apart from data (user: the image, then the cleaned title labelled
+    as data). The title enters only when the prompt mentions `{title}`."""
+    content = [{"type": "image", "image": image, "min_pixels": min_pixels, "max_pixels": max_pixels}]
+    if "{title}" in prompt:
+        content.append({"type": "text", "text": title_message(safe_title(title))})
+    return [{"role": "system", "content": [{"type": "text", "text": prompt}]}, {"role": "user", "content": content}]
 
 
 _DEBRIS = re.compile(r"^(assistant|answer|caption)\s*[:\n]\s*", re.I)
@@ -68,6 +73,7 @@ def validate_caption(caption: str, title: str, min_chars: int, max_chars: int, r
         return "too_short"
     if len(caption) > max_chars:
         return "too_long"
+    title = safe_title(title)
     if require_title and title and title.lower() not in caption.lower():
         return "missing_title"
     return ""
@@ -89,10 +95,7 @@ class QwenCaptioner:
         self.model = self.model.to(self.device).eval()
 
     def messages(self, image: Image.Image, title: str) -> list[dict]:
-        content = [{"type": "image", "image": image, "min_pixels": self.settings.min_pixels,
-                    "max_pixels": self.settings.max_pixels},
-                   {"type": "text", "text": fill_prompt(self.settings.prompt, title)}]
-        return [{"role": "user", "content": content}]
+        return conversation(self.settings.prompt, image, title, self.settings.min_pixels, self.settings.max_pixels)
 
     @torch.no_grad()
     def generate(self, images: list[Image.Image], titles: list[str]) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import string
 
 from sdlab.config import CaptionConfig
+from sdlab.prompts import safe_title
 
 
 def template_fields(template: str) -> list[str]:
@@ -12,7 +13,10 @@ def template_fields(template: str) -> list[str]:
 
 
 def caption_record(row: dict, cfg: CaptionConfig) -> tuple[str, str]:
-    """(caption, reason): reason is '' for the full template, else why it fell back."""
+    """(caption, reason): reason is '' for the full template, else why it fell back. The title
+    enters cleaned (`safe_title`): it is scraped data."""
+    if "title" in row:
+        row = {**row, "title": safe_title(row["title"] or "")}
     missing = [f for f in template_fields(cfg.template) if not str(row.get(f) or "").strip()]
     if not missing:
         return cfg.template.format_map(row).strip(), ""

@@ -37,7 +37,7 @@ from sdlab.public_http import SCHEMES, FetchPolicy, network_policy
 
 # img2dataset's error_message -> our reason, first match wins.
 REASONS: tuple[tuple[str, str], ...] = (
-    (r"^(blocked_address|unsupported_scheme|too_many_redirects|too_large|timeout|bad_url):", "{0}"),
+    (r"^(blocked_address|unsupported_scheme|too_many_redirects|too_large|timeout|bad_url|connection_error):", "{0}"),
     (r"HTTP Error (\d{3})", "http_{0}"),
     (r"timed out", "timeout"),
     (r"X-Robots-Tag", "robots_disallowed"),

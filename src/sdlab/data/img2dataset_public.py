@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import io
 import os
+import socket
 import sys
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations calls out at import otherwise
@@ -35,6 +36,10 @@ def download_image_public(row, timeout, user_agent_token, disallowed_header_dire
         response = fetch_public(url, dataclasses.replace(policy, timeout_s=timeout, user_agent=agent))
     except FetchRefused as exc:
         return key, None, str(exc)
+    except (socket.timeout, TimeoutError) as exc:
+        return key, None, f"timeout: {exc}"
+    except OSError as exc:  # refused, reset, unresolvable: the network said no
+        return key, None, f"connection_error: {type(exc).__name__}: {exc}"
     except Exception as exc:  # noqa: BLE001 (img2dataset's contract: the message, per row)
         return key, None, f"{type(exc).__name__}: {exc}"
     if response.status >= 300:

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import webdataset as wds
-from PIL import Image
+
+from sdlab.data.images import DEFAULT_MAX_PIXELS, ImageRejected, decode
+from sdlab.data.records import DataError
 
 
 def shard_name(index: int) -> str:
@@ -38,27 +40,41 @@ def read_shard(path: str | Path) -> dict[str, dict]:
     return samples
 
 
-def png_to_array(data: bytes) -> np.ndarray:
-    """uint8 (H, W, 3) array of a PNG/JPEG sample."""
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+def png_to_array(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """uint8 (H, W, 3) array of a PNG/JPEG sample; ImageRejected (too_large from the header,
+    decode_error) for a bomb or bad bytes."""
+    return np.asarray(decode(data, max_pixels).convert("RGB"))
 
 
-def sample_image(sample: dict) -> np.ndarray:
+def sample_image(sample: dict, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """uint8 (H, W, 3) image of one shard sample ({extension: bytes})."""
-    return png_to_array(sample["png"] if "png" in sample else sample["jpg"])
+    return png_to_array(sample.get("png") or sample.get("jpg") or b"", max_pixels)
 
 
-def load_images(shards_dir: str | Path, index_rows: list[dict]) -> np.ndarray:
-    """uint8 (N, H, W, 3) images for index rows (`key`, `shard`), in row order."""
+def iter_images(shards_dir: str | Path, index_rows: list[dict], max_pixels: int = DEFAULT_MAX_PIXELS):
+    """(position, image or ImageRejected) for index rows (`key`, `shard`), each shard read once."""
     by_shard: dict[str, list[int]] = {}
     for i, row in enumerate(index_rows):
         by_shard.setdefault(row["shard"], []).append(i)
-    out: list[np.ndarray | None] = [None] * len(index_rows)
     for shard, positions in by_shard.items():
         samples = read_shard(Path(shards_dir) / shard)
         for i in positions:
             key = index_rows[i]["key"]
             if key not in samples:
                 raise KeyError(f"{shard}: sample {key!r} listed in the index is missing")
-            out[i] = sample_image(samples[key])
+            try:
+                yield i, sample_image(samples[key], max_pixels)
+            except ImageRejected as exc:
+                yield i, exc
+
+
+def load_images(shards_dir: str | Path, index_rows: list[dict], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """uint8 (N, H, W, 3) images for index rows (`key`, `shard`), in row order; an unreadable
+    image raises DataError naming its shard and key."""
+    out: list[np.ndarray | None] = [None] * len(index_rows)
+    for i, image in iter_images(shards_dir, index_rows, max_pixels):
+        if isinstance(image, ImageRejected):
+            row = index_rows[i]
+            raise DataError(f"{row['shard']}: sample {row['key']!r} is unreadable: {image}")
+        out[i] = image
     return np.stack(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
