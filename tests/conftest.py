@@ -28,8 +28,10 @@ if "SDLAB_NETGUARD_LOG" not in os.environ:
     os.environ["SDLAB_NETGUARD_LOG"] = str(Path(tempfile.mkdtemp(prefix="sdlab-netguard-")) / "attempts.jsonl")
 sys.path.insert(0, str(GUARD_DIR))
 import loopback_guard  # noqa: E402
+import socket  # noqa: E402
 
-loopback_guard.install()
+loopback_guard.install()  # the socket guard: resolve/connect/sendto outside loopback refused and recorded
+assert socket.socket.connect is loopback_guard.connect and socket.getaddrinfo is loopback_guard.getaddrinfo
 
 
 class NetGuard:

@@ -155,7 +155,8 @@ def sheet_of_records(path: str | Path, rows: list[dict], label: str, count: int 
     Returns how many picked images were unreadable (skipped, not drawn)."""
     rows = [r for r in pick_rows(rows, count, seed) if r.get("path")]
     images, skipped = load_local([r["path"] for r in rows], max_pixels=max_pixels)
-    rows = [r for i, r in enumerate(rows) if i not in set(skipped)]
+    unreadable = set(skipped)
+    rows = [r for i, r in enumerate(rows) if i not in unreadable]
     write_sheet(path, images, [str(r.get(label) or r.get("title") or "") for r in rows])
     return len(skipped)
 

@@ -87,14 +87,26 @@ def gethostbyname(name):
     return getaddrinfo(name, None, socket.AF_INET)[0][4][0]
 
 
-def _is_loopback(address) -> bool:
-    try:
-        ip = ipaddress.ip_address(str(address[0]).split("%")[0])
-    except ValueError:
-        return False
+def _is_loopback_ip(text: str) -> bool:
+    ip = ipaddress.ip_address(text.split("%")[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
     return ip.is_loopback
+
+
+def _is_loopback(address) -> bool:
+    """A connect target (IP or name: socket.connect resolves names itself) that is loopback;
+    a name goes through the guarded resolver above (unknown names are refused there)."""
+    host = str(address[0])
+    try:
+        return _is_loopback_ip(host)
+    except ValueError:
+        pass
+    try:
+        answers = getaddrinfo(host, address[1], type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return False
+    return all(_is_loopback_ip(sockaddr[0]) for *_, sockaddr in answers)
 
 
 def _check(sock, address) -> bool:
