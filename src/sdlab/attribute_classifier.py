@@ -33,8 +33,10 @@ class AttributeClassifier(nn.Module):
                                  nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU(),
                                  nn.MaxPool2d(2))
 
+        # the 4x4 map is flattened, not averaged: where a stroke is (brow above the eye, arc
+        # opening up or down) is what tells the classes apart
         self.trunk = nn.Sequential(block(3, width), block(width, 2 * width), block(2 * width, 4 * width),
-                                   nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, 128), nn.SiLU())
+                                   nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(16 * 4 * width, 128), nn.SiLU())
         self.heads = nn.ModuleDict({name: nn.Linear(128, len(values)) for name, values in CLASSES.items()})
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -58,6 +60,7 @@ def train_classifier(images: np.ndarray, rows: list[dict], steps: int, seed: int
     model = AttributeClassifier()
     x, y = to_tensor(images), labels(rows)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 1), pct_start=0.15)
     model.train()
     for _ in tqdm(range(steps), desc="judge", unit="step"):
         ids = torch.randint(len(x), (min(batch_size, len(x)),), generator=generator)
@@ -68,6 +71,7 @@ def train_classifier(images: np.ndarray, rows: list[dict], steps: int, seed: int
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        schedule.step()
     return model.eval()
 
 

@@ -74,71 +74,88 @@ def sample_blob(rng: np.random.Generator) -> Blob:
         mouth=pick(MOUTHS),
         expression=pick(EXPRESSIONS),
         action=pick(ACTIONS),
-        scale=float(rng.uniform(0.78, 0.92)),
-        dx=float(rng.uniform(-0.03, 0.03)),
-        dy=float(rng.uniform(-0.03, 0.03)),
+        scale=float(rng.uniform(0.86, 0.96)),
+        dx=float(rng.uniform(-0.02, 0.02)),
+        dy=float(rng.uniform(-0.02, 0.02)),
     )
 
 
 def _head_box(blob: Blob, size: int) -> tuple[float, float, float, float]:
     w = h = blob.scale * size
     if blob.head_shape == "tall":
-        w *= 0.72
+        w *= 0.74
     elif blob.head_shape == "wide":
-        h *= 0.68
+        h *= 0.74
     cx, cy = size * (0.5 + blob.dx), size * (0.5 + blob.dy)
     return cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+
+
+# Face layout in units u = (shorter side of the head) / 14, so every feature keeps its size
+# relative to the head whatever its shape, and strokes are >= 1.5 px at a 32 px image.
+EYE_DX, EYE_Y, BROW_Y, MOUTH_Y = 3.2, -1.2, -3.9, 3.3
+
+
+def _stroke(u: float, weight: float = 1.0) -> int:
+    return max(1, round(1.1 * weight * u))
 
 
 def _draw_eyes(draw: ImageDraw.ImageDraw, blob: Blob, ex: list[float], ey: float, u: float) -> None:
     for x in ex:
         if blob.eyes == "dot":
-            draw.ellipse((x - u, ey - u, x + u, ey + u), fill=INK)
-        elif blob.eyes == "oval":
-            draw.ellipse((x - 0.8 * u, ey - 1.8 * u, x + 0.8 * u, ey + 1.8 * u), fill=INK)
-        elif blob.eyes == "closed":
-            draw.arc((x - 1.6 * u, ey - 1.2 * u, x + 1.6 * u, ey + 1.2 * u), 200, 340, fill=INK, width=max(1, int(0.6 * u)))
-        else:  # big: white sclera with a pupil
-            draw.ellipse((x - 2 * u, ey - 2 * u, x + 2 * u, ey + 2 * u), fill=(255, 255, 255, 255), outline=INK, width=max(1, int(0.4 * u)))
             draw.ellipse((x - 0.9 * u, ey - 0.9 * u, x + 0.9 * u, ey + 0.9 * u), fill=INK)
+        elif blob.eyes == "oval":
+            draw.ellipse((x - 0.8 * u, ey - 1.9 * u, x + 0.8 * u, ey + 1.9 * u), fill=INK)
+        elif blob.eyes == "closed":  # a thick ^ arc
+            draw.arc((x - 1.6 * u, ey - 0.6 * u, x + 1.6 * u, ey + 2.4 * u), 200, 340, fill=INK, width=_stroke(u))
+        else:  # big: white sclera with a pupil
+            draw.ellipse((x - 1.8 * u, ey - 1.8 * u, x + 1.8 * u, ey + 1.8 * u), fill=(255, 255, 255, 255),
+                         outline=INK, width=_stroke(u, 0.5))
+            draw.ellipse((x - 0.8 * u, ey - 0.8 * u, x + 0.8 * u, ey + 0.8 * u), fill=INK)
 
 
 def _draw_brows(draw: ImageDraw.ImageDraw, blob: Blob, ex: list[float], ey: float, u: float) -> None:
-    width = max(1, int(0.6 * u))
+    """The expression, drawn as thick brows: angry slants down to the nose, sad up to it,
+    happy arcs low, surprised arcs high above the eyes, neutral has none."""
+    width, by = _stroke(u), ey + BROW_Y * u - EYE_Y * u
     for side, x in zip((-1, 1), ex):
-        inner, outer = x - side * 1.8 * u, x + side * 1.8 * u
-        if blob.expression == "angry":  # slanted down toward the nose
-            draw.line((outer, ey - 4 * u, inner, ey - 2.6 * u), fill=INK, width=width)
-        elif blob.expression == "sad":  # slanted up toward the nose
-            draw.line((outer, ey - 2.6 * u, inner, ey - 4 * u), fill=INK, width=width)
+        inner, outer = x - side * 1.7 * u, x + side * 1.7 * u
+        if blob.expression == "angry":
+            draw.line((outer, by - 1.2 * u, inner, by + 0.9 * u), fill=INK, width=width)
+        elif blob.expression == "sad":
+            draw.line((outer, by + 0.9 * u, inner, by - 1.2 * u), fill=INK, width=width)
         elif blob.expression == "happy":
-            draw.arc((x - 1.8 * u, ey - 4.6 * u, x + 1.8 * u, ey - 2.4 * u), 200, 340, fill=INK, width=width)
-        elif blob.expression == "surprised":  # raised high
-            draw.arc((x - 1.8 * u, ey - 6.2 * u, x + 1.8 * u, ey - 4.0 * u), 200, 340, fill=INK, width=width)
+            draw.arc((x - 1.7 * u, by - 0.4 * u, x + 1.7 * u, by + 2.2 * u), 200, 340, fill=INK, width=width)
+        elif blob.expression == "surprised":
+            draw.arc((x - 1.7 * u, by - 2.4 * u, x + 1.7 * u, by + 0.2 * u), 200, 340, fill=INK, width=width)
 
 
 def _draw_mouth(draw: ImageDraw.ImageDraw, blob: Blob, cx: float, my: float, u: float) -> None:
-    width = max(1, int(0.7 * u))
-    if blob.mouth == "smiling":
-        draw.arc((cx - 4 * u, my - 3 * u, cx + 4 * u, my + 1.5 * u), 20, 160, fill=INK, width=width)
-    elif blob.mouth == "frowning":
-        draw.arc((cx - 4 * u, my, cx + 4 * u, my + 4 * u), 200, 340, fill=INK, width=width)
-    elif blob.mouth == "open":
-        draw.ellipse((cx - 2.2 * u, my - 1.2 * u, cx + 2.2 * u, my + 2.6 * u), fill=INK)
+    width = _stroke(u, 1.2)
+    if blob.mouth == "smiling":  # a U
+        draw.arc((cx - 3.2 * u, my - 2.6 * u, cx + 3.2 * u, my + 1.4 * u), 15, 165, fill=INK, width=width)
+    elif blob.mouth == "frowning":  # an upside-down U
+        draw.arc((cx - 3.2 * u, my - 0.8 * u, cx + 3.2 * u, my + 3.2 * u), 195, 345, fill=INK, width=width)
+    elif blob.mouth == "open":  # a filled O
+        draw.ellipse((cx - 1.7 * u, my - 1.3 * u, cx + 1.7 * u, my + 1.9 * u), fill=INK)
     else:
-        draw.line((cx - 3.5 * u, my, cx + 3.5 * u, my), fill=INK, width=width)
+        draw.line((cx - 3.0 * u, my + 0.3 * u, cx + 3.0 * u, my + 0.3 * u), fill=INK, width=width)
 
 
 def _draw_action(draw: ImageDraw.ImageDraw, blob: Blob, ex: list[float], ey: float, box, u: float) -> None:
-    if blob.action == "blushing":
+    """Outlined in ink, so each mark shows on every skin color."""
+    outline = _stroke(u, 0.45)
+    if blob.action == "blushing":  # a cheek patch with two hatch strokes, under each eye
         for x in ex:
-            draw.ellipse((x - 2.2 * u, ey + 2 * u, x + 2.2 * u, ey + 3.4 * u), fill=BLUSH)
-    elif blob.action == "crying":
-        x = ex[0]
-        draw.ellipse((x - 1.1 * u, ey + 2 * u, x + 1.1 * u, ey + 5 * u), fill=TEAR)
-    elif blob.action == "sweating":
-        x, y = box[2] - 0.22 * (box[2] - box[0]), box[1] + 0.22 * (box[3] - box[1])
-        draw.ellipse((x - 1.3 * u, y - 1.3 * u, x + 1.3 * u, y + 2.2 * u), fill=TEAR)
+            draw.ellipse((x - 1.6 * u, ey + 1.9 * u, x + 1.6 * u, ey + 3.3 * u), fill=BLUSH, outline=INK, width=outline)
+    elif blob.action == "crying":  # a tear stream under the outer side of each eye
+        for side, x in zip((-1, 1), ex):
+            x += side * 0.9 * u
+            draw.rounded_rectangle((x - 0.7 * u, ey + 1.4 * u, x + 0.7 * u, ey + 3.9 * u), radius=0.7 * u,
+                                   fill=TEAR, outline=INK, width=outline)
+    elif blob.action == "sweating":  # a big drop on the upper right of the head
+        x, y = box[2] - 0.2 * (box[2] - box[0]), box[1] + 0.2 * (box[3] - box[1])
+        draw.polygon([(x, y - 2.6 * u), (x - 1.3 * u, y), (x + 1.3 * u, y)], fill=TEAR)
+        draw.ellipse((x - 1.4 * u, y - 1.0 * u, x + 1.4 * u, y + 1.8 * u), fill=TEAR, outline=INK, width=outline)
 
 
 def draw_blob(blob: Blob, image_px: int) -> Image.Image:
@@ -149,16 +166,16 @@ def draw_blob(blob: Blob, image_px: int) -> Image.Image:
     box = _head_box(blob, size)
     skin = SKIN_COLORS[blob.skin_color] + (255,)
     if blob.head_shape == "square":
-        draw.rounded_rectangle(box, radius=0.22 * (box[2] - box[0]), fill=skin)
+        draw.rounded_rectangle(box, radius=0.2 * min(box[2] - box[0], box[3] - box[1]), fill=skin)
     else:
         draw.ellipse(box, fill=skin)
-    u = (box[2] - box[0]) / 24 if blob.head_shape != "tall" else (box[2] - box[0]) / 18
+    u = min(box[2] - box[0], box[3] - box[1]) / 14
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    ex, ey = [cx - 5 * u, cx + 5 * u], cy - 1.5 * u
+    ex, ey = [cx - EYE_DX * u, cx + EYE_DX * u], cy + EYE_Y * u
+    _draw_action(draw, blob, ex, ey, box, u)
     _draw_eyes(draw, blob, ex, ey, u)
     _draw_brows(draw, blob, ex, ey, u)
-    _draw_mouth(draw, blob, cx, cy + 4.5 * u, u)
-    _draw_action(draw, blob, ex, ey, box, u)
+    _draw_mouth(draw, blob, cx, cy + MOUTH_Y * u, u)
     return image.resize((image_px, image_px), Image.Resampling.LANCZOS)
 
 
