@@ -70,8 +70,8 @@ def main() -> None:
     scheduler = make_noise_scheduler(cfg)
     empty = encode_prompts(tokenizer, text_encoder, [""])[0]
 
-    def update(latents, hidden, generator):
-        loss = training_loss(unet, scheduler, latents, hidden, generator)
+    def update(latents, hidden, mask, generator):
+        loss = training_loss(unet, scheduler, latents, hidden, generator, mask=mask)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
         optimizer.step()
@@ -95,7 +95,7 @@ def main() -> None:
             dist = vae.encode(images[ids]).latent_dist
             latents = sample_latents(dist.mean, dist.std, generator) * vae.config.scaling_factor
             hidden = encode_prompts(tokenizer, text_encoder, [captions[i] for i in ids], cfg.batch_size)
-        update(latents, drop_captions(hidden, empty, cfg.caption_dropout, generator), generator)
+        update(latents, drop_captions(hidden, empty, cfg.caption_dropout, generator)[0], None, generator)
 
     print(f"UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params, batch {cfg.batch_size}, "
           f"{px} px images -> {latent_px}x{latent_px} latents, {torch.get_num_threads()} threads, {args.steps} steps")

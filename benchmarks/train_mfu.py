@@ -83,7 +83,7 @@ def main() -> None:
                                           states[torch.randint(1, 65, (1024,))], states[0], cfg.batch_size)
 
     def step(s: int) -> None:
-        latents, hidden, generator = make_batch(stream, conditioning, s, cfg, 0, torch.device("cpu"))
+        latents, hidden, _, generator = make_batch(stream, conditioning, s, cfg, 0, torch.device("cpu"))
         loss = training_loss(unet, scheduler, latents, hidden, generator, cfg.noise_offset, cfg.snr_gamma)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)

@@ -17,7 +17,8 @@ def main(args, params):
     rows = kept_rows(pq.read_table(index, columns=["key", "shard", "split"]),
                      pq.read_table(captions, columns=["key", "caption"]))
     meta = encode_dataset(rows, args.shards, args.vae, args.out, params.download.image_px,
-                          params.encode, params.text_encoder, records=index)
+                          params.encode, params.text_encoder, records=index,
+                          text_mask=params.train.denoiser == "transformer")  # as PixArt's pipeline encodes
     stats = {"images": meta["images"], "shards": len(meta["shards"]),
              "train": sum(s["train"] for s in meta["shards"]), "val": sum(s["val"] for s in meta["shards"])}
     write_json(Path(args.report) / "stats.json", stats)

@@ -1,4 +1,5 @@
-"""DVC stage `train`: the UNet on latents streamed from disk; checkpoints persist, the pipeline is exported.
+"""DVC stage `train`: the denoiser (UNet or Transformer) on latents streamed from disk; checkpoints
+persist, the pipeline is exported.
 
 With `train.num_processes > 1` (or `train.accelerate_config`) it re-runs itself under
 `accelerate launch`; every rank then streams only its share of the latent shards.
@@ -20,7 +21,7 @@ from sdlab.latents import read_meta
 from sdlab.launch import relaunch_if_needed
 from sdlab.models.pipeline import build_pipeline, export_pipeline
 from sdlab.models.text_encoder import load_text_encoder
-from sdlab.models.unet import make_unet
+from sdlab.models.denoiser import make_denoiser
 from sdlab.reports import sample_grid
 from sdlab.stage import parse_args, stage
 from sdlab.stream import LatentStream, rank_parts
@@ -56,8 +57,12 @@ def main(args, params):
     stream = LatentStream(latents_dir, rank_parts(meta["shards"], rank, world), batch_size, cfg.seed,
                           cfg.shuffle_shards)
     tokenizer, text_encoder = load_text_encoder(**meta["text_encoder"], load_model=main_process or meta["text"] == "tokens")
-    conditioning = conditioning_for(latents_dir, meta["text"], text_encoder)
-    unet = make_unet(cfg, meta["latent_shape"][1], meta["latent_shape"][0], cross_attention_dim=meta["text_dim"])
+    masked = cfg.denoiser == "transformer"
+    if masked != meta.get("text_mask", False):
+        raise DataError(f"train.denoiser: {cfg.denoiser} needs text states encoded {'with' if masked else 'without'} "
+                        f"the attention mask; {latents_dir} has them {'with' if not masked else 'without'} (rerun encode)")
+    conditioning = conditioning_for(latents_dir, meta["text"], text_encoder, masked)
+    unet = make_denoiser(cfg, meta["latent_shape"][1], meta["latent_shape"][0], meta["text_dim"])
     run_dir = Path(args.checkpoints) / run_identity(cfg, data_fingerprint(latents_dir), world)
     resuming = prepare_run(run_dir, cfg.keep_runs, live_dir) if main_process else False
     accelerator.wait_for_everyone()
@@ -75,7 +80,8 @@ def main(args, params):
     stream.close()
     if main_process:
         (live_dir / "plots" / "images").mkdir(parents=True, exist_ok=True)  # a DVC plots out
-        summary.update(train_samples=sum(per_rank), unet_parameters=sum(p.numel() for p in unet.parameters()),
+        summary.update(train_samples=sum(per_rank), denoiser=cfg.denoiser,
+                       unet_parameters=sum(p.numel() for p in unet.parameters()),
                        trainable_parameters=sum(p.numel() for p in unet.parameters() if p.requires_grad))
         export_pipeline(unet, cfg, vae, tokenizer, text_encoder, Path(args.out))  # merges LoRA into unet
         write_json(Path(args.report) / "stats.json", summary)

@@ -15,7 +15,7 @@ from sdlab.latents import SPLIT_CODES, latent_path, save_checked, text_path
 
 def write_latents(root: Path, images: int, shard_size: int, shape=(4, 8, 8), text: str = "states", text_dim: int = 16,
                   length: int = 5, val_every: int = 0, seed: int = 0, views: int = 1, store: str = "distribution",
-                  poison: bool = False, text_encoder: dict | None = None) -> dict:
+                  poison: bool = False, text_encoder: dict | None = None, text_mask: bool = False) -> dict:
     """A latents folder of `images` rows in shards of `shard_size`; every `val_every`-th row is val."""
     generator = torch.Generator().manual_seed(seed)
     shards = []
@@ -33,6 +33,8 @@ def write_latents(root: Path, images: int, shard_size: int, shape=(4, 8, 8), tex
         conditioning = {"split": split}
         if text == "states":
             conditioning["hidden"] = torch.randn(rows, length, text_dim, generator=generator).half()
+            if text_mask:  # states encoded with the mask (the transformer's), stored beside them
+                conditioning["attention_mask"] = torch.ones(rows, length, dtype=torch.uint8)
         else:
             conditioning["input_ids"] = torch.randint(0, 1000, (rows, length), generator=generator, dtype=torch.int32)
             conditioning["attention_mask"] = torch.ones(rows, length, dtype=torch.uint8)
@@ -46,7 +48,7 @@ def write_latents(root: Path, images: int, shard_size: int, shape=(4, 8, 8), tex
         uncond["hidden"] = torch.zeros(1, length, text_dim).half()
     save_checked(root / "uncond.safetensors", uncond, "uncond", width=text_dim)
     meta = {"latent_shape": list(shape), "store": store, "views": views, "text": text, "text_dim": text_dim,
-            "images": images, "shards": shards, "scaling_factor": 1.0, "dtype": "float16",
+            "images": images, "shards": shards, "scaling_factor": 1.0, "dtype": "float16", "text_mask": text_mask,
             "text_encoder": text_encoder or {"pretrained": None, "max_length": length}}
     (root / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
     index = [{"key": f"k{i:09d}", "split": "val" if val_every and i % val_every == val_every - 1 else "train",

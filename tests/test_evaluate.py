@@ -29,10 +29,9 @@ def real_blobs(count: int, px: int = 32):
 
 def test_adherence_is_perfect_on_real_images_and_near_chance_on_noise():
     images, rows = real_blobs(200)
-    assert adherence(images, rows) == {"skin_color": 1.0, "head_shape": 1.0}
+    assert adherence(images, rows) == {"skin_color": 1.0}
     noise = np.random.default_rng(0).integers(0, 256, images.shape, dtype=np.uint8)
-    scores = adherence(noise, rows)
-    assert scores["skin_color"] < 0.3 and scores["head_shape"] < 0.4
+    assert adherence(noise, rows)["skin_color"] < 0.3
 
 
 def test_adherence_catches_the_wrong_color():

@@ -88,7 +88,16 @@ def test_evaluation_metrics_and_grid(repo):
     assert metrics["fid_blob_judge"] > 0 and "fid_inception" not in metrics  # a substitute, named as one
     assert (repo / "reports/evaluate/samples.png").stat().st_size > 1000
     page = (repo / "reports/evaluate/report.html").read_text()
-    assert page.count("data:image/png;base64,") == 2 and "heldout_loss" in page and "<polyline" in page
+    # grid, sweep, one strip per attribute, real vs generated, VAE reconstructions
+    assert page.count("data:image/png;base64,") == 2 + 6 + 2 and "heldout_loss" in page and "<polyline" in page
+    overview = page[:page.index("Samples for held-out prompts")]  # what a person sees first
+    assert "steps of batch" in overview and "judge on real val images" in overview and "chance" in overview
+    assert all(f"only {a} varies" in overview for a in metrics["adherence"])
+    assert metrics["chance"]["skin_color"] == 1 / 8 and metrics["chance"]["expression"] == 1 / 5
+    assert set(metrics["judge_accuracy_on_vae_reconstructions"]) == set(metrics["adherence"])
+    assert metrics["vae_reconstruction_psnr_db"] > 5
+    assert 0 < metrics["colour_histogram_distance_real_vs_real"] < 1 and 0 < metrics["colour_histogram_distance"] <= 1
+    assert {"kid_vae_latent", "kid_vae_latent_real_vs_real"} <= set(metrics)
     for stage in ["scrape", "filter", "download", "dedupe", "caption"]:  # contact sheets of the data stages
         from PIL import Image
         assert Image.open(repo / f"reports/{stage}/sheet.png").size[0] >= 4 * 120
@@ -133,3 +142,19 @@ def test_changing_only_train_lr_reruns_only_train_and_evaluate(repo):
     stats = json.loads((repo / "reports/train/stats.json").read_text())
     assert stats["start_step"] == 0 and stats["run"] != first["run"]  # a new run, not resumed
     assert (repo / "models/checkpoints" / first["run"]).is_dir()  # and the old run is kept
+
+
+def test_switching_to_the_transformer_rewrites_only_text_states_and_exports_pixart(repo):
+    latents = {p: p.read_bytes() for p in sorted((repo / "data/latents/shards").glob("*")) if p.is_file()}
+    text = {p: p.read_bytes() for p in sorted((repo / "data/latents/text").glob("*")) if p.is_file()}
+    edit_params(repo, "train", denoiser="transformer")
+    assert ran(dvc(repo, "repro").stdout) == ["encode", "train", "evaluate"]
+    assert {p: p.read_bytes() for p in latents} == latents  # the VAE latents are kept
+    assert all(p.read_bytes() != before for p, before in text.items())  # states re-encoded with the mask
+    assert json.loads((repo / "data/latents/meta.json").read_text())["text_mask"] is True
+    index = json.loads((repo / "models/pipeline/model_index.json").read_text())
+    assert index["_class_name"] == "PixArtAlphaPipeline"
+    stats = json.loads((repo / "reports/train/stats.json").read_text())
+    assert stats["denoiser"] == "transformer" and stats["start_step"] == 0 and stats["final_step"] == 30
+    metrics = json.loads((repo / "reports/evaluate/metrics.json").read_text())
+    assert metrics["heldout_loss"] > 0 and set(metrics["adherence"]) == set(metrics["judge_accuracy_on_real"])

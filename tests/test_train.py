@@ -166,7 +166,7 @@ def test_sampled_store_with_flipped_views_draws_both_views(tmp_path):
     write_latents(root, images=10, shard_size=5, shape=(4, 4, 4), text_dim=16, views=2, store="sample")
     source = stream(root)
     stored = source.batch(0)
-    latents, _, _ = make_batch(source, conditioning(), 0, CFG, 0, torch.device("cpu"))
+    latents, _, _, _ = make_batch(source, conditioning(), 0, CFG, 0, torch.device("cpu"))
     matches = [[torch.equal(latents[i].half(), stored["sample"][i, v]) for v in range(2)] for i in range(4)]
     picked = {row.index(True) for row in matches}
     assert all(any(row) for row in matches) and picked == {0, 1}  # each row is one of its views; both occur

@@ -23,7 +23,8 @@ from safetensors.torch import load_file
 from conftest import REPO, packed_blobs
 from sdlab.config import EncodeConfig, TextEncoderConfig, TrainConfig, UnetConfig, VaeConfig
 from sdlab.encode import encode_dataset
-from sdlab.models.unet import build_unet, select_trainable
+from sdlab.models.denoiser import select_trainable
+from sdlab.models.unet import build_unet
 from sdlab.models.vae import build_vae
 
 TINY_UNET = {"block_out_channels": [16, 32], "layers_per_block": 1, "attention_head_dim": 4,

@@ -1,4 +1,4 @@
-"""`sdlab` command line: `sdlab generate` samples images from any SD-1.x-layout pipeline folder."""
+"""`sdlab` command line: `sdlab generate` samples images from a trained pipeline folder (SD-1.x layout or PixArt-alpha)."""
 
 from __future__ import annotations
 

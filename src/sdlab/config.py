@@ -278,8 +278,19 @@ class UnetConfig(Section):
         return self
 
 
+class TransformerConfig(Section):
+    """A PixArt-alpha style DiT (diffusers `PixArtTransformer2DModel`): patches of the latent
+    as tokens, adaLN-single timestep modulation, cross-attention to the text states."""
+    num_layers: int = Field(6, gt=0)
+    num_attention_heads: int = Field(8, gt=0)
+    attention_head_dim: int = Field(32, gt=0)
+    patch_size: int = Field(1, gt=0)  # must divide the latent side
+
+
 class TrainConfig(Section):
+    denoiser: Literal["unet", "transformer"] = "unet"  # transformer: exported as a PixArtAlphaPipeline
     unet: UnetConfig = UnetConfig()
+    transformer: TransformerConfig = TransformerConfig()
     # what is trained: a UNet built from `unet` (scratch) or loaded from `pretrained`
     init: Literal["scratch", "pretrained"] = "scratch"
     pretrained: str | None = None  # hub id or local diffusers folder (e.g. CompVis/stable-diffusion-v1-4)
@@ -329,7 +340,10 @@ class TrainConfig(Section):
         if self.init == "pretrained" and not self.pretrained:
             raise ValueError("pretrained: required when init is pretrained (a hub id or a local diffusers folder)")
         if self.trainable != "all" and self.init != "pretrained":
-            raise ValueError(f"trainable: {self.trainable} fine-tunes a pretrained UNet; set init: pretrained")
+            raise ValueError(f"trainable: {self.trainable} fine-tunes a pretrained model; set init: pretrained")
+        if self.trainable == "lora" and self.denoiser != "unet":
+            raise ValueError("trainable: lora needs denoiser: unet (diffusers' PixArt transformer takes no adapters); "
+                             "use all or cross_attention")
         if self.warmup_steps > self.max_steps:
             raise ValueError(f"warmup_steps: {self.warmup_steps} is above max_steps {self.max_steps}")
         return self

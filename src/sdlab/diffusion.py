@@ -1,6 +1,6 @@
 """The training objective, apart from the network: noise, timesteps, CFG dropout.
 
-The UNet knows nothing about noise; these functions take it as an argument.
+The denoiser knows nothing about noise; these functions take it as an argument.
 """
 
 from __future__ import annotations
@@ -24,11 +24,16 @@ def sample_latents(mean: torch.Tensor, std: torch.Tensor, generator: torch.Gener
     return mean + std * torch.randn(mean.shape, generator=generator)
 
 
-def drop_captions(hidden: torch.Tensor, empty: torch.Tensor, prob: float, generator: torch.Generator) -> torch.Tensor:
+def drop_captions(hidden: torch.Tensor, empty: torch.Tensor, prob: float, generator: torch.Generator,
+                  mask: torch.Tensor | None = None, empty_mask: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Replace a `prob` fraction of captions by the empty prompt, for classifier-free
-    guidance (Ho & Salimans, arXiv:2207.12598)."""
+    guidance (Ho & Salimans, arXiv:2207.12598); with attention masks, theirs too."""
     drop = (torch.rand(hidden.shape[0], generator=generator) < prob).to(hidden.device)
-    return torch.where(drop[:, None, None], empty.expand_as(hidden), hidden)
+    hidden = torch.where(drop[:, None, None], empty.expand_as(hidden), hidden)
+    if mask is not None:
+        mask = torch.where(drop[:, None], empty_mask.to(mask.device).expand_as(mask), mask)
+    return hidden, mask
 
 
 def offset_noise(shape: torch.Size, offset: float, generator: torch.Generator) -> torch.Tensor:
@@ -58,22 +63,25 @@ def min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: fl
 
 
 def denoising_loss(unet, scheduler: DDPMScheduler, latents: torch.Tensor, hidden: torch.Tensor,
-                   timesteps: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """MSE between the UNet's prediction and its target at the given timesteps, per sample."""
+                   timesteps: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE between the denoiser's prediction and its target at the given timesteps, per sample
+    (`mask`: the text attention mask, for denoisers that take one)."""
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    prediction = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
+    masked = {} if mask is None else {"encoder_attention_mask": mask}
+    prediction = unet(noisy, timesteps, encoder_hidden_states=hidden, **masked).sample
     target = denoising_target(scheduler, latents, noise, timesteps)
     return F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
 
 
 def training_loss(unet, scheduler: DDPMScheduler, latents: torch.Tensor, hidden: torch.Tensor,
-                  generator: torch.Generator, noise_offset: float = 0.0, snr_gamma: float | None = None) -> torch.Tensor:
+                  generator: torch.Generator, noise_offset: float = 0.0, snr_gamma: float | None = None,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean (optionally min-SNR weighted) loss at uniformly drawn timesteps with fresh noise."""
     noise = offset_noise(latents.shape, noise_offset, generator)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
     device = latents.device
     timesteps, noise = timesteps.to(device), noise.to(device)
-    losses = denoising_loss(unet, scheduler, latents, hidden, timesteps, noise)
+    losses = denoising_loss(unet, scheduler, latents, hidden, timesteps, noise, mask)
     if snr_gamma is not None:
         losses = losses * min_snr_weights(scheduler, timesteps, snr_gamma)
     return losses.mean()

@@ -8,7 +8,9 @@ of workers (one per GPU; see `sdlab.workers`) and split across nodes with no coo
    by the batch, not the shard), scaled posterior mean+std (or one draw), fp16. Its
    fingerprint covers the tar's bytes (sha256), the VAE weights and the latent recipe.
 2. text: split codes and conditioning for the same rows (`encode.text`: `states` =
-   text-encoder hidden states, `tokens` = token ids only). Its fingerprint covers the
+   text-encoder hidden states, `tokens` = token ids only; for `train.denoiser: transformer`
+   the states are encoded with the attention mask, stored beside them, as PixArt's pipeline
+   does). Its fingerprint covers the
    latents' fingerprint, the keys, captions and splits of that shard, and the encoder.
 
 Storage per image, fp16: store=sample costs C*h*w*2 bytes, store=distribution twice that,
@@ -87,6 +89,7 @@ class EncodeSpec:
     precision: str  # fp32 | fp16 | bf16 (accelerators only)
     latent_shape: tuple[int, int, int]  # (C, h, w) every latent row must have
     jobs: tuple = field(default_factory=tuple)  # this node's jobs
+    text_mask: bool = False  # states encoded with the attention mask, which is stored too (PixArt)
 
     def latent_fingerprint(self, tar_sha256: str) -> str:
         parts = {"vae": self.vae_fingerprint, "tar": tar_sha256, "store": self.store, "flip": self.flip,
@@ -95,7 +98,7 @@ class EncodeSpec:
 
     def text_fingerprint(self, latents_fingerprint: str, job: ShardJob) -> str:
         parts = {"text": self.text, "encoder": self.text_encoder, "latents": latents_fingerprint,
-                 "plan": job.plan_digest}
+                 "plan": job.plan_digest, **({"mask": True} if self.text_mask else {})}
         return _digest(parts)
 
 
@@ -220,17 +223,21 @@ class TextConditioner:
         positions = [i for i, k in enumerate(keys) if k in kept]
         captions = [kept[keys[i]][0] for i in positions]
         index = torch.tensor(positions, dtype=torch.long)
+        ids, mask = tokenize(self.tokenizer, captions)
+        attention_mask = torch.zeros(len(keys), ids.shape[1], dtype=torch.uint8)
+        attention_mask[index] = mask.to(torch.uint8)
         if self.spec.text == "tokens":
-            ids, mask = tokenize(self.tokenizer, captions)
             input_ids = torch.zeros(len(keys), ids.shape[1], dtype=torch.int32)
-            attention_mask = torch.zeros(len(keys), ids.shape[1], dtype=torch.uint8)
-            input_ids[index], attention_mask[index] = ids.to(torch.int32), mask.to(torch.uint8)
+            input_ids[index] = ids.to(torch.int32)
             return {"split": split, "input_ids": input_ids, "attention_mask": attention_mask}
         distinct = list(dict.fromkeys(captions))
-        states = encode_prompts(self.tokenizer, self.model, distinct, self.spec.batch_size, self.device)
+        states = encode_prompts(self.tokenizer, self.model, distinct, self.spec.batch_size, self.device,
+                                masked=self.spec.text_mask)
         where = {caption: i for i, caption in enumerate(distinct)}
         hidden = torch.zeros(len(keys), *states.shape[1:], dtype=STORAGE_DTYPE)
         hidden[index] = states[[where[c] for c in captions]].to(STORAGE_DTYPE)
+        if self.spec.text_mask:
+            return {"split": split, "hidden": hidden, "attention_mask": attention_mask}
         return {"split": split, "hidden": hidden}
 
 
@@ -359,16 +366,16 @@ def _join_columns(base: pa.Table, extra: pa.Table) -> pa.Table:
     return base
 
 
-def write_uncond(out: Path, te: TextEncoderConfig, text: str) -> int:
+def write_uncond(out: Path, te: TextEncoderConfig, text: str, text_mask: bool = False) -> int:
     """uncond.safetensors (the empty prompt); returns the text encoder's hidden width."""
-    fingerprint = _digest({"text": text, "encoder": te.model_dump()})
+    fingerprint = _digest({"text": text, "encoder": te.model_dump(), **({"mask": True} if text_mask else {})})
     path = out / "uncond.safetensors"
     if is_complete(path, fingerprint):  # a rerun does not load the encoder
         return int(read_header(path)["width"])
     tokenizer, model = load_text_encoder(**te.model_dump())
     ids, mask = tokenize(tokenizer, [""])
     tensors = {"input_ids": ids.to(torch.int32), "attention_mask": mask.to(torch.uint8)}
-    hidden = encode_prompts(tokenizer, model, [""])
+    hidden = encode_prompts(tokenizer, model, [""], masked=text_mask)
     if text == "states":
         tensors["hidden"] = hidden.to(STORAGE_DTYPE)
     save_checked(path, tensors, fingerprint, width=int(hidden.shape[-1]))
@@ -376,7 +383,8 @@ def write_uncond(out: Path, te: TextEncoderConfig, text: str) -> int:
 
 
 def encode_dataset(rows: pa.Table, shards_dir: str, vae_dir: str, out_dir: str, image_px: int,
-                   cfg: EncodeConfig, te: TextEncoderConfig, records: Path | None = None) -> dict:
+                   cfg: EncodeConfig, te: TextEncoderConfig, records: Path | None = None,
+                   text_mask: bool = False) -> dict:
     """Encode the kept `rows` (key, shard, split, caption [+ record columns]) into `out_dir`; return meta.
 
     This node's share of the jobs runs on a pool of workers; finished, valid outputs are
@@ -393,7 +401,8 @@ def encode_dataset(rows: pa.Table, shards_dir: str, vae_dir: str, out_dir: str, 
                           vae=str(vae_dir), vae_fingerprint=folder_fingerprint(vae_dir),
                           text_encoder=te.model_dump(), text=cfg.text, batch_size=cfg.batch_size, store=cfg.store,
                           flip=cfg.flip, seed=cfg.seed, precision=cfg.precision,
-                          latent_shape=latent_shape(vae_dir, image_px), jobs=tuple(assign(jobs, node_rank, num_nodes)))
+                          latent_shape=latent_shape(vae_dir, image_px), jobs=tuple(assign(jobs, node_rank, num_nodes)),
+                          text_mask=text_mask)
         remove_stale(out, {job.stem for job in jobs})
         slots = plan_slots(cfg.workers, cfg.threads_per_worker)
         log.info("node %d/%d: %d of %d shards on %d worker(s)", node_rank, num_nodes, len(spec.jobs), len(jobs),
@@ -406,12 +415,12 @@ def encode_dataset(rows: pa.Table, shards_dir: str, vae_dir: str, out_dir: str, 
         raise DataError(f"{len(missing)} shard(s) not encoded yet, e.g. {missing[0]}: other nodes have not "
                         "finished their share; run this stage again once they have")
     where, shards = latents_index(rows, out, jobs)
-    text_dim = write_uncond(out, te, cfg.text)
+    text_dim = write_uncond(out, te, cfg.text, text_mask)
     channels, height, width = spec.latent_shape
     meta = {"vae": str(vae_dir), "scaling_factor": read_json(Path(vae_dir) / "config.json")["scaling_factor"],
             "latent_shape": [channels, height, width], "dtype": "float16", "store": cfg.store,
             "views": 2 if cfg.flip else 1, "text": cfg.text, "text_encoder": te.model_dump(),
-            "text_encoder_name": te.pretrained or PACKAGED_MINILM, "text_dim": text_dim,
+            "text_encoder_name": te.pretrained or PACKAGED_MINILM, "text_dim": text_dim, "text_mask": text_mask,
             "images": rows.num_rows, "shards": shards}
     write_index(out / "index.parquet", rows, where, records)
     write_json(out / "meta.json", meta)

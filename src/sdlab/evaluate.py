@@ -21,7 +21,7 @@ def timestep_grid(num_train_timesteps: int, count: int) -> list[int]:
 
 @torch.no_grad()
 def heldout_loss(unet, scheduler, latents: torch.Tensor, hidden: torch.Tensor, timesteps: list[int],
-                 seed: int, batch_size: int = 64) -> dict[int, float]:
+                 seed: int, batch_size: int = 64, mask: torch.Tensor | None = None) -> dict[int, float]:
     """Mean denoising loss per timestep on fixed latents with fixed noise (deterministic)."""
     unet.eval()
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
@@ -31,19 +31,24 @@ def heldout_loss(unet, scheduler, latents: torch.Tensor, hidden: torch.Tensor, t
         for start in range(0, len(latents), batch_size):
             part = slice(start, start + batch_size)
             t_batch = torch.full((len(latents[part]),), t, dtype=torch.long)
-            total += denoising_loss(unet, scheduler, latents[part], hidden[part], t_batch, noise[part]).sum().item()
+            total += denoising_loss(unet, scheduler, latents[part], hidden[part], t_batch, noise[part],
+                                    None if mask is None else mask[part]).sum().item()
         losses[t] = total / len(latents)
     return losses
 
 
-def heldout_latents(latents_dir: Path, limit: int, text_encoder) -> tuple[torch.Tensor, torch.Tensor]:
+def heldout_latents(latents_dir: Path, limit: int, text_encoder
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Up to `limit` val rows, shard by shard: (the unflipped latent mean (N, C, h, w), hidden
-    states (N, L, D)), token ids encoded here by the pipeline's text encoder."""
+    states (N, L, D), the text attention mask (N, L) when the states were encoded with it),
+    token ids encoded here by the pipeline's text encoder."""
     from sdlab.latents import SPLIT_CODES, read_meta, read_rows
     from sdlab.models.text_encoder import encode_tokens
 
-    means, hidden, have = [], [], 0
-    for shard in read_meta(latents_dir)["shards"]:
+    meta = read_meta(latents_dir)
+    masked = meta.get("text_mask", False)
+    means, hidden, masks, have = [], [], [], 0
+    for shard in meta["shards"]:
         if have >= limit:
             break
         if not shard["val"]:
@@ -51,28 +56,34 @@ def heldout_latents(latents_dir: Path, limit: int, text_encoder) -> tuple[torch.
         stored = read_rows(latents_dir, shard["name"], SPLIT_CODES["val"])
         take = slice(0, limit - have)
         means.append(stored["mean" if "mean" in stored else "sample"][take, 0].float())
+        masks.append(stored["attention_mask"][take].long() if masked else None)
         if "hidden" in stored:
             hidden.append(stored["hidden"][take].float())
         else:
             with torch.no_grad():
                 hidden.append(encode_tokens(text_encoder, stored["input_ids"][take],
-                                            stored["attention_mask"][take]).float())
+                                            stored["attention_mask"][take], masked).float())
         have += len(means[-1])
     if not means:
         raise DataError("the val split is empty (raise dedupe.val_fraction)")
-    return torch.cat(means), torch.cat(hidden)
+    return torch.cat(means), torch.cat(hidden), torch.cat(masks) if masked else None
 
 
 def generate(pipeline, prompts: list[str], seeds: list[int], steps: int, guidance: float,
              batch_size: int, negative_prompt: str | None = None, progress: bool = True) -> np.ndarray:
     """uint8 (N, H, W, 3) images, one per (prompt, seed); each seed fixes its image."""
+    from sdlab.models.pipeline import call_kwargs
+
+    extra = call_kwargs(pipeline)
+    if extra and negative_prompt is None:
+        negative_prompt = ""  # PixArt takes the empty prompt as a string
     images = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="sample", unit="batch", disable=not progress):
         chunk = slice(start, start + batch_size)
         generators = [torch.Generator().manual_seed(s) for s in seeds[chunk]]
         negative = None if negative_prompt is None else [negative_prompt] * len(prompts[chunk])
         out = pipeline(prompts[chunk], negative_prompt=negative, num_inference_steps=steps,
-                       guidance_scale=guidance, generator=generators, output_type="np").images
+                       guidance_scale=guidance, generator=generators, output_type="np", **extra).images
         images.append((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
     return np.concatenate(images)
 
@@ -115,23 +126,70 @@ def fid_kid(extractor: torch.nn.Module, real: np.ndarray, generated: np.ndarray)
 
 
 def judge_samples(generated: np.ndarray, rows: list[dict], real_val: np.ndarray, real_train: np.ndarray,
-                  train_rows: list[dict], judge_steps: int, seed: int) -> dict:
-    """Adherence per attribute (pixel judges for color and head shape, a classifier trained
-    on the real train images for the rest), each judge's accuracy on the real val images,
-    and FID/KID in the classifier's feature space (named as the substitute they are)."""
-    from sdlab.attribute_classifier import FeatureExtractor, accuracy, train_classifier
-    from sdlab.judge import adherence
+                  train_rows: list[dict], judge_steps: int, seed: int, vae=None) -> dict:
+    """Adherence per attribute (a pixel judge for skin color, a classifier for the rest), each
+    judge's accuracy on the real val images (and on their VAE reconstructions: the most a
+    model that samples through this VAE can reach), chance, and FID/KID in the classifier's
+    feature space (named as the substitute they are).
 
-    classifier = train_classifier(real_train, train_rows, judge_steps, seed)
+    The classifier is trained on the real train images and, given the `vae`, on their VAE
+    reconstructions too: every generated image is a VAE decode, and a judge that has only
+    seen sharp drawings misreads the VAE's softer strokes."""
+    from sdlab.attribute_classifier import FeatureExtractor, accuracy, train_classifier
+    from sdlab.distribution import reconstruct
+    from sdlab.judge import adherence
+    from sdlab.sources.synthetic import ATTRIBUTE_VALUES
+
+    images, labels = real_train, train_rows
+    if vae is not None:
+        images, labels = np.concatenate([real_train, reconstruct(vae, real_train)]), train_rows + train_rows
+    classifier = train_classifier(images, labels, judge_steps, seed)
 
     def judged(images: np.ndarray) -> dict[str, float]:
-        learned = accuracy(classifier, images, rows)
-        del learned["head_shape"]  # the pixel judge reads it exactly
-        return {**adherence(images, rows), **learned}
+        return {**adherence(images, rows), **accuracy(classifier, images, rows)}
 
     fid, kid = fid_kid(FeatureExtractor(classifier), real_val, generated)
-    return {"adherence": judged(generated), "judge_accuracy_on_real": judged(real_val),
-            "fid_blob_judge": fid, "kid_blob_judge": kid}
+    scores = judged(generated)
+    out = {"adherence": scores, "judge_accuracy_on_real": judged(real_val),
+           "chance": {name: 1 / len(ATTRIBUTE_VALUES[name]) for name in scores},
+           "fid_blob_judge": fid, "kid_blob_judge": kid}
+    if vae is not None:
+        out["judge_accuracy_on_vae_reconstructions"] = judged(reconstruct(vae, real_val))
+    return out
+
+
+def attribute_rows(pipeline, base: dict, steps: int, guidance: float, seed: int) -> list:
+    """Per attribute, a labelled strip of samples of one seed in which only that attribute of
+    the `base` row's prompt changes."""
+    from sdlab.reports import sample_grid
+    from sdlab.sources.synthetic import ATTRIBUTES, variations
+
+    strips = []
+    for attribute in ATTRIBUTES:
+        values, prompts = zip(*variations(base, attribute))
+        images = generate(pipeline, list(prompts), [seed] * len(prompts), steps, guidance, len(prompts), progress=False)
+        strips.append((attribute, sample_grid(images, list(values), len(values), label_px=16)))
+    return strips
+
+
+def overview_lines(train: dict, metrics: dict, sampling: dict) -> list[str]:
+    """The report's first sentences: what was trained on what, for how long, and how it samples."""
+    epochs = train["final_step"] * train["global_batch"] / max(train["train_samples"], 1)
+    lines = [f"A {train.get('denoiser', 'unet')} of {train['unet_parameters'] / 1e6:.2f}M parameters, trained "
+             f"{train['final_step']} steps of batch {train['global_batch']} ({epochs:.1f} epochs) on "
+             f"{train['train_samples']:,} images in {train.get('train_seconds', float('nan')) / 60:.1f} min "
+             f"on {train['world_size']} process(es).",
+             f"Sampled for {metrics['num_samples']} held-out prompts: {sampling['scheduler']}, "
+             f"{sampling['num_inference_steps']} steps, guidance {sampling['guidance_scale']:g}; held-out "
+             f"denoising loss {metrics['heldout_loss']:.4f}.",
+             f"VAE reconstruction PSNR {metrics['vae_reconstruction_psnr_db']:.1f} dB on the real val images.",
+             f"Colour histogram distance to real val images {metrics['colour_histogram_distance']:.3f} "
+             f"(another real sample: {metrics['colour_histogram_distance_real_vs_real']:.3f}); KID in the VAE's "
+             f"latent space {metrics['kid_vae_latent']:.4f} (real: {metrics['kid_vae_latent_real_vs_real']:.4f})."]
+    if "adherence" in metrics:
+        lines.append("Prompt adherence (judged by a classifier trained on the real train images): "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in metrics["adherence"].items()) + ".")
+    return lines
 
 
 def guidance_sweep(pipeline, prompts: list[str], scales: list[float], seed: int, steps: int):

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -123,10 +124,43 @@ def _flatten(metrics: dict, prefix: str = "") -> list[tuple[str, object]]:
     return rows
 
 
+@dataclass
+class Overview:
+    """The top of report.html, what a person wants in ten seconds: what was trained on what for
+    how long, how well each attribute is followed (beside the judge's own accuracy on real
+    images and chance), rows where one attribute varies, real beside generated, and what the
+    VAE keeps of real images."""
+    lines: list[str] = field(default_factory=list)
+    adherence: list[tuple[str, float, float | None, float]] = field(default_factory=list)  # name, gen, real, chance
+    attribute_rows: list[tuple[str, Image.Image]] = field(default_factory=list)
+    real_vs_generated: Image.Image | None = None
+    reconstructions: Image.Image | None = None
+    reconstruction_note: str = ""
+
+    def html(self) -> str:
+        lines = "".join(f"<li>{html.escape(line)}</li>" for line in self.lines)
+        table = "".join(
+            f"<tr><td>{html.escape(name)}</td><td><b>{gen:.3f}</b></td>"
+            f"<td>{'' if real is None else f'{real:.3f}'}</td><td>{chance:.3f}</td></tr>"
+            for name, gen, real, chance in self.adherence)
+        table = (f"<h2>Prompt adherence</h2><table><tr><th>attribute</th><th>generated</th>"
+                 f"<th>judge on real val images</th><th>chance</th></tr>{table}</table>" if table else "")
+        rows = "".join(f'<h3>only {html.escape(name)} varies (same seed)</h3><img alt="{html.escape(name)}" '
+                       f'src="{png_data_uri(image)}">' for name, image in self.attribute_rows)
+        pairs = (f'<h2>Real val images (top) and generated for their prompts (bottom)</h2>'
+                 f'<img alt="real vs generated" src="{png_data_uri(self.real_vs_generated)}">'
+                 if self.real_vs_generated is not None else "")
+        recon = (f'<h2>VAE reconstructions</h2><p>{html.escape(self.reconstruction_note)}</p>'
+                 f'<img alt="reconstructions" src="{png_data_uri(self.reconstructions)}">'
+                 if self.reconstructions is not None else "")
+        return f"<ul class='overview'>{lines}</ul>{table}{rows}{pairs}{recon}"
+
+
 def report_html(metrics: dict, grid: Image.Image, sweep: Image.Image | None, sweep_note: str,
-                curves: dict[str, list[tuple[float, float]]], params: dict, prompts: list[str] = ()) -> str:
-    """One self-contained page: metrics, sample grid (with its prompts as escaped text: they are
-    captions of scraped data), guidance sweep, training curves."""
+                curves: dict[str, list[tuple[float, float]]], params: dict, prompts: list[str] = (),
+                overview: Overview | None = None) -> str:
+    """One self-contained page: the overview, metrics, sample grid (with its prompts as escaped
+    text: they are captions of scraped data), guidance sweep, training curves."""
     prompt_list = "".join(f"<li>{html.escape(p)}</li>" for p in prompts)
     table = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>" if isinstance(v, float)
                     else f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
@@ -139,11 +173,11 @@ def report_html(metrics: dict, grid: Image.Image, sweep: Image.Image | None, swe
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
 td{{border:1px solid #ccc;padding:2px 8px;font-size:13px}}img{{max-width:100%;image-rendering:pixelated}}</style>
 </head><body><h1>sdlab evaluation</h1>
-<p>Sampling: {html.escape(json.dumps(params, sort_keys=True))}</p>
-<h2>Metrics</h2><table>{table}</table>
+{overview.html() if overview else ""}
 <h2>Samples for held-out prompts (fixed seeds)</h2><img alt="samples" src="{png_data_uri(grid)}">
 <ol class="prompts">{prompt_list}</ol>
 {sweep_html}
+<h2>All metrics</h2><p>Sampling: {html.escape(json.dumps(params, sort_keys=True))}</p><table>{table}</table>
 <h2>Training curves</h2>{charts or "<p>no training curves found</p>"}
 </body></html>
 """

@@ -37,7 +37,7 @@ from sdlab.config import ConfigError, TrainConfig
 from sdlab.diffusion import drop_captions, make_noise_scheduler, sample_latents, training_loss
 from sdlab.latents import LATENT_FIELDS, read_uncond
 from sdlab.models.text_encoder import encode_tokens
-from sdlab.models.unet import select_trainable
+from sdlab.models.denoiser import select_trainable
 from sdlab.stream import LatentStream
 
 log = logging.getLogger(__name__)
@@ -54,27 +54,40 @@ NOT_IN_RUN_IDENTITY = {  # cadence, bookkeeping and machine settings: they never
 
 @dataclass
 class Conditioning:
-    """Turns a batch's stored text fields into hidden states (B, L, D): stored states as they
-    are, or token ids through the frozen text encoder (encode.text: tokens)."""
+    """Turns a batch's stored text fields into (hidden states (B, L, D), attention mask (B, L)
+    or None): stored states as they are, or token ids through the frozen text encoder
+    (encode.text: tokens). `masked` (the transformer): states as encoded with the attention
+    mask, and the mask itself goes to the denoiser."""
     uncond: torch.Tensor  # (1, L, D) float: the empty prompt, for caption dropout
     encoder: torch.nn.Module | None = None
+    uncond_mask: torch.Tensor | None = None  # (1, L), when masked
+
+    @property
+    def masked(self) -> bool:
+        return self.uncond_mask is not None
 
     @torch.no_grad()
-    def __call__(self, stored: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    def __call__(self, stored: dict[str, torch.Tensor], device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        mask = stored["attention_mask"].to(device).long() if self.masked else None
         if "hidden" in stored:
-            return stored["hidden"].to(device).float()
-        return encode_tokens(self.encoder, stored["input_ids"].to(device), stored["attention_mask"].to(device)).float()
+            return stored["hidden"].to(device).float(), mask
+        hidden = encode_tokens(self.encoder, stored["input_ids"].to(device), stored["attention_mask"].to(device),
+                               self.masked)
+        return hidden.float(), mask
 
 
-def conditioning_for(latents_dir: Path, text: str, encoder: torch.nn.Module | None) -> Conditioning:
+def conditioning_for(latents_dir: Path, text: str, encoder: torch.nn.Module | None,
+                     masked: bool = False) -> Conditioning:
     """The conditioning of a latents folder: its stored empty-prompt states, or (tokens) the
     encoder, which also encodes the empty prompt once."""
     uncond = read_uncond(latents_dir)
+    mask = uncond["attention_mask"].long() if masked else None
     if text == "states":
-        return Conditioning(uncond["hidden"].float())
+        return Conditioning(uncond["hidden"].float(), uncond_mask=mask)
     with torch.no_grad():
-        hidden = encode_tokens(encoder.eval(), uncond["input_ids"], uncond["attention_mask"]).float()
-    return Conditioning(hidden, encoder)
+        hidden = encode_tokens(encoder.eval(), uncond["input_ids"], uncond["attention_mask"], masked).float()
+    return Conditioning(hidden, encoder, mask)
 
 
 def data_fingerprint(latents_dir: Path) -> str:
@@ -103,7 +116,8 @@ def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
 def run_identity(cfg: TrainConfig, data_fingerprint: str, world: int = 1) -> str:
     """Names a run: what changes the trajectory (recipe, data, world size), not its cadence or
     length, so raising max_steps or log_every_steps continues the same run."""
-    recipe = {k: v for k, v in cfg.model_dump().items() if k not in NOT_IN_RUN_IDENTITY}
+    unused = {"unet", "transformer"} - {cfg.denoiser}  # the other denoiser's section
+    recipe = {k: v for k, v in cfg.model_dump().items() if k not in NOT_IN_RUN_IDENTITY | unused}
     blob = json.dumps({"train": recipe, "data": data_fingerprint, "world": world}, sort_keys=True)
     return "run-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -175,9 +189,10 @@ def restore_curves(checkpoint: Path, live_dir: Path) -> None:
                                             if int(line.split("\t")[column]) <= step]))
 
 
-def make_batch(stream: LatentStream, conditioning: Conditioning, micro_step: int, cfg: TrainConfig,
-               rank: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
-    """(latents (B, C, h, w), hidden (B, L, D), generator) of one micro-step, all from (seed, step, rank)."""
+def make_batch(stream: LatentStream, conditioning: Conditioning, micro_step: int, cfg: TrainConfig, rank: int,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Generator]:
+    """(latents (B, C, h, w), hidden (B, L, D), text mask (B, L) or None, generator) of one
+    micro-step, all from (seed, step, rank)."""
     generator = step_generator(cfg.seed, micro_step, rank)
     stored = stream.batch(micro_step)
     fields = [name for name in LATENT_FIELDS if name in stored]
@@ -185,9 +200,10 @@ def make_batch(stream: LatentStream, conditioning: Conditioning, micro_step: int
     view = torch.randint(views, (size,), generator=generator)  # original or flipped
     picked = {name: stored[name][torch.arange(size), view].float() for name in fields}  # (B, C, h, w) each
     latents = picked["sample"] if "sample" in picked else sample_latents(picked["mean"], picked["std"], generator)
-    hidden = conditioning(stored, device)
-    hidden = drop_captions(hidden, conditioning.uncond.to(device), cfg.caption_dropout, generator)
-    return latents.to(device), hidden, generator
+    hidden, mask = conditioning(stored, device)
+    hidden, mask = drop_captions(hidden, conditioning.uncond.to(device), cfg.caption_dropout, generator, mask,
+                                 conditioning.uncond_mask)
+    return latents.to(device), hidden, mask, generator
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -243,11 +259,12 @@ def train_unet(unet, stream: LatentStream, conditioning: Conditioning, cfg: Trai
     if conditioning.encoder is not None:
         conditioning.encoder.to(accelerator.device).eval().requires_grad_(False)
 
-    start = 0
+    start, seconds_before = 0, 0.0
     checkpoint = resumable_checkpoint(run_dir)
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
-        start = json.loads((checkpoint / "run.json").read_text())["step"]
+        saved = json.loads((checkpoint / "run.json").read_text())
+        start, seconds_before = saved["step"], saved.get("train_seconds", 0.0)
         log.info("resuming %s from %s (step %d of %d)", run_dir.name, checkpoint.name, start, cfg.max_steps)
     if start > cfg.max_steps:
         raise ConfigError(f"train.max_steps: {cfg.max_steps} is below the step this run already reached ({start}); "
@@ -256,12 +273,13 @@ def train_unet(unet, stream: LatentStream, conditioning: Conditioning, cfg: Trai
     unet.train()
     bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc="train",
                unit="step", disable=not accelerator.is_main_process)
-    metrics, curve = Metrics(), []
+    metrics, curve, started = Metrics(), [], time.perf_counter()
     for step in bar:
         for micro in range(step * accumulation, (step + 1) * accumulation):
-            latents, hidden, generator = make_batch(stream, conditioning, micro, cfg, rank, accelerator.device)
+            latents, hidden, mask, generator = make_batch(stream, conditioning, micro, cfg, rank, accelerator.device)
             with accelerator.accumulate(unet), accelerator.autocast():
-                loss = training_loss(model, scheduler, latents, hidden, generator, cfg.noise_offset, cfg.snr_gamma)
+                loss = training_loss(model, scheduler, latents, hidden, generator, cfg.noise_offset, cfg.snr_gamma,
+                                     mask)
                 losses = accelerator.gather(loss.detach()[None])  # every rank stops together
                 if not torch.isfinite(losses).all():
                     bad = (~torch.isfinite(losses)).nonzero().flatten().tolist()
@@ -293,7 +311,8 @@ def train_unet(unet, stream: LatentStream, conditioning: Conditioning, cfg: Trai
             accelerator.wait_for_everyone()
         if done % cfg.checkpoint_every_steps == 0 or done == cfg.max_steps:
             state = {"run": run_dir.name, "world_size": world,
-                     "data_position_rank0": stream.position(done * accumulation * stream.batch_size)}
+                     "data_position_rank0": stream.position(done * accumulation * stream.batch_size),
+                     "train_seconds": seconds_before + time.perf_counter() - started}  # the whole run's, resumes included
             if live is not None and accelerator.is_main_process:
                 live.make_summary()
             save_checkpoint(accelerator, run_dir, done, state, cfg.keep_checkpoints,
@@ -302,6 +321,7 @@ def train_unet(unet, stream: LatentStream, conditioning: Conditioning, cfg: Trai
     final = accelerator.unwrap_model(unet)
     summary = {"run": run_dir.name, "start_step": start, "final_step": cfg.max_steps,
                "final_loss": curve[-1] if curve else None, "world_size": world,
+               "train_seconds": seconds_before + time.perf_counter() - started,
                "batch_size_used": stream.batch_size, "global_batch": stream.batch_size * world * accumulation,
                "optimizer_steps": optimizer_steps(optimizer),
                "gradient_checkpointing": bool(getattr(final, "is_gradient_checkpointing", False)),

@@ -1,31 +1,38 @@
-"""Assemble and save a standard diffusers `StableDiffusionPipeline` folder."""
+"""Assemble, save and load a standard diffusers pipeline folder: `StableDiffusionPipeline`
+for the UNet, `PixArtAlphaPipeline` for the Transformer denoiser."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
-from diffusers import AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline
+from diffusers import (AutoencoderKL, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler,
+                       PixArtAlphaPipeline, PixArtTransformer2DModel, StableDiffusionPipeline)
 
 from sdlab.config import TrainConfig
 from sdlab.diffusion import make_noise_scheduler
 from sdlab.io import atomic_dir
+from sdlab.models.transformer import as_denoiser, plain_transformer
 
 log = logging.getLogger(__name__)
 LORA_FOLDER = "lora"
 
 
-def build_pipeline(unet, vae: AutoencoderKL, tokenizer, text_encoder, noise_scheduler: DDPMScheduler) -> StableDiffusionPipeline:
-    """An SD-1.x-layout pipeline; sampling uses DPM-Solver++ (Lu et al., arXiv:2211.01095)."""
+def build_pipeline(model, vae: AutoencoderKL, tokenizer, text_encoder, noise_scheduler: DDPMScheduler):
+    """The pipeline of a trained denoiser; sampling uses DPM-Solver++ (Lu et al., arXiv:2211.01095)."""
+    scheduler = DPMSolverMultistepScheduler.from_config(noise_scheduler.config)
+    if isinstance(model, PixArtTransformer2DModel):
+        return PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+                                   transformer=plain_transformer(model), scheduler=scheduler)
     return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=DPMSolverMultistepScheduler.from_config(noise_scheduler.config),
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=model, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
 
 
-def export_pipeline(unet, cfg: TrainConfig, vae: AutoencoderKL, tokenizer, text_encoder, out_dir: Path) -> None:
-    """The trained pipeline folder. LoRA runs also keep their adapters as diffusers LoRA
+def export_pipeline(model, cfg: TrainConfig, vae: AutoencoderKL, tokenizer, text_encoder, out_dir: Path) -> None:
+    """The trained pipeline folder. LoRA runs (UNet) also keep their adapters as diffusers LoRA
     weights in `out_dir/lora` (for `pipeline.load_lora_weights`) and ship the UNet with
     them merged, so `from_pretrained(out_dir)` is the fine-tuned model in every mode."""
     lora = None
@@ -33,13 +40,13 @@ def export_pipeline(unet, cfg: TrainConfig, vae: AutoencoderKL, tokenizer, text_
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
-        lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-        unet.fuse_lora()  # merge the adapters into the base weights, then drop them
-        unet.unload_lora()
-    save_pipeline(build_pipeline(unet, vae, tokenizer, text_encoder, make_noise_scheduler(cfg)), out_dir, lora)
+        lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+        model.fuse_lora()  # merge the adapters into the base weights, then drop them
+        model.unload_lora()
+    save_pipeline(build_pipeline(model, vae, tokenizer, text_encoder, make_noise_scheduler(cfg)), out_dir, lora)
 
 
-def save_pipeline(pipeline: StableDiffusionPipeline, out_dir: Path, lora: dict | None = None) -> None:
+def save_pipeline(pipeline: DiffusionPipeline, out_dir: Path, lora: dict | None = None) -> None:
     """The pipeline folder (and LoRA weights in `lora/`), written atomically."""
     with atomic_dir(out_dir) as temp:
         pipeline.save_pretrained(temp)
@@ -47,10 +54,33 @@ def save_pipeline(pipeline: StableDiffusionPipeline, out_dir: Path, lora: dict |
             StableDiffusionPipeline.save_lora_weights(temp / LORA_FOLDER, unet_lora_layers=lora)
 
 
-def load_pipeline(path: str | Path, device: str = "cpu") -> StableDiffusionPipeline:
+def load_pipeline(path: str | Path, device: str = "cpu") -> DiffusionPipeline:
+    """A saved pipeline folder, of whichever class its model_index.json names."""
     path = Path(path)
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
-    pipeline = StableDiffusionPipeline.from_pretrained(str(path), safety_checker=None, requires_safety_checker=False)
+    kind = json.loads((path / "model_index.json").read_text()).get("_class_name")
+    extra = {"safety_checker": None, "requires_safety_checker": False} if kind == "StableDiffusionPipeline" else {}
+    pipeline = DiffusionPipeline.from_pretrained(str(path), **extra)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline.to(device)
+
+
+def denoiser_of(pipeline: DiffusionPipeline):
+    """The pipeline's denoiser with the UNet call signature (sdlab.diffusion.denoising_loss)."""
+    return as_denoiser(pipeline.transformer) if hasattr(pipeline, "transformer") else pipeline.unet
+
+
+def uses_text_mask(pipeline: DiffusionPipeline) -> bool:
+    """PixArt encodes prompts with the attention mask and gives the mask to the denoiser."""
+    return isinstance(pipeline, PixArtAlphaPipeline)
+
+
+def call_kwargs(pipeline: DiffusionPipeline) -> dict:
+    """What `pipeline(...)` needs beyond the prompt to sample as it was trained: PixArt's
+    aspect-ratio binning only knows its 256-1024 px latent sizes, and prompts are padded to
+    the text encoder's trained length."""
+    if isinstance(pipeline, PixArtAlphaPipeline):
+        return {"use_resolution_binning": False, "clean_caption": False,
+                "max_sequence_length": pipeline.tokenizer.model_max_length}
+    return {}

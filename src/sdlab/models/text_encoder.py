@@ -1,8 +1,10 @@
 """Text encoder + tokenizer: a hub id or local folder (CLIP or BERT-like), or the packaged MiniLM.
 
-Prompts are encoded the way `StableDiffusionPipeline.encode_prompt` does it: padded to
-`max_length`, truncated, no attention mask, last hidden state. Training on exactly that
-is what makes the exported pipeline see at inference what the UNet saw in training.
+Prompts are encoded the way the exported pipeline's `encode_prompt` does it: padded to
+`max_length`, truncated, last hidden state; `StableDiffusionPipeline` (UNet) passes no
+attention mask unless the encoder's config asks for one, `PixArtAlphaPipeline`
+(transformer) always passes it (`masked=True`). Training on exactly that is what makes the
+exported pipeline see at inference what the denoiser saw in training.
 """
 
 from __future__ import annotations
@@ -55,19 +57,20 @@ def tokenize(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]
     return tokens.input_ids, tokens.attention_mask
 
 
-def encode_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Last hidden states of token ids, as `StableDiffusionPipeline.encode_prompt` computes them:
-    the attention mask is passed only to encoders whose config asks for one."""
-    use_mask = getattr(model.config, "use_attention_mask", False) and attention_mask is not None
+def encode_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                  masked: bool = False) -> torch.Tensor:
+    """Last hidden states of token ids, as the pipeline computes them: the attention mask is
+    passed when `masked` (PixArt) or when the encoder's config asks for one (SD)."""
+    use_mask = (masked or getattr(model.config, "use_attention_mask", False)) and attention_mask is not None
     return model(input_ids.long(), attention_mask=attention_mask.long() if use_mask else None)[0]
 
 
 @torch.no_grad()
 def encode_prompts(tokenizer, model, prompts: list[str], batch_size: int = 64,
-                   device: torch.device | str = "cpu") -> torch.Tensor:
+                   device: torch.device | str = "cpu", masked: bool = False) -> torch.Tensor:
     """(N, max_length, hidden) hidden states on the CPU, as the pipeline computes them."""
     chunks = []
     for start in range(0, len(prompts), batch_size):
         ids, mask = tokenize(tokenizer, prompts[start:start + batch_size])
-        chunks.append(encode_tokens(model, ids.to(device), mask.to(device)).float().cpu())
+        chunks.append(encode_tokens(model, ids.to(device), mask.to(device), masked).float().cpu())
     return torch.cat(chunks) if chunks else torch.zeros(0)

@@ -34,6 +34,10 @@ MOUTHS = ("smiling", "frowning", "open", "flat")
 EXPRESSIONS = ("happy", "sad", "angry", "surprised", "neutral")
 ACTIONS = ("no action", "blushing", "crying", "sweating")
 ATTRIBUTES = ("skin_color", "head_shape", "eyes", "mouth", "expression", "action")
+ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {
+    "skin_color": tuple(SKIN_COLORS), "head_shape": HEAD_SHAPES, "eyes": EYES, "mouth": MOUTHS,
+    "expression": EXPRESSIONS, "action": ACTIONS,
+}
 
 INK = (30, 25, 30, 255)
 TEAR = (90, 190, 255, 255)
@@ -63,6 +67,17 @@ class Blob:
             f"{self.mouth} mouth, {self.expression} expression, {self.skin_color} skin color, "
             f"{self.action}, with a white background."
         )
+
+
+def caption_of(attributes: dict) -> str:
+    """The structured caption of a blob with these attributes (a record's columns)."""
+    return Blob(**{name: attributes[name] for name in ATTRIBUTES}, scale=0.0, dx=0.0, dy=0.0).caption()
+
+
+def variations(attributes: dict, attribute: str) -> list[tuple[str, str]]:
+    """(value, caption) for every value of `attribute`, the other attributes kept: a prompt
+    row in which only that attribute changes."""
+    return [(value, caption_of({**attributes, attribute: value})) for value in ATTRIBUTE_VALUES[attribute]]
 
 
 def sample_blob(rng: np.random.Generator) -> Blob:
