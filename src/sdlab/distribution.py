@@ -25,8 +25,9 @@ def histogram_distance(a: np.ndarray, b: np.ndarray, bins: int = HISTOGRAM_BINS)
 
 
 class LatentFeatures(torch.nn.Module):
-    """uint8 (N, 3, H, W) -> the VAE posterior mean, flattened: the `feature=` module
-    torchmetrics KID takes, for data with no classifier of its own (every source)."""
+    """uint8 (N, 3, H, W) -> the VAE posterior mean, flattened and scaled to unit variance
+    (the VAE's scaling factor; KID's polynomial kernel is scale-sensitive): the `feature=`
+    module torchmetrics KID takes, for data with no classifier of its own (every source)."""
 
     def __init__(self, vae):
         super().__init__()
@@ -34,7 +35,8 @@ class LatentFeatures(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(images.float().div(127.5).sub(1.0)).latent_dist.mean.flatten(1)
+        mean = self.vae.encode(images.float().div(127.5).sub(1.0)).latent_dist.mean
+        return mean.flatten(1) * self.vae.config.scaling_factor
 
 
 @torch.no_grad()
