@@ -63,6 +63,10 @@ def main() -> None:
     for name, value in metrics.get("adherence", {}).items():
         judge = metrics["judge_accuracy_on_real"][name]
         print(f"- adherence {name}: {value:.3f} (judge on real val images: {judge:.3f})")
+    for name in ("vae_reconstruction_psnr_db", "colour_histogram_distance", "colour_histogram_distance_real_vs_real",
+                 "kid_vae_latent", "kid_vae_latent_real_vs_real"):
+        if name in metrics:
+            print(f"- {name}: {metrics[name]:.4f}")
     print(f"\nrun folder: {work}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

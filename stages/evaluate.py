@@ -40,15 +40,12 @@ def main(args, params):
     real = load_images(args.shards, rows, max_pixels)  # the real val images behind the prompts
     reconstructed = reconstruct(pipeline.vae, real)
     metrics["vae_reconstruction_psnr_db"] = psnr(real, reconstructed)
-    synthetic = "skin_color" in rows[0]  # attributes are ground truth: judge adherence
-    train_rows = first_rows(latents_dir / "index.parquet", 4000 if synthetic else len(rows), "split",
-                            "train").to_pylist()
-    real_train = load_images(args.shards, train_rows, max_pixels)
-    metrics.update(distribution_metrics(pipeline.vae, real, real_train, images))
+    metrics.update(distribution_metrics(pipeline.vae, real, images))
     overview = Overview()
-    if synthetic:
-        metrics.update(judge_samples(images, rows, real, real_train, train_rows, cfg.judge_steps, cfg.seed,
-                                     pipeline.vae))
+    if "skin_color" in rows[0]:  # the synthetic source: attributes are ground truth, judge adherence
+        train_rows = first_rows(latents_dir / "index.parquet", 4000, "split", "train").to_pylist()
+        metrics.update(judge_samples(images, rows, real, load_images(args.shards, train_rows, max_pixels), train_rows,
+                                     cfg.judge_steps, cfg.seed, pipeline.vae))
         overview.adherence = [(name, value, metrics["judge_accuracy_on_real"][name], metrics["chance"][name])
                               for name, value in metrics["adherence"].items()]
         overview.attribute_rows = attribute_rows(pipeline, rows[0], cfg.num_inference_steps, cfg.guidance_scale,
