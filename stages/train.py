@@ -15,7 +15,7 @@ from dvclive import Live
 
 from sdlab.data.records import DataError
 from sdlab.diffusion import make_noise_scheduler
-from sdlab.evaluate import generate
+from sdlab.sampling import generate
 from sdlab.io import first_rows, write_json
 from sdlab.latents import read_meta
 from sdlab.launch import relaunch_if_needed

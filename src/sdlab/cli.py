@@ -10,7 +10,7 @@ from PIL import Image
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from sdlab.evaluate import generate
+    from sdlab.sampling import generate
     from sdlab.models.pipeline import load_pipeline
 
     try:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from sdlab.config import ConfigError
 from sdlab.data.records import DataError
 from sdlab.diffusion import denoising_loss
+from sdlab.sampling import generate
 
 
 def timestep_grid(num_train_timesteps: int, count: int) -> list[int]:
@@ -67,26 +67,6 @@ def heldout_latents(latents_dir: Path, limit: int, text_encoder
     if not means:
         raise DataError("the val split is empty (raise dedupe.val_fraction)")
     return torch.cat(means), torch.cat(hidden), torch.cat(masks) if masked else None
-
-
-def generate(pipeline, prompts: list[str], seeds: list[int], steps: int, guidance: float,
-             batch_size: int, negative_prompt: str | None = None, progress: bool = True) -> np.ndarray:
-    """uint8 (N, H, W, 3) images, one per (prompt, seed); each seed fixes its image."""
-    from sdlab.models.pipeline import call_kwargs
-
-    extra = call_kwargs(pipeline)
-    if extra and negative_prompt is None:
-        negative_prompt = ""  # PixArt takes the empty prompt as a string
-    images = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="sample", unit="batch", disable=not progress):
-        chunk = slice(start, start + batch_size)
-        generators = [torch.Generator().manual_seed(s) for s in seeds[chunk]]
-        negative = None if negative_prompt is None else [negative_prompt] * len(prompts[chunk])
-        out = pipeline(prompts[chunk], negative_prompt=negative, num_inference_steps=steps,
-                       guidance_scale=guidance, generator=generators, output_type="np", **extra).images
-        images.append((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
-    return np.concatenate(images)
-
 
 
 SCHEDULERS = {
