@@ -45,7 +45,7 @@ def main(args, params):
     if "skin_color" in rows[0]:  # the synthetic source: attributes are ground truth, judge adherence
         train_rows = first_rows(latents_dir / "index.parquet", 4000, "split", "train").to_pylist()
         metrics.update(judge_samples(images, rows, real, load_images(args.shards, train_rows, max_pixels), train_rows,
-                                     cfg.judge_steps, cfg.seed, pipeline.vae))
+                                     cfg.judge_steps, cfg.seed, pipeline.vae, reconstructed))
         overview.adherence = [(name, value, metrics["judge_accuracy_on_real"][name], metrics["chance"][name])
                               for name, value in metrics["adherence"].items()]
         overview.attribute_rows = attribute_rows(pipeline, rows[0], cfg.num_inference_steps, cfg.guidance_scale,

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from latent_fixtures import write_latents
+from latent_fixtures import LossRecorder, write_latents
 from sdlab.config import TrainConfig, UnetConfig
 from sdlab.models.unet import build_unet
 from sdlab.stream import LatentStream, Part, rank_parts
@@ -144,20 +144,9 @@ def test_nan_loss_stops_loudly(tmp_path):
 
 def test_training_reduces_the_loss(latents, tmp_path):
     cfg = CFG.model_copy(update={"max_steps": 120, "checkpoint_every_steps": 120, "log_every_steps": 20, "lr": 3e-3})
-    losses = []
-
-    class Record:
-        step, dir = 0, None
-
-        def log_metric(self, name, value):
-            if name == "train/loss":
-                losses.append(value)
-
-        def make_summary(self):
-            pass
-
-    train_unet(fresh_unet(), stream(latents), conditioning(), cfg, tmp_path / "run", live=Record())
-    assert losses[-1] < losses[0] * 0.8
+    record = LossRecorder()
+    train_unet(fresh_unet(), stream(latents), conditioning(), cfg, tmp_path / "run", live=record)
+    assert record.losses[-1] < record.losses[0] * 0.8
 
 
 def test_sampled_store_with_flipped_views_draws_both_views(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from latent_fixtures import write_latents
+from latent_fixtures import LossRecorder, write_latents
 from sdlab.config import ConfigError, TrainConfig, TransformerConfig, VaeConfig
 from sdlab.diffusion import make_noise_scheduler
 from sdlab.evaluate import generate, heldout_loss
@@ -122,19 +122,8 @@ def test_the_same_loop_trains_it_and_caption_dropout_swaps_the_mask_too(tmp_path
     assert dropped.any() and not dropped.all()
     assert torch.equal(mask[dropped], empty_mask.expand(int(dropped.sum()), -1))
     assert (mask[~dropped] == 1).all()  # the fixture's captions fill every position
-    losses = []
-
-    class Record:
-        step, dir = 0, None
-
-        def log_metric(self, name, value):
-            if name == "train/loss":
-                losses.append(value)
-
-        def make_summary(self):
-            pass
-
+    record = LossRecorder()
     model, summary = train_unet(make_denoiser(CFG, 4, 4, 16), stream, conditioning, CFG, tmp_path / "run",
-                                live=Record())
+                                live=record)
     assert isinstance(model, PixArtDenoiser) and summary["final_step"] == 120
-    assert losses[-1] < losses[0] * 0.8
+    assert record.losses[-1] < record.losses[0] * 0.8

@@ -106,7 +106,8 @@ def fid_kid(extractor: torch.nn.Module, real: np.ndarray, generated: np.ndarray)
 
 
 def judge_samples(generated: np.ndarray, rows: list[dict], real_val: np.ndarray, real_train: np.ndarray,
-                  train_rows: list[dict], judge_steps: int, seed: int, vae=None) -> dict:
+                  train_rows: list[dict], judge_steps: int, seed: int, vae=None,
+                  reconstructed_val: np.ndarray | None = None) -> dict:
     """Adherence per attribute (a pixel judge for skin color, a classifier for the rest), each
     judge's accuracy on the real val images (and on their VAE reconstructions: the most a
     model that samples through this VAE can reach), chance, and FID/KID in the classifier's
@@ -134,7 +135,8 @@ def judge_samples(generated: np.ndarray, rows: list[dict], real_val: np.ndarray,
            "chance": {name: 1 / len(ATTRIBUTE_VALUES[name]) for name in scores},
            "fid_blob_judge": fid, "kid_blob_judge": kid}
     if vae is not None:
-        out["judge_accuracy_on_vae_reconstructions"] = judged(reconstruct(vae, real_val))
+        out["judge_accuracy_on_vae_reconstructions"] = judged(
+            reconstruct(vae, real_val) if reconstructed_val is None else reconstructed_val)
     return out
 
 
