@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/caption_batched_vs_loop.py [--images 32] [--batch-sizes 4 8 16]
 
-The model is a tiny random Qwen2.5-VL built offline (sdlab.caption.tiny_qwen) unless
+The model is a tiny random Qwen2.5-VL built offline (tests/support/tiny_qwen.py) unless
 `--model` names a real one. Both sides use the real backend class on the same blob images
 and the same prompt; the loop is one image per `generate` call, as in the source
 project's notebook. Greedy decoding always runs `--max-new-tokens` steps here (random
@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+sys.path[:0] = [str(REPO / "src"), str(REPO / "tests")]  # tests/support: local servers, tiny models
 
 from sdlab.caption.qwen_vl import GenerationSettings, QwenCaptioner  # noqa: E402
-from sdlab.caption.tiny_qwen import build_tiny_qwen  # noqa: E402
+from support.tiny_qwen import build_tiny_qwen  # noqa: E402
 from sdlab.data.images import composite_on_white, fit_square  # noqa: E402
 from sdlab.prompts import DEFAULT_PROMPT  # noqa: E402
 from sdlab.sources.synthetic import draw_blob, sample_blob  # noqa: E402

@@ -9,7 +9,7 @@ of `requests.get` + MD5 per image.
 `discord` (the Discord issue): the whole source — headless Chromium walks the emoji list
 pages of a discords.com look-alike (100 emoji per page), then img2dataset downloads them —
 against the same sequential loop, which is handed the URL list for free.
-The server (sdlab.testing.local_site) adds `--latency-ms` to every response, as a remote
+The server (tests/support/local_site.py) adds `--latency-ms` to every response, as a remote
 host would. Both sides run in this one process tree on this machine, one after the other.
 """
 
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+sys.path[:0] = [str(REPO / "src"), str(REPO / "tests")]  # tests/support: local servers, tiny models
 
 import pyarrow as pa  # noqa: E402
 import requests  # noqa: E402
@@ -32,7 +32,7 @@ import requests  # noqa: E402
 from sdlab.config import DiscordConfig, DownloadConfig, ScrapeConfig, load_params  # noqa: E402
 from sdlab.data.download import download  # noqa: E402
 from sdlab.sources import discord  # noqa: E402
-from sdlab.testing.local_site import Emoji, LocalSite, Response, distinct_color, emoji_routes, image_bytes  # noqa: E402
+from support.local_site import Emoji, LocalSite, Response, distinct_color, emoji_routes, image_bytes  # noqa: E402
 
 PER_PAGE = 100
 

@@ -21,7 +21,7 @@ from sdlab.config import DiscordConfig, DiscordSelectors, ScrapeConfig, load_par
 from sdlab.data.records import DataError
 from sdlab.sources import discord
 from sdlab.sources.discord import image_urls, parse_items
-from sdlab.testing.local_site import Emoji, LocalSite, animated_gif, emoji_routes, image_bytes, list_page
+from support.local_site import Emoji, LocalSite, animated_gif, emoji_routes, image_bytes, list_page
 
 LOOPBACK_ONLY = "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"
 LONG_TITLE = "🫠 blob " + "ü" * 292  # 300 characters
@@ -108,7 +108,7 @@ def test_static_pages_work_with_the_http_driver(tmp_path):
     # a page whose HTML already holds the list: what the browser would render, served as is
     html = """<div class="FS5UE28h container"><div class="LQY5mtmC"><div class="aLnnpRah text-center">
       <div class="Mw1EAtrx"><img src="/_next/image?url=%2Femojis%2Fa.png&amp;w=128&amp;q=75"></div><p>a</p></div></div></div>"""
-    from sdlab.testing.local_site import Response
+    from support.local_site import Response
     empty = '<div class="FS5UE28h container"><div class="LQY5mtmC"></div></div>'  # a present list, no items
     routes = {"/emoji-list/tag/Blobs?page=1": Response(html.encode(), content_type="text/html"),
               "/emoji-list/tag/Blobs?page=2": Response(empty.encode(), content_type="text/html")}
@@ -143,7 +143,7 @@ def test_a_page_after_the_first_without_its_list_fails_the_scrape_naming_page_an
 def test_a_named_empty_state_ends_a_tag_without_waiting_to_settle(tmp_path):
     empty = ('<div class="FS5UE28h container"><div class="LQY5mtmC"></div>'
              '<p class="no-results">No emoji found</p></div>')
-    from sdlab.testing.local_site import Response
+    from support.local_site import Response
     routes = emoji_routes("Blobs", blob_pages()[:1], extra_empty_pages=0)
     routes["/emoji-list/tag/Blobs?page=2"] = Response(empty.encode(), content_type="text/html")
     selectors = DiscordSelectors(empty="p.no-results")

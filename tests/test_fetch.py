@@ -17,7 +17,7 @@ from sdlab.data.download import download
 from sdlab.data.fetch import is_fetchable, reason_of
 from sdlab.data.shards import load_images, read_shard
 from sdlab.io import read_table, write_table
-from sdlab.testing.local_site import LocalSite, Response, animated_gif, bomb_png, image_bytes, distinct_color
+from support.local_site import LocalSite, Response, animated_gif, bomb_png, image_bytes, distinct_color
 from conftest import REPO
 
 RED = image_bytes((255, 0, 0, 255))

@@ -16,7 +16,7 @@ import pytest
 from sdlab.config import ConfigError, DownloadConfig, parse_params
 from sdlab.data.download import download
 from sdlab.public_http import FetchPolicy, FetchRefused, address_refusal, fetch
-from sdlab.testing.local_site import LocalSite, Response, animated_gif, bomb_png, image_bytes
+from support.local_site import LocalSite, Response, animated_gif, bomb_png, image_bytes
 
 RED = image_bytes((255, 0, 0, 255))
 PUBLIC = "93.184.216.34"  # what the guard answers for public.test; connecting to it is refused and recorded

@@ -3,7 +3,7 @@
 It has the real architecture, processor and chat template, so the `qwen2.5-vl` backend
 runs unchanged from it; its captions are gibberish, which is what validation is for.
 
-    python -m sdlab.caption.tiny_qwen OUT_DIR
+    python tests/support/tiny_qwen.py OUT_DIR
 """
 
 from __future__ import annotations
