@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install repro test tiny browser
+.PHONY: install repro test mutants tiny browser
 
 install: $(STAMP) browser
 
@@ -28,6 +28,10 @@ repro: $(STAMP)
 
 test: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -v --durations=15
+
+# Each named breakage in tests/test_mutants.py must make its test fail (issue 19).
+mutants: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -v -m mutants tests/test_mutants.py
 
 tiny: $(STAMP)
 	cp configs/tiny.yaml params.yaml

@@ -37,3 +37,17 @@ def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise(judge):
               for s in (10, 40, 100)]
     assert scores[0][0] < scores[1][0] < scores[2][0]
     assert scores[0][1] < scores[2][1]  # KID too
+
+
+def test_judge_samples_scores_the_generated_images_against_their_own_rows():
+    """The adherence table rests on this: judging the real images instead of the generated
+    ones, or pairing images with the wrong rows, must show. Here the "generated" images are
+    the real val images rolled by one, each beside another image's prompt."""
+    from sdlab.evaluate import judge_samples
+    train, train_rows = blobs(1, 600)
+    val, rows = blobs(2, 64)
+    scores = judge_samples(np.roll(val, 1, axis=0), rows, val, train, train_rows, judge_steps=300, seed=0)
+    for name, chance in scores["chance"].items():
+        assert scores["judge_accuracy_on_real"][name] >= 0.85, (name, scores["judge_accuracy_on_real"])
+        assert scores["adherence"][name] <= chance + 0.2, (name, scores["adherence"])
+    assert abs(scores["fid_blob_judge"]) < 1e-2  # the same set of images as the real val set

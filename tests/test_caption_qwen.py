@@ -12,7 +12,7 @@ from conftest import packed_blobs
 from sdlab.caption import CAPTIONERS
 from sdlab.caption.cache import CacheWriter, read_cache
 from sdlab.caption.qwen_vl import GenerationSettings, QwenCaptioner, clean_caption, validate_caption
-from sdlab.caption.tiny_qwen import build_tiny_qwen
+from support.tiny_qwen import build_tiny_qwen
 from sdlab.config import CaptionConfig
 
 
@@ -52,13 +52,22 @@ def test_batched_captions_equal_unbatched_ones(tiny_qwen, images):
 
 def test_cache_hits_on_rerun_and_only_new_images_are_captioned(tiny_qwen, images, tmp_path):
     shards, rows = images
-    cfg = config(tiny_qwen)
+    cfg = config(tiny_qwen, require_title=False, min_chars=0)  # accept what random weights write
     first = run(rows[:8], cfg, shards, tmp_path)
     assert first.stats["captioned_now"] == 8 and first.stats["cache_hits"] == 0
+    assert all(not why for _, why in first.pairs())  # the model's own captions, not template fallbacks
+    assert [c for c, _ in first.pairs()] != [r["caption"] for r in rows[:8]]
+    # Plant a marker in the cache: a rerun that reads the cache returns it, one that recaptions cannot.
+    part = next(tmp_path.glob("*.jsonl"))
+    entries = [json.loads(line) for line in part.read_text().splitlines()]
+    entries[0]["raw"] = "planted cached caption"
+    part.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
     again = run(rows[:8], cfg, shards, tmp_path)
-    assert again.stats["captioned_now"] == 0 and again.pairs() == first.pairs()
+    assert again.stats["captioned_now"] == 0 and again.stats["cache_hits"] == 8
+    assert "planted cached caption" in [c for c, _ in again.pairs()]
     more = run(rows, cfg, shards, tmp_path)
-    assert more.stats["captioned_now"] == 4 and more.pairs()[:8] == first.pairs()
+    assert more.stats["captioned_now"] == 4 and more.pairs()[:8] == again.pairs()
+    assert len(more.pairs()) == len(rows)
     changed = run(rows, config(tiny_qwen, prompt="Name the color of {title}."), shards, tmp_path)
     assert changed.stats["captioned_now"] == 12  # a new prompt recaptions everything
     longer = run(rows, config(tiny_qwen, max_new_tokens=9), shards, tmp_path)

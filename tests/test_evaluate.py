@@ -110,12 +110,16 @@ def test_sample_grid_has_one_cell_per_image():
     assert grid.size[0] == 3 * 120 and grid.size[1] == 2 * (96 + 56)
 
 
-def test_clip_score_matches_the_models_own_similarity(tmp_path):
+def test_clip_score_matches_the_models_own_similarity_and_reads_each_prompt(tmp_path):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
     from sdlab.evaluate import clip_score
     tokenizer, _ = load_text_encoder(None, 77)
+    # CLIP pools the text at the end-of-text id: make it the tokenizer's own [SEP], so each
+    # prompt pools its last position (with CLIP's causal mask, the one that has read it all).
     config = CLIPConfig(text_config=dict(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77),
+                                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77,
+                                         eos_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id,
+                                         pad_token_id=tokenizer.pad_token_id),
                         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                            num_attention_heads=2, image_size=32, patch_size=16), projection_dim=16)
     torch.manual_seed(0)
@@ -125,14 +129,22 @@ def test_clip_score_matches_the_models_own_similarity(tmp_path):
                                                                  crop_size={"height": 32, "width": 32}),
                               tokenizer=tokenizer)
     processor.save_pretrained(tmp_path / "clip")
-    images, rows = real_blobs(4)
-    prompts = [f"a {r['skin_color']} blob" for r in rows]
-    score = clip_score(str(tmp_path / "clip"), images, prompts)
-    with torch.no_grad():
-        inputs = processor(text=prompts, images=list(images), return_tensors="pt", padding=True)
-        out = model(**inputs)
-        expected = (100 * (out.image_embeds * out.text_embeds).sum(-1)).clamp(min=0).mean().item()
-    assert score == pytest.approx(expected, abs=1e-3)
+    images, rows = real_blobs(6)
+    prompts = [f"a {r['skin_color']} {r['head_shape']} blob with {r['eyes']} eyes" for r in rows]
+    assert len(set(prompts)) == len(prompts)
+
+    def expected(texts):
+        with torch.no_grad():
+            out = model(**processor(text=texts, images=list(images), return_tensors="pt", padding=True))
+        return out.text_embeds, max(0.0, (100 * (out.image_embeds * out.text_embeds).sum(-1)).mean().item())
+
+    text_embeds, aligned = expected(prompts)
+    assert torch.cdist(text_embeds, text_embeds).add(torch.eye(len(prompts))).min() > 1e-3  # one embedding each
+    assert clip_score(str(tmp_path / "clip"), images, prompts) == pytest.approx(aligned, abs=1e-3)
+    shuffled = prompts[1:] + prompts[:1]  # the same prompts, each beside another image
+    _, misaligned = expected(shuffled)
+    assert min(aligned, misaligned) > 0 and abs(misaligned - aligned) > 1e-2
+    assert clip_score(str(tmp_path / "clip"), images, shuffled) == pytest.approx(misaligned, abs=1e-3)
 
 
 def test_standard_inception_fid_loads_its_weights_from_a_local_file(tmp_path, monkeypatch):
@@ -149,6 +161,9 @@ def test_standard_inception_fid_loads_its_weights_from_a_local_file(tmp_path, mo
                    tmp_path / "inception.pth")
     digest = hashlib.sha256((tmp_path / "inception.pth").read_bytes()).hexdigest()
     extractor = inception_extractor(str(tmp_path / "inception.pth"), digest)
+    saved = torch.load(tmp_path / "inception.pth", weights_only=True)
+    loaded = extractor.state_dict()
+    assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved)  # the file's weights
     images, _ = real_blobs(6)
     features = extractor(torch.from_numpy(images).permute(0, 3, 1, 2))
     assert features.shape == (6, 2048)

@@ -1,4 +1,9 @@
+import hashlib
+import json
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 
@@ -27,13 +32,30 @@ def test_at_least_eight_named_skin_colors():
     assert len(SKIN_COLORS) >= 8
 
 
-def test_same_seed_same_bytes_and_keys_never_come_from_titles(blob_records, tmp_path):
-    from sdlab.config import ScrapeConfig, SyntheticConfig
-    [again] = SOURCES["synthetic"](ScrapeConfig(seed=3, synthetic=SyntheticConfig(
-        num_images=40, image_px=64, duplicate_fraction=0.05)), tmp_path / "again", tmp_path / "state", {})
-    for a, b in zip(blob_records, again):
-        assert open(a["path"], "rb").read() == open(b["path"], "rb").read()
-        assert a["key"] == b["key"] and a["title"] not in a["key"]
+SCRAPE_IN_A_FRESH_PROCESS = """
+import hashlib, json, sys
+from pathlib import Path
+from sdlab.config import ScrapeConfig, SyntheticConfig
+from sdlab.sources import SOURCES
+out = Path(sys.argv[1])
+[records] = SOURCES["synthetic"](ScrapeConfig(seed=3, synthetic=SyntheticConfig(
+    num_images=40, image_px=64, duplicate_fraction=0.05)), out / "raw", out / "state", {})
+print(json.dumps([[r["key"], hashlib.md5(open(r["path"], "rb").read()).hexdigest()] for r in records]))
+"""
+
+
+def test_same_seed_same_bytes_and_keys_in_any_process_and_keys_never_come_from_titles(blob_records, tmp_path):
+    """Two fresh interpreters with different hash seeds (str hashing, set order) write the same
+    keys and bytes as this one: nothing depends on per-process state."""
+    here = [[r["key"], hashlib.md5(open(r["path"], "rb").read()).hexdigest()] for r in blob_records]
+    assert len(here) == 40 and len({key for key, _ in here}) == 40
+    for hash_seed in ("1", "2"):
+        result = subprocess.run([sys.executable, "-c", SCRAPE_IN_A_FRESH_PROCESS, str(tmp_path / hash_seed)],
+                                capture_output=True, text=True, timeout=300,
+                                env=dict(os.environ, PYTHONHASHSEED=hash_seed))
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout.strip().splitlines()[-1]) == here
+    assert all(record["title"] not in record["key"] for record in blob_records)
 
 
 def test_planted_duplicates_are_byte_identical_to_an_earlier_image(blob_records):

@@ -44,8 +44,10 @@ def test_scratch_weights_come_from_the_seed_and_the_shape_is_checked():
     a, b = make_denoiser(CFG, 4, 4, 384), make_denoiser(CFG, 4, 4, 384)
     c = make_denoiser(CFG.model_copy(update={"seed": 1}), 4, 4, 384)
     assert isinstance(a, PixArtDenoiser)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert sa.keys() == sb.keys() == sc.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
     with pytest.raises(ConfigError, match="train.transformer.patch_size: 3 does not divide the 4x4 latents"):
         make_denoiser(CFG.model_copy(update={"transformer": TINY.model_copy(update={"patch_size": 3})}), 4, 4, 384)
 

@@ -210,7 +210,7 @@ class PooledCLIP(torch.nn.Module):
 
 
 def clip_score(model_name_or_path: str, images: np.ndarray, prompts: list[str]) -> float:
-    """torchmetrics CLIPScore (100 x cosine, floored at 0) of images against their prompts."""
+    """torchmetrics CLIPScore of images against their prompts: the mean of 100 x cosine, floored at 0."""
     from torchmetrics.multimodal.clip_score import CLIPScore
     from transformers import CLIPModel, CLIPProcessor
 
