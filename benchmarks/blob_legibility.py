@@ -49,14 +49,19 @@ def main() -> None:
     torch.set_num_threads(2)
     train, train_rows = blobs(0, 1900, args.px)
     val, val_rows = blobs(1, 200, args.px)
-    print(f"judge on real val blobs at {args.px} px:", judged(train_classifier(train, train_rows, 300, 0), val, val_rows))
+    print(
+        f"judge on real val blobs at {args.px} px:", judged(train_classifier(train, train_rows, 300, 0), val, val_rows)
+    )
     if args.vae:
         from diffusers import AutoencoderKL
+
         vae = AutoencoderKL.from_pretrained(args.vae).eval()
         recon_train, recon_val = reconstruct(vae, train), reconstruct(vae, val)
         mixed = train_classifier(np.concatenate([train, recon_train]), train_rows + train_rows, 300, 0)
-        print(f"VAE {args.vae}: val PSNR {psnr(val, recon_val):.2f} dB; judge on its reconstructions:",
-              judged(mixed, recon_val, val_rows))
+        print(
+            f"VAE {args.vae}: val PSNR {psnr(val, recon_val):.2f} dB; judge on its reconstructions:",
+            judged(mixed, recon_val, val_rows),
+        )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO / "tests")]  # tests/support: local servers, tiny models
 
-from sdlab.caption.qwen_vl import GenerationSettings, QwenCaptioner  # noqa: E402
 from support.tiny_qwen import build_tiny_qwen  # noqa: E402
+
+from sdlab.caption.qwen_vl import GenerationSettings, QwenCaptioner  # noqa: E402
 from sdlab.data.images import composite_on_white, fit_square  # noqa: E402
 from sdlab.prompts import DEFAULT_PROMPT  # noqa: E402
 from sdlab.sources.synthetic import draw_blob, sample_blob  # noqa: E402
@@ -48,11 +49,13 @@ def main() -> None:
     def rate(batch_size: int) -> float:
         started = time.perf_counter()
         for i in range(0, len(images), batch_size):
-            captioner.generate(images[i:i + batch_size], titles[i:i + batch_size])
+            captioner.generate(images[i : i + batch_size], titles[i : i + batch_size])
         return len(images) / (time.perf_counter() - started)
 
-    print(f"model {model}: {sum(p.numel() for p in captioner.model.parameters()) / 1e6:.2f}M params, "
-          f"{args.images} images, {args.max_new_tokens} new tokens, {torch.get_num_threads()} threads")
+    print(
+        f"model {model}: {sum(p.numel() for p in captioner.model.parameters()) / 1e6:.2f}M params, "
+        f"{args.images} images, {args.max_new_tokens} new tokens, {torch.get_num_threads()} threads"
+    )
     loop = rate(1)
     print(f"per-image loop (batch 1): {loop:.2f} images/s")
     for batch_size in args.batch_sizes:

@@ -26,7 +26,13 @@ from sdlab.diffusion import make_noise_scheduler, training_loss  # noqa: E402
 from sdlab.models.denoiser import make_denoiser  # noqa: E402
 
 SHAPES = [  # (layers, heads, head dim, patch)
-    (6, 8, 32, 1), (4, 8, 32, 1), (6, 6, 32, 1), (6, 8, 32, 2), (12, 8, 32, 2), (8, 8, 48, 2)]
+    (6, 8, 32, 1),
+    (4, 8, 32, 1),
+    (6, 6, 32, 1),
+    (6, 8, 32, 2),
+    (12, 8, 32, 2),
+    (8, 8, 48, 2),
+]
 
 
 def samples_per_s(cfg: TrainConfig, steps: int, batch: int = 128, bf16: bool = False) -> tuple[float, float]:
@@ -54,13 +60,16 @@ def main() -> None:
     torch.set_num_threads(2)
     if args.bf16:
         for bf16 in (False, True, False, True):
-            print(f"UNet {'bf16 autocast' if bf16 else 'fp32'}: {samples_per_s(TrainConfig(), args.steps, bf16=bf16)[0]:.0f} samples/s")
+            speed = samples_per_s(TrainConfig(), args.steps, bf16=bf16)[0]
+            print(f"UNet {'bf16 autocast' if bf16 else 'fp32'}: {speed:.0f} samples/s")
         return
     print("| denoiser | params (M) | samples/s |\n|---|---|---|")
     speed, params = samples_per_s(TrainConfig(), args.steps)
     print(f"| UNet (default) | {params:.2f} | {speed:.0f} |")
     for layers, heads, dim, patch in SHAPES:
-        shape = TransformerConfig(num_layers=layers, num_attention_heads=heads, attention_head_dim=dim, patch_size=patch)
+        shape = TransformerConfig(
+            num_layers=layers, num_attention_heads=heads, attention_head_dim=dim, patch_size=patch
+        )
         speed, params = samples_per_s(TrainConfig(denoiser="transformer", transformer=shape), args.steps)
         print(f"| transformer {layers}x{heads}x{dim}, patch {patch} | {params:.2f} | {speed:.0f} |")
 

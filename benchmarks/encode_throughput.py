@@ -41,8 +41,9 @@ from sdlab.sources import synthetic  # noqa: E402
 
 def make_dataset(root: Path, count: int, params) -> list[dict]:
     # drawn directly at the training resolution: the benchmark is about encoding, not drawing
-    scrape = ScrapeConfig(synthetic=SyntheticConfig(num_images=count, image_px=params.download.image_px,
-                                                    duplicate_fraction=0))
+    scrape = ScrapeConfig(
+        synthetic=SyntheticConfig(num_images=count, image_px=params.download.image_px, duplicate_fraction=0)
+    )
     records = synthetic.scrape(scrape, root / "raw")
     download = DownloadConfig(**{**params.download.model_dump(), "processes": 2})
     index, _ = download_images(pa.Table.from_pylist(records), download, root / "shards")
@@ -52,10 +53,10 @@ def make_dataset(root: Path, count: int, params) -> list[dict]:
 @torch.no_grad()
 def raw_throughput(vae, images: torch.Tensor, batch_size: int) -> float:
     for start in range(0, min(len(images), 4 * batch_size), batch_size):  # warm-up (oneDNN primitives)
-        vae.encode(images[start:start + batch_size])
+        vae.encode(images[start : start + batch_size])
     started = time.perf_counter()
     for start in range(0, len(images), batch_size):
-        vae.encode(images[start:start + batch_size]).latent_dist.mean
+        _ = vae.encode(images[start : start + batch_size]).latent_dist.mean
     return len(images) / (time.perf_counter() - started)
 
 
@@ -78,15 +79,24 @@ def main() -> None:
         vae = load_pretrained_vae(str(vae_dir)).eval()
         images = to_tensor(load_images(root / "shards", rows))
         raw = raw_throughput(vae, images, params.encode.batch_size)
-        print(f"images: {len(rows)} at {params.download.image_px} px, batch {params.encode.batch_size}, "
-              f"{torch.get_num_threads()} threads")
+        print(
+            f"images: {len(rows)} at {params.download.image_px} px, batch {params.encode.batch_size}, "
+            f"{torch.get_num_threads()} threads"
+        )
         print(f"raw vae.encode in memory: {raw:.0f} images/s")
         for workers in args.workers:
             out = root / f"latents-{workers}"
             cfg = EncodeConfig(**{**params.encode.model_dump(), "workers": workers})
             started = time.perf_counter()
-            encode_dataset(pa.Table.from_pylist(rows), str(root / "shards"), str(vae_dir), str(out),
-                           params.download.image_px, cfg, TextEncoderConfig())
+            encode_dataset(
+                pa.Table.from_pylist(rows),
+                str(root / "shards"),
+                str(vae_dir),
+                str(out),
+                params.download.image_px,
+                cfg,
+                TextEncoderConfig(),
+            )
             whole = len(rows) / (time.perf_counter() - started)
             # Worker w wrote every workers-th shard; its steady rate is (shards - 1) / (last - first).
             shards = sorted((out / "shards").glob("*.safetensors"))
@@ -95,8 +105,10 @@ def main() -> None:
             for w in range(workers):
                 mtimes = sorted(p.stat().st_mtime for p in shards[w::workers])
                 steady += per_shard * (len(mtimes) - 1) / (mtimes[-1] - mtimes[0])
-            print(f"stage, {workers} worker(s): whole {whole:.0f} images/s ({whole / raw:.0%} of raw), "
-                  f"steady state {steady:.0f} images/s ({steady / raw:.0%} of raw)")
+            print(
+                f"stage, {workers} worker(s): whole {whole:.0f} images/s ({whole / raw:.0%} of raw), "
+                f"steady state {steady:.0f} images/s ({steady / raw:.0%} of raw)"
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -28,11 +28,11 @@ sys.path[:0] = [str(REPO / "src"), str(REPO / "tests")]  # tests/support: local 
 
 import pyarrow as pa  # noqa: E402
 import requests  # noqa: E402
+from support.local_site import Emoji, LocalSite, Response, distinct_color, emoji_routes, image_bytes  # noqa: E402
 
 from sdlab.config import DiscordConfig, DownloadConfig, ScrapeConfig, load_params  # noqa: E402
 from sdlab.data.download import download  # noqa: E402
 from sdlab.sources import discord  # noqa: E402
-from support.local_site import Emoji, LocalSite, Response, distinct_color, emoji_routes, image_bytes  # noqa: E402
 
 PER_PAGE = 100
 
@@ -62,33 +62,45 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_params(REPO / "params.yaml").download
     work = Path(tempfile.mkdtemp(prefix="sdlab-fetch-bench-"))
-    emojis = [Emoji(f"e{i}.png", f"emoji {i}", image_bytes(distinct_color(i), size=(64, 64)))
-              for i in range(args.images)]
-    pages = [emojis[i:i + PER_PAGE] for i in range(0, len(emojis), PER_PAGE)]
+    emojis = [
+        Emoji(f"e{i}.png", f"emoji {i}", image_bytes(distinct_color(i), size=(64, 64))) for i in range(args.images)
+    ]
+    pages = [emojis[i : i + PER_PAGE] for i in range(0, len(emojis), PER_PAGE)]
     routes: dict[str, Response] = emoji_routes("Bench", pages)
     try:
         with LocalSite(routes, latency_s=args.latency_ms / 1000) as site:
             urls = [f"{site.url}/emojis/{e.name}" for e in emojis]
             scrape_s = 0.0
             if args.mode == "discord":
-                config = ScrapeConfig(source="discord", discord=DiscordConfig(
-                    base_url=site.url, tags=["Bench"], page_delay_s=0, max_pages=10_000,
-                    browser_args=["--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"]))
+                config = ScrapeConfig(
+                    source="discord",
+                    discord=DiscordConfig(
+                        base_url=site.url,
+                        tags=["Bench"],
+                        page_delay_s=0,
+                        max_pages=10_000,
+                        browser_args=["--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"],
+                    ),
+                )
                 started = time.perf_counter()
                 [rows] = discord.scrape(config, work / "raw", work / "state", {})
                 scrape_s = time.perf_counter() - started
                 assert [r["url"] for r in rows] == urls, "the scrape did not find every emoji"
             else:
-                rows = [{"key": f"k{i:07d}", "source": "bench", "url": u, "path": "", "title": "", "caption": ""}
-                        for i, u in enumerate(urls)]
+                rows = [
+                    {"key": f"k{i:07d}", "source": "bench", "url": u, "path": "", "title": "", "caption": ""}
+                    for i, u in enumerate(urls)
+                ]
             fetch_s, fetched = ours(rows, cfg, work)
             baseline_s, baseline_ok = sequential_requests(urls)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     assert fetched == baseline_ok == args.images, (fetched, baseline_ok)
     total = scrape_s + fetch_s
-    print(f"{args.mode}: {args.images} images, {args.latency_ms:g} ms latency per request, "
-          f"download.processes={cfg.processes} threads={cfg.threads}")
+    print(
+        f"{args.mode}: {args.images} images, {args.latency_ms:g} ms latency per request, "
+        f"download.processes={cfg.processes} threads={cfg.threads}"
+    )
     if scrape_s:
         print(f"  scrape (Chromium, {len(pages) + 1} pages): {scrape_s:.1f} s")
     print(f"  ours: {total:.1f} s = {args.images / total:.1f} images/s (img2dataset {fetch_s:.1f} s)")

@@ -30,7 +30,11 @@ def copy_repo(params: Path, work: Path) -> None:
         (shutil.copytree if source.is_dir() else shutil.copy)(source, work / name)
     shutil.rmtree(work / ".dvc" / "cache", ignore_errors=True)
     shutil.copy(params, work / "params.yaml")
-    for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"]):
+    for command in (
+        ["init", "-q"],
+        ["add", "-A"],
+        ["-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "bench"],
+    ):
         subprocess.run(["git", *command], cwd=work, check=True)
 
 
@@ -63,8 +67,13 @@ def main() -> None:
     for name, value in metrics.get("adherence", {}).items():
         judge = metrics["judge_accuracy_on_real"][name]
         print(f"- adherence {name}: {value:.3f} (judge on real val images: {judge:.3f})")
-    for name in ("vae_reconstruction_psnr_db", "colour_histogram_distance", "colour_histogram_distance_real_vs_real",
-                 "kid_vae_latent", "kid_vae_latent_real_vs_real"):
+    for name in (
+        "vae_reconstruction_psnr_db",
+        "colour_histogram_distance",
+        "colour_histogram_distance_real_vs_real",
+        "kid_vae_latent",
+        "kid_vae_latent_real_vs_real",
+    ):
         if name in metrics:
             print(f"- {name}: {metrics[name]:.4f}")
     print(f"\nrun folder: {work}")

@@ -33,7 +33,9 @@ def main() -> None:
     (args.run / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", PYTHONPATH=str(args.run / "src"))
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=args.run, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro"], cwd=args.run, env=env, capture_output=True, text=True
+    )
     total = time.perf_counter() - started
     (args.run / f"repro-{args.denoiser}.log").write_text(result.stdout + result.stderr)
     if result.returncode != 0:
@@ -44,9 +46,13 @@ def main() -> None:
     print(f"| **total** | **{total:.1f}** |\n")
     metrics = json.loads((args.run / "reports/evaluate/metrics.json").read_text())
     live = json.loads((args.run / "reports/train/live/metrics.json").read_text())
-    print(f"- samples/s (last window): {live['train']['samples_per_s']:.0f}; held-out loss {metrics['heldout_loss']:.4f}")
+    print(
+        f"- samples/s (last window): {live['train']['samples_per_s']:.0f}; held-out loss {metrics['heldout_loss']:.4f}"
+    )
     for name, value in metrics.get("adherence", {}).items():
-        print(f"- adherence {name}: {value:.3f} (judge on real val images: {metrics['judge_accuracy_on_real'][name]:.3f})")
+        print(
+            f"- adherence {name}: {value:.3f} (judge on real val images: {metrics['judge_accuracy_on_real'][name]:.3f})"
+        )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from latents_folder import latents_stream  # noqa: E402
+
 from sdlab.config import load_params  # noqa: E402
 from sdlab.data.images import composite_on_white, fit_square  # noqa: E402
 from sdlab.diffusion import drop_captions, make_noise_scheduler, sample_latents, training_loss  # noqa: E402
@@ -35,7 +37,6 @@ from sdlab.models.unet import build_unet  # noqa: E402
 from sdlab.models.vae import build_vae, encode_moments, to_tensor  # noqa: E402
 from sdlab.sources.synthetic import draw_blob, sample_blob  # noqa: E402
 from sdlab.train import make_batch  # noqa: E402
-from latents_folder import latents_stream  # noqa: E402
 
 
 def blobs(count: int, px: int) -> tuple[torch.Tensor, list[str]]:
@@ -82,8 +83,9 @@ def main() -> None:
         vocabulary = [""] + captions
         text = encode_prompts(tokenizer, text_encoder, vocabulary, 128)
     folder = tempfile.TemporaryDirectory()
-    stream, conditioning = latents_stream(Path(folder.name), {"mean": mean[:, None], "std": std[:, None]}, text[1:],
-                                          empty, cfg.batch_size)
+    stream, conditioning = latents_stream(
+        Path(folder.name), {"mean": mean[:, None], "std": std[:, None]}, text[1:], empty, cfg.batch_size
+    )
 
     def cached(step):
         update(*make_batch(stream, conditioning, step, cfg, 0, torch.device("cpu")))
@@ -97,8 +99,10 @@ def main() -> None:
             hidden = encode_prompts(tokenizer, text_encoder, [captions[i] for i in ids], cfg.batch_size)
         update(latents, drop_captions(hidden, empty, cfg.caption_dropout, generator)[0], None, generator)
 
-    print(f"UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params, batch {cfg.batch_size}, "
-          f"{px} px images -> {latent_px}x{latent_px} latents, {torch.get_num_threads()} threads, {args.steps} steps")
+    print(
+        f"UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params, batch {cfg.batch_size}, "
+        f"{px} px images -> {latent_px}x{latent_px} latents, {torch.get_num_threads()} threads, {args.steps} steps"
+    )
     rate_cached = timed(cached, args.steps, cfg.batch_size)
     rate_online = timed(online, args.steps, cfg.batch_size)
     print(f"cached latents:  {rate_cached:.1f} samples/s")

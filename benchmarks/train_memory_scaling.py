@@ -43,8 +43,15 @@ SHAPE = (4, 32, 32)
 LENGTH = 77
 
 
-def write_latents(root: Path, images: int, shape=SHAPE, text: str = "tokens", text_dim: int = 384,
-                  text_encoder: dict | None = None, shard: int = SHARD) -> None:
+def write_latents(
+    root: Path,
+    images: int,
+    shape=SHAPE,
+    text: str = "tokens",
+    text_dim: int = 384,
+    text_encoder: dict | None = None,
+    shard: int = SHARD,
+) -> None:
     """N images in the stage's format: one random block written under every shard name."""
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn(shard, 1, *shape, generator=generator).half()
@@ -62,12 +69,29 @@ def write_latents(root: Path, images: int, shape=SHAPE, text: str = "tokens", te
         stem = f"{number:05d}"
         save_checked(latent_path(root, stem), {"sample": sample}, f"bench-{stem}", keys=[])
         save_checked(text_path(root, stem), conditioning, f"bench-text-{stem}")
-        shards.append({"name": stem, "rows": shard, "train": shard, "val": 0, "latents": f"bench-{stem}",
-                       "text": f"bench-text-{stem}"})
+        shards.append(
+            {
+                "name": stem,
+                "rows": shard,
+                "train": shard,
+                "val": 0,
+                "latents": f"bench-{stem}",
+                "text": f"bench-text-{stem}",
+            }
+        )
     save_checked(root / "uncond.safetensors", uncond, "uncond")
-    meta = {"latent_shape": list(shape), "store": "sample", "views": 1, "text": text, "text_dim": text_dim,
-            "images": images, "shards": shards, "scaling_factor": 1.0, "dtype": "float16",
-            "text_encoder": text_encoder or TextEncoderConfig().model_dump()}
+    meta = {
+        "latent_shape": list(shape),
+        "store": "sample",
+        "views": 1,
+        "text": text,
+        "text_dim": text_dim,
+        "images": images,
+        "shards": shards,
+        "scaling_factor": 1.0,
+        "dtype": "float16",
+        "text_encoder": text_encoder or TextEncoderConfig().model_dump(),
+    }
     (root / "meta.json").write_text(json.dumps(meta))
     pq.write_table(pa.table({"key": ["k0"], "split": ["train"], "caption": [""]}), root / "index.parquet")
 
@@ -75,14 +99,42 @@ def write_latents(root: Path, images: int, shape=SHAPE, text: str = "tokens", te
 def run_stage(root: Path, steps: int, unet: dict | None = None, batch_size: int = 64, log_every: int = 10) -> dict:
     run = root / "run"
     run.mkdir()
-    unet = unet or {"block_out_channels": [32, 64], "layers_per_block": 1, "attention_head_dim": 8,
-                    "cross_attention_levels": [False, True]}
-    params = {"train": {"unet": unet, "max_steps": steps, "batch_size": batch_size, "shuffle_shards": 4,
-                        "warmup_steps": 5, "checkpoint_every_steps": steps, "log_every_steps": log_every}}
+    unet = unet or {
+        "block_out_channels": [32, 64],
+        "layers_per_block": 1,
+        "attention_head_dim": 8,
+        "cross_attention_levels": [False, True],
+    }
+    params = {
+        "train": {
+            "unet": unet,
+            "max_steps": steps,
+            "batch_size": batch_size,
+            "shuffle_shards": 4,
+            "warmup_steps": 5,
+            "checkpoint_every_steps": steps,
+            "log_every_steps": log_every,
+        }
+    }
     (run / "params.yaml").write_text(yaml.safe_dump(params))
-    command = [sys.executable, str(REPO / "stages" / "train.py"), "--params", str(run / "params.yaml"),
-               "--latents", str(root / "latents"), "--vae", str(root / "vae"), "--checkpoints", str(run / "ckpt"),
-               "--live", str(run / "live"), "--out", str(run / "pipeline"), "--report", str(run / "report")]
+    command = [
+        sys.executable,
+        str(REPO / "stages" / "train.py"),
+        "--params",
+        str(run / "params.yaml"),
+        "--latents",
+        str(root / "latents"),
+        "--vae",
+        str(root / "vae"),
+        "--checkpoints",
+        str(run / "ckpt"),
+        "--live",
+        str(run / "live"),
+        "--out",
+        str(run / "pipeline"),
+        "--report",
+        str(run / "report"),
+    ]
     subprocess.run(command, cwd=run, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     with open(run / "live" / "plots" / "metrics" / "train" / "samples_per_s.tsv") as handle:
@@ -99,11 +151,18 @@ def main() -> None:
     # RUSAGE_CHILDREN keeps the largest peak of any child so far: each size runs in a child of its own
     for images in args.sizes:
         if len(args.sizes) > 1:
-            out = subprocess.run([sys.executable, __file__, "--sizes", str(images), "--steps", str(args.steps)],
-                                 check=True, capture_output=True, text=True).stdout
+            out = subprocess.run(
+                [sys.executable, __file__, "--sizes", str(images), "--steps", str(args.steps)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
             results[images] = json.loads(out.strip().splitlines()[-1])
-            print(f"N={images:>9,}: peak RSS {results[images]['peak_rss_gib']:.3f} GiB, "
-                  f"{results[images]['samples_per_s']:.1f} samples/s", flush=True)
+            print(
+                f"N={images:>9,}: peak RSS {results[images]['peak_rss_gib']:.3f} GiB, "
+                f"{results[images]['samples_per_s']:.1f} samples/s",
+                flush=True,
+            )
             continue
         with tempfile.TemporaryDirectory(dir=REPO / ".bench-tmp" if (REPO / ".bench-tmp").is_dir() else None) as tmp:
             root = Path(tmp)
@@ -113,10 +172,14 @@ def main() -> None:
             shutil.rmtree(root / "latents")
         return
     small, large = results[min(results)], results[max(results)]
-    print(f"peak RSS {max(results):,} / {min(results):,}: {large['peak_rss_gib'] / small['peak_rss_gib']:.3f} "
-          "(target <= 1.15)")
-    print(f"samples/s {max(results):,} / {min(results):,}: {large['samples_per_s'] / small['samples_per_s']:.3f} "
-          "(target >= 0.9)")
+    print(
+        f"peak RSS {max(results):,} / {min(results):,}: {large['peak_rss_gib'] / small['peak_rss_gib']:.3f} "
+        "(target <= 1.15)"
+    )
+    print(
+        f"samples/s {max(results):,} / {min(results):,}: {large['samples_per_s'] / small['samples_per_s']:.3f} "
+        "(target >= 0.9)"
+    )
 
 
 if __name__ == "__main__":

@@ -30,11 +30,12 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from latents_folder import latents_stream  # noqa: E402
+
 from sdlab.config import load_params  # noqa: E402
 from sdlab.diffusion import make_noise_scheduler, training_loss  # noqa: E402
 from sdlab.models.unet import build_unet  # noqa: E402
 from sdlab.train import make_batch  # noqa: E402
-from latents_folder import latents_stream  # noqa: E402
 
 H100_BF16_DENSE = 989e12  # FLOP/s, SXM, dense (NVIDIA datasheet)
 ASSUMED_H100_MFU = 0.35  # typical of well-fed diffusion UNet training in bf16
@@ -79,8 +80,13 @@ def main() -> None:
     mean = torch.randn(1024, 1, channels, latent_px, latent_px)
     states = torch.randn(65, params.text_encoder.max_length, text_dim)
     folder = tempfile.TemporaryDirectory()
-    stream, conditioning = latents_stream(Path(folder.name), {"mean": mean, "std": torch.full_like(mean, 0.1)},
-                                          states[torch.randint(1, 65, (1024,))], states[0], cfg.batch_size)
+    stream, conditioning = latents_stream(
+        Path(folder.name),
+        {"mean": mean, "std": torch.full_like(mean, 0.1)},
+        states[torch.randint(1, 65, (1024,))],
+        states[0],
+        cfg.batch_size,
+    )
 
     def step(s: int) -> None:
         latents, hidden, _, generator = make_batch(stream, conditioning, s, cfg, 0, torch.device("cpu"))
@@ -103,27 +109,37 @@ def main() -> None:
     steps_per_s = args.steps / (time.perf_counter() - started)
     peak = matmul_flops_per_s()
     batch = cfg.batch_size
-    print(f"UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params, batch {batch}, "
-          f"{latent_px}x{latent_px}x{channels} latents, text {params.text_encoder.max_length}x{text_dim}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"FLOPs per training step (fwd+bwd): {flops / 1e9:.1f} GFLOP = {flops / batch / 1e6:.1f} MFLOP/sample; "
-          f"{ops.ops} aten ops dispatched per step")
-    print(f"training: {steps_per_s:.2f} steps/s = {steps_per_s * batch:.0f} samples/s = "
-          f"{flops * steps_per_s / 1e9:.1f} GFLOP/s")
+    print(
+        f"UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params, batch {batch}, "
+        f"{latent_px}x{latent_px}x{channels} latents, text {params.text_encoder.max_length}x{text_dim}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"FLOPs per training step (fwd+bwd): {flops / 1e9:.1f} GFLOP = {flops / batch / 1e6:.1f} MFLOP/sample; "
+        f"{ops.ops} aten ops dispatched per step"
+    )
+    print(
+        f"training: {steps_per_s:.2f} steps/s = {steps_per_s * batch:.0f} samples/s = "
+        f"{flops * steps_per_s / 1e9:.1f} GFLOP/s"
+    )
     print(f"dense fp32 matmul on this machine: {peak / 1e9:.1f} GFLOP/s")
     print(f"MFU: {flops * steps_per_s / peak:.1%}")
     compute_s = flops / (H100_BF16_DENSE * ASSUMED_H100_MFU)
     launch_s = ops.ops * LAUNCH_S
     per_step = max(compute_s, launch_s)
     bound = "kernel launches" if launch_s > compute_s else "compute"
-    print(f"H100 (model): compute {compute_s * 1e3:.2f} ms at {ASSUMED_H100_MFU:.0%} of {H100_BF16_DENSE / 1e12:.0f} "
-          f"TFLOP/s bf16, launches {launch_s * 1e3:.2f} ms ({ops.ops} x {LAUNCH_S * 1e6:.0f} us) -> "
-          f"{bound}-bound, ~{batch / per_step:,.0f} samples/s on 1 GPU, "
-          f"~{8 * DDP_EFFICIENCY_8 * batch / per_step:,.0f} on 8 (batch {batch} per GPU)")
+    print(
+        f"H100 (model): compute {compute_s * 1e3:.2f} ms at {ASSUMED_H100_MFU:.0%} of {H100_BF16_DENSE / 1e12:.0f} "
+        f"TFLOP/s bf16, launches {launch_s * 1e3:.2f} ms ({ops.ops} x {LAUNCH_S * 1e6:.0f} us) -> "
+        f"{bound}-bound, ~{batch / per_step:,.0f} samples/s on 1 GPU, "
+        f"~{8 * DDP_EFFICIENCY_8 * batch / per_step:,.0f} on 8 (batch {batch} per GPU)"
+    )
     big = 16 * batch  # a batch that fills the GPU
     per_step_big = max(compute_s * 16, launch_s)
-    print(f"H100 at batch {big} per GPU: ~{big / per_step_big:,.0f} samples/s on 1, "
-          f"~{8 * DDP_EFFICIENCY_8 * big / per_step_big:,.0f} on 8")
+    print(
+        f"H100 at batch {big} per GPU: ~{big / per_step_big:,.0f} samples/s on 1, "
+        f"~{8 * DDP_EFFICIENCY_8 * big / per_step_big:,.0f} on 8"
+    )
 
 
 if __name__ == "__main__":

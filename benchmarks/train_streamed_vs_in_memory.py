@@ -31,8 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run(tree: Path, script: str, args: list[str], cwd: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(tree / "src"), HF_HUB_OFFLINE="1")
-    result = subprocess.run([sys.executable, str(tree / "stages" / script), *args], cwd=cwd, env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(tree / "stages" / script), *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
     if result.returncode:
         raise SystemExit(f"{tree.name}/{script} failed:\n{result.stderr[-3000:]}")
 
@@ -57,34 +58,77 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         baseline = tmp / "baseline"
-        subprocess.run(["git", "worktree", "add", "--detach", str(baseline), args.baseline], cwd=REPO, check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(baseline), args.baseline],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        )
         try:
             sides = {"streamed": REPO, "in_memory": baseline}
             for name, tree in sides.items():
                 work = tmp / name
                 work.mkdir()
                 params = yaml.safe_load((tree / "params.yaml").read_text())  # each side's own schema
-                params["train"].update(max_steps=args.steps, validation_every_steps=0,
-                                       checkpoint_every_steps=args.steps)
+                params["train"].update(
+                    max_steps=args.steps, validation_every_steps=0, checkpoint_every_steps=args.steps
+                )
                 (work / "params.yaml").write_text(yaml.safe_dump(params))
-                run(tree, "encode.py", ["--params", "params.yaml", "--index", str(data / "data/dedup/index.parquet"),
-                                        "--captions", str(data / "data/captions/captions.parquet"),
-                                        "--shards", str(data / "data/images/shards"), "--vae", str(data / "models/vae"),
-                                        "--out", "latents", "--report", "encode-report"], work)
+                run(
+                    tree,
+                    "encode.py",
+                    [
+                        "--params",
+                        "params.yaml",
+                        "--index",
+                        str(data / "data/dedup/index.parquet"),
+                        "--captions",
+                        str(data / "data/captions/captions.parquet"),
+                        "--shards",
+                        str(data / "data/images/shards"),
+                        "--vae",
+                        str(data / "models/vae"),
+                        "--out",
+                        "latents",
+                        "--report",
+                        "encode-report",
+                    ],
+                    work,
+                )
             ratios = []
             for pair in range(args.pairs):
                 rates = {}
                 for name, tree in sides.items():
                     work = tmp / name
                     live = work / f"live-{pair}"
-                    run(tree, "train.py", ["--params", "params.yaml", "--latents", "latents", "--vae",
-                                           str(data / "models/vae"), "--checkpoints", f"ckpt-{pair}", "--live",
-                                           str(live), "--out", f"pipeline-{pair}", "--report", f"report-{pair}"], work)
+                    run(
+                        tree,
+                        "train.py",
+                        [
+                            "--params",
+                            "params.yaml",
+                            "--latents",
+                            "latents",
+                            "--vae",
+                            str(data / "models/vae"),
+                            "--checkpoints",
+                            f"ckpt-{pair}",
+                            "--live",
+                            str(live),
+                            "--out",
+                            f"pipeline-{pair}",
+                            "--report",
+                            f"report-{pair}",
+                        ],
+                        work,
+                    )
                     rates[name] = samples_per_s(live)
                 ratios.append(rates["streamed"] / rates["in_memory"])
-                print(f"pair {pair + 1}: streamed {rates['streamed']:.1f} samples/s, in-memory "
-                      f"{rates['in_memory']:.1f} samples/s, ratio {ratios[-1]:.3f}", flush=True)
+                print(
+                    f"pair {pair + 1}: streamed {rates['streamed']:.1f} samples/s, in-memory "
+                    f"{rates['in_memory']:.1f} samples/s, ratio {ratios[-1]:.3f}",
+                    flush=True,
+                )
             print(f"median ratio streamed / in-memory: {statistics.median(ratios):.3f} (target >= 0.95)")
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(baseline)], cwd=REPO, capture_output=True)

@@ -18,16 +18,31 @@ def main(args, params):
     Path(args.cache).mkdir(parents=True, exist_ok=True)
     result = CAPTIONERS[cfg.backend](rows, cfg, Path(args.shards), Path(args.cache))
     captions, reasons = pa.array(result.captions, pa.string()), pa.array(result.reasons, pa.string())
-    table = pa.table({"key": rows["key"], "caption": captions, "backend": pa.repeat(cfg.backend, rows.num_rows),
-                      "reason": reasons, **result.columns})
+    table = pa.table(
+        {
+            "key": rows["key"],
+            "caption": captions,
+            "backend": pa.repeat(cfg.backend, rows.num_rows),
+            "reason": reasons,
+            **result.columns,
+        }
+    )
     write_table(Path(args.out) / "captions.parquet", table)
     counts = pc.value_counts(reasons).to_pylist()
     by_reason = {c["values"]: c["counts"] for c in counts if c["values"]}
-    stats = {"captioned": rows.num_rows, "fallbacks": sum(by_reason.values()), "by_reason": dict(sorted(by_reason.items())),
-             "empty": int(pc.sum(pc.equal(captions, "")).as_py() or 0), **result.stats}
+    stats = {
+        "captioned": rows.num_rows,
+        "fallbacks": sum(by_reason.values()),
+        "by_reason": dict(sorted(by_reason.items())),
+        "empty": int(pc.sum(pc.equal(captions, "")).as_py() or 0),
+        **result.stats,
+    }
     stats["sheet_unreadable"] = sheet_of_shards(
-        Path(args.report) / "sheet.png", table.select(["key", "caption"]).append_column("shard", rows["shard"]),
-        args.shards, max_pixels=params.download.max_image_pixels)
+        Path(args.report) / "sheet.png",
+        table.select(["key", "caption"]).append_column("shard", rows["shard"]),
+        args.shards,
+        max_pixels=params.download.max_image_pixels,
+    )
     write_json(Path(args.report) / "stats.json", stats)
     print(f"caption: {rows.num_rows} captions ({stats['fallbacks']} fallbacks {stats['by_reason']})")
 

@@ -13,16 +13,23 @@ from sdlab.stage import parse_args, stage
 def main(args, params):
     out = Path(args.out)
     stats = dedupe_file(Path(args.index), out / "index.parquet", out / "duplicates.parquet", params.dedupe.val_fraction)
-    stats["sheet_unreadable"] = sheet_of_shards(Path(args.report) / "sheet.png", out / "index.parquet", args.shards,
-                                                lambda r: f"{r['split']}: {r.get('title') or r['key']}",
-                                                max_pixels=params.download.max_image_pixels)
+    stats["sheet_unreadable"] = sheet_of_shards(
+        Path(args.report) / "sheet.png",
+        out / "index.parquet",
+        args.shards,
+        lambda r: f"{r['split']}: {r.get('title') or r['key']}",
+        max_pixels=params.download.max_image_pixels,
+    )
     write_json(Path(args.report) / "stats.json", stats)
     for split in ("train", "val"):
         if stats[split] == 0:
-            raise DataError(f"dedupe: the {split} split is empty ({stats['kept']} images kept, "
-                            f"dedupe.val_fraction {params.dedupe.val_fraction}): add images or change val_fraction")
-    print(f"dedupe: kept {stats['kept']} ({stats['train']} train, {stats['val']} val), "
-          f"{stats['duplicates']} duplicates")
+            raise DataError(
+                f"dedupe: the {split} split is empty ({stats['kept']} images kept, "
+                f"dedupe.val_fraction {params.dedupe.val_fraction}): add images or change val_fraction"
+            )
+    print(
+        f"dedupe: kept {stats['kept']} ({stats['train']} train, {stats['val']} val), {stats['duplicates']} duplicates"
+    )
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ def main(args, params):
     index, stats = download(records, params.download, out / "shards", Path(args.cache))
     Path(args.cache).mkdir(parents=True, exist_ok=True)  # a DVC out, even when nothing was fetched
     write_table(out / "index.parquet", index)
-    stats["sheet_unreadable"] = sheet_of_shards(Path(args.report) / "sheet.png", index, out / "shards",
-                                                max_pixels=params.download.max_image_pixels)
+    stats["sheet_unreadable"] = sheet_of_shards(
+        Path(args.report) / "sheet.png", index, out / "shards", max_pixels=params.download.max_image_pixels
+    )
     write_json(Path(args.report) / "stats.json", stats)
     if stats["ok"] == 0:
         raise DataError(f"no image could be used: {stats['failed_by_reason']}")

@@ -14,16 +14,31 @@ from sdlab.stage import parse_args, stage
 def main(args, params):
     index, captions = require_table(args.index), require_table(args.captions)
     # only the columns planning needs; the wide record columns are streamed into the index at the end
-    rows = kept_rows(pq.read_table(index, columns=["key", "shard", "split"]),
-                     pq.read_table(captions, columns=["key", "caption"]))
-    meta = encode_dataset(rows, args.shards, args.vae, args.out, params.download.image_px,
-                          params.encode, params.text_encoder, records=index,
-                          text_mask=params.train.denoiser == "transformer")  # as PixArt's pipeline encodes
-    stats = {"images": meta["images"], "shards": len(meta["shards"]),
-             "train": sum(s["train"] for s in meta["shards"]), "val": sum(s["val"] for s in meta["shards"])}
+    rows = kept_rows(
+        pq.read_table(index, columns=["key", "shard", "split"]), pq.read_table(captions, columns=["key", "caption"])
+    )
+    meta = encode_dataset(
+        rows,
+        args.shards,
+        args.vae,
+        args.out,
+        params.download.image_px,
+        params.encode,
+        params.text_encoder,
+        records=index,
+        text_mask=params.train.denoiser == "transformer",
+    )  # as PixArt's pipeline encodes
+    stats = {
+        "images": meta["images"],
+        "shards": len(meta["shards"]),
+        "train": sum(s["train"] for s in meta["shards"]),
+        "val": sum(s["val"] for s in meta["shards"]),
+    }
     write_json(Path(args.report) / "stats.json", stats)
-    print(f"encode: {meta['images']} images in {stats['shards']} shard(s) -> latents {meta['latent_shape']} x "
-          f"{meta['views']} view(s), text as {meta['text']}")
+    print(
+        f"encode: {meta['images']} images in {stats['shards']} shard(s) -> latents {meta['latent_shape']} x "
+        f"{meta['views']} view(s), text as {meta['text']}"
+    )
 
 
 if __name__ == "__main__":

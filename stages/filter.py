@@ -18,8 +18,10 @@ def main(args, params):
     stats, head = filter_file(records, out / "records.parquet", out / "dropped.parquet", params.filter)
     if stats["kept"] == 0:
         write_json(Path(args.report) / "stats.json", stats)
-        raise DataError(f"every one of {stats['input']} records was dropped: {stats['dropped_by_reason']} "
-                        "(loosen the filter params)")
+        raise DataError(
+            f"every one of {stats['input']} records was dropped: {stats['dropped_by_reason']} "
+            "(loosen the filter params)"
+        )
     stats["sheet_unreadable"] = sheet_of_records(Path(args.report) / "sheet.png", head, label="caption")
     write_json(Path(args.report) / "stats.json", stats)
     print(f"filter: kept {stats['kept']} of {stats['input']}; dropped {stats['dropped_by_reason']}")

@@ -18,8 +18,10 @@ def main(args, params):
     batches = SOURCES[params.scrape.source](params.scrape, out, state, stats)
     count, head = write_records(out / "records.parquet", batches)
     unreadable = sheet_of_records(Path(args.report) / "sheet.png", head, label="title")
-    write_json(Path(args.report) / "stats.json", {"source": params.scrape.source, "records": count, **stats,
-                                                  "sheet_unreadable": unreadable})
+    write_json(
+        Path(args.report) / "stats.json",
+        {"source": params.scrape.source, "records": count, **stats, "sheet_unreadable": unreadable},
+    )
     print(f"scrape: {count} records from {params.scrape.source} {stats or ''}")
 
 

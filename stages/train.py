@@ -15,26 +15,32 @@ from dvclive import Live
 
 from sdlab.data.records import DataError
 from sdlab.diffusion import make_noise_scheduler
-from sdlab.sampling import generate
 from sdlab.io import first_rows, write_json
 from sdlab.latents import read_meta
 from sdlab.launch import relaunch_if_needed
+from sdlab.models.denoiser import make_denoiser
 from sdlab.models.pipeline import build_pipeline, export_pipeline
 from sdlab.models.text_encoder import load_text_encoder
-from sdlab.models.denoiser import make_denoiser
 from sdlab.reports import sample_grid
+from sdlab.sampling import generate
 from sdlab.stage import parse_args, stage
 from sdlab.stream import LatentStream, rank_parts
-from sdlab.train import (conditioning_for, data_fingerprint, make_accelerator, prepare_run, run_identity,
-                         train_unet)
+from sdlab.train import conditioning_for, data_fingerprint, make_accelerator, prepare_run, run_identity, train_unet
 
 
 def log_validation_grid(model, step: int, vae, tokenizer, text_encoder, cfg, prompts: list[str], live) -> None:
     """A few val prompts sampled with the current weights, into the dvclive folder."""
     pipeline = build_pipeline(model, vae, tokenizer, text_encoder, make_noise_scheduler(cfg))
     pipeline.set_progress_bar_config(disable=True)
-    images = generate(pipeline, prompts, list(range(len(prompts))), cfg.validation_steps, cfg.validation_guidance,
-                      len(prompts), progress=False)
+    images = generate(
+        pipeline,
+        prompts,
+        list(range(len(prompts))),
+        cfg.validation_steps,
+        cfg.validation_guidance,
+        len(prompts),
+        progress=False,
+    )
     live.log_image(f"validation/step-{step:07d}.png", sample_grid(images, prompts, len(prompts)))
     model.train()
 
@@ -48,19 +54,29 @@ def main(args, params):
     meta = read_meta(latents_dir)
     per_rank = [sum(p.rows for p in rank_parts(meta["shards"], r, world)) for r in range(world)]
     if min(per_rank) == 0:
-        raise DataError(f"train: the train split has {sum(per_rank)} image(s), too few for {world} process(es) "
-                        "(lower dedupe.val_fraction or add data)")
+        raise DataError(
+            f"train: the train split has {sum(per_rank)} image(s), too few for {world} process(es) "
+            "(lower dedupe.val_fraction or add data)"
+        )
     batch_size = min(cfg.batch_size, min(per_rank))
     if batch_size < cfg.batch_size and main_process:
-        print(f"train: train.batch_size {cfg.batch_size} is above the {min(per_rank)} train images a process "
-              f"has; using batch {batch_size}", file=sys.stderr)
-    stream = LatentStream(latents_dir, rank_parts(meta["shards"], rank, world), batch_size, cfg.seed,
-                          cfg.shuffle_shards)
-    tokenizer, text_encoder = load_text_encoder(**meta["text_encoder"], load_model=main_process or meta["text"] == "tokens")
+        print(
+            f"train: train.batch_size {cfg.batch_size} is above the {min(per_rank)} train images a process "
+            f"has; using batch {batch_size}",
+            file=sys.stderr,
+        )
+    stream = LatentStream(
+        latents_dir, rank_parts(meta["shards"], rank, world), batch_size, cfg.seed, cfg.shuffle_shards
+    )
+    tokenizer, text_encoder = load_text_encoder(
+        **meta["text_encoder"], load_model=main_process or meta["text"] == "tokens"
+    )
     masked = cfg.denoiser == "transformer"
     if masked != meta.get("text_mask", False):
-        raise DataError(f"train.denoiser: {cfg.denoiser} needs text states encoded {'with' if masked else 'without'} "
-                        f"the attention mask; {latents_dir} has them {'with' if not masked else 'without'} (rerun encode)")
+        raise DataError(
+            f"train.denoiser: {cfg.denoiser} needs text states encoded {'with' if masked else 'without'} "
+            f"the attention mask; {latents_dir} has them {'with' if not masked else 'without'} (rerun encode)"
+        )
     conditioning = conditioning_for(latents_dir, meta["text"], text_encoder, masked)
     unet = make_denoiser(cfg, meta["latent_shape"][1], meta["latent_shape"][0], meta["text_dim"])
     run_dir = Path(args.checkpoints) / run_identity(cfg, data_fingerprint(latents_dir), world)
@@ -71,8 +87,14 @@ def main(args, params):
         vae = AutoencoderKL.from_pretrained(args.vae)
         prompts = first_rows(latents_dir / "index.parquet", cfg.validation_prompts, "split", "val", ["caption"])
         if prompts.num_rows:
-            validate = functools.partial(log_validation_grid, vae=vae, tokenizer=tokenizer, text_encoder=text_encoder,
-                                         cfg=cfg, prompts=prompts["caption"].to_pylist())
+            validate = functools.partial(
+                log_validation_grid,
+                vae=vae,
+                tokenizer=tokenizer,
+                text_encoder=text_encoder,
+                cfg=cfg,
+                prompts=prompts["caption"].to_pylist(),
+            )
     live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=resuming) if main_process else None
     with live or contextlib.nullcontext():
         validate = functools.partial(validate, live=live) if validate else None
@@ -80,9 +102,12 @@ def main(args, params):
     stream.close()
     if main_process:
         (live_dir / "plots" / "images").mkdir(parents=True, exist_ok=True)  # a DVC plots out
-        summary.update(train_samples=sum(per_rank), denoiser=cfg.denoiser,
-                       unet_parameters=sum(p.numel() for p in unet.parameters()),
-                       trainable_parameters=sum(p.numel() for p in unet.parameters() if p.requires_grad))
+        summary.update(
+            train_samples=sum(per_rank),
+            denoiser=cfg.denoiser,
+            unet_parameters=sum(p.numel() for p in unet.parameters()),
+            trainable_parameters=sum(p.numel() for p in unet.parameters() if p.requires_grad),
+        )
         export_pipeline(unet, cfg, vae, tokenizer, text_encoder, Path(args.out))  # merges LoRA into unet
         write_json(Path(args.report) / "stats.json", summary)
         print(f"train: {summary}")

@@ -7,8 +7,14 @@ import torch
 
 from sdlab.data.shards import load_images
 from sdlab.io import atomic_dir, read_table, write_json
-from sdlab.models.vae import (build_vae, latent_scaling_factor, load_pretrained_vae, reconstruction_psnr,
-                              to_tensor, train_vae)
+from sdlab.models.vae import (
+    build_vae,
+    latent_scaling_factor,
+    load_pretrained_vae,
+    reconstruction_psnr,
+    to_tensor,
+    train_vae,
+)
 from sdlab.stage import parse_args, stage
 
 

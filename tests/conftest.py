@@ -25,10 +25,12 @@ GUARD_DIR = REPO / "tests" / "netguard"
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(GUARD_DIR), os.environ.get("PYTHONPATH")]))
 if "SDLAB_NETGUARD_LOG" not in os.environ:
     import tempfile
+
     os.environ["SDLAB_NETGUARD_LOG"] = str(Path(tempfile.mkdtemp(prefix="sdlab-netguard-")) / "attempts.jsonl")
 sys.path.insert(0, str(GUARD_DIR))
-import loopback_guard  # noqa: E402
 import socket  # noqa: E402
+
+import loopback_guard  # noqa: E402
 
 loopback_guard.install()  # the socket guard: resolve/connect/sendto outside loopback refused and recorded
 assert socket.socket.connect is loopback_guard.connect and socket.getaddrinfo is loopback_guard.getaddrinfo
@@ -41,7 +43,7 @@ class NetGuard:
         self.start = len(loopback_guard.attempts())
 
     def attempts(self) -> list[dict]:
-        return loopback_guard.attempts()[self.start:]
+        return loopback_guard.attempts()[self.start :]
 
 
 @pytest.fixture
@@ -77,6 +79,7 @@ def png(image: Image.Image) -> bytes:
 @pytest.fixture
 def tiny_params() -> Params:
     import yaml
+
     return parse_params(yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text()))
 
 
@@ -89,8 +92,9 @@ def blob_records(tmp_path) -> list[dict]:
 
 def run_stage(script: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """Run a stage entry point the way DVC does, capturing its output."""
-    return subprocess.run([sys.executable, str(REPO / "stages" / script), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(REPO / "stages" / script), *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 def random_rgb(seed: int, px: int = 16) -> np.ndarray:
@@ -100,13 +104,17 @@ def random_rgb(seed: int, px: int = 16) -> np.ndarray:
 def packed_blobs(root: Path, seed: int, count: int, image_px: int, shard_size: int) -> list[dict]:
     """`count` blob images drawn and packed into `root/shards` as the download stage does; index rows."""
     import pyarrow as pa
+
     from sdlab.config import DownloadConfig
     from sdlab.data.download import download
 
     config = ScrapeConfig(seed=seed, synthetic=SyntheticConfig(num_images=count, image_px=64, duplicate_fraction=0))
     records = synthetic.scrape(config, root / "raw")
-    index, _ = download(pa.Table.from_pylist(records),
-                          DownloadConfig(image_px=image_px, shard_size=shard_size, processes=1), root / "shards")
+    index, _ = download(
+        pa.Table.from_pylist(records),
+        DownloadConfig(image_px=image_px, shard_size=shard_size, processes=1),
+        root / "shards",
+    )
     return index.to_pylist()
 
 
@@ -119,18 +127,32 @@ def project_copy(work: Path, params_yaml: str) -> Path:
     shutil.rmtree(work / ".dvc" / "cache", ignore_errors=True)
     shutil.rmtree(work / ".dvc" / "tmp", ignore_errors=True)
     (work / "params.yaml").write_text(params_yaml)
-    for command in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+    for command in (
+        ["init", "-q"],
+        ["add", "-A"],
+        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"],
+    ):
         subprocess.run(["git", *command], cwd=work, check=True)
     return work
 
 
 def dvc_env(workdir: Path) -> dict:
-    return dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", HF_HUB_OFFLINE="1",
-                PYTHONPATH=os.pathsep.join([str(workdir / "src"), str(GUARD_DIR)]))  # the copy runs its own code
+    return dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        HF_HUB_OFFLINE="1",
+        PYTHONPATH=os.pathsep.join([str(workdir / "src"), str(GUARD_DIR)]),
+    )  # the copy runs its own code
 
 
 def dvc(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=workdir, env=dvc_env(workdir),
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=workdir,
+        env=dvc_env(workdir),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result

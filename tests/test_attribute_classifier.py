@@ -16,7 +16,9 @@ def blobs(seed: int, count: int, px: int = 32):
 @pytest.fixture(scope="module")
 def judge():
     train, train_rows = blobs(1, 800)
-    return train_classifier(train, train_rows, steps=300, seed=0)  # the profile's judge_steps: eyes 0.98 here, 0.78 at 200
+    return train_classifier(
+        train, train_rows, steps=300, seed=0
+    )  # the profile's judge_steps: eyes 0.98 here, 0.78 at 200
 
 
 def test_classifier_reads_attributes_of_real_images_and_not_of_noise(judge):
@@ -33,8 +35,10 @@ def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise(judge):
     fid_self, _ = fid_kid(extractor, val, val)
     assert abs(fid_self) < 1e-3
     rng = np.random.default_rng(1)
-    scores = [fid_kid(extractor, val, np.clip(val + rng.normal(0, s, val.shape), 0, 255).astype(np.uint8))
-              for s in (10, 40, 100)]
+    scores = [
+        fid_kid(extractor, val, np.clip(val + rng.normal(0, s, val.shape), 0, 255).astype(np.uint8))
+        for s in (10, 40, 100)
+    ]
     assert scores[0][0] < scores[1][0] < scores[2][0]
     assert scores[0][1] < scores[2][1]  # KID too
 
@@ -44,6 +48,7 @@ def test_judge_samples_scores_the_generated_images_against_their_own_rows():
     ones, or pairing images with the wrong rows, must show. Here the "generated" images are
     the real val images rolled by one, each beside another image's prompt."""
     from sdlab.evaluate import judge_samples
+
     train, train_rows = blobs(1, 600)
     val, rows = blobs(2, 64)
     scores = judge_samples(np.roll(val, 1, axis=0), rows, val, train, train_rows, judge_steps=300, seed=0)

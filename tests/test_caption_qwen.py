@@ -6,13 +6,12 @@ import json
 
 import pyarrow as pa
 import pytest
-
 from conftest import packed_blobs
+from support.tiny_qwen import build_tiny_qwen
 
 from sdlab.caption import CAPTIONERS
 from sdlab.caption.cache import CacheWriter, read_cache
 from sdlab.caption.qwen_vl import GenerationSettings, QwenCaptioner, clean_caption, validate_caption
-from support.tiny_qwen import build_tiny_qwen
 from sdlab.config import CaptionConfig
 
 
@@ -29,8 +28,16 @@ def images(tmp_path_factory):
 
 
 def config(model: str, **overrides) -> CaptionConfig:
-    base = dict(backend="qwen2.5-vl", model=model, batch_size=4, max_new_tokens=8, min_pixels=56 * 56,
-                max_pixels=56 * 56, workers=1, threads_per_worker=1)
+    base = dict(
+        backend="qwen2.5-vl",
+        model=model,
+        batch_size=4,
+        max_new_tokens=8,
+        min_pixels=56 * 56,
+        max_pixels=56 * 56,
+        workers=1,
+        threads_per_worker=1,
+    )
     return CaptionConfig(**{**base, **overrides})
 
 
@@ -40,13 +47,15 @@ def run(rows, cfg, shards, cache):
 
 def test_batched_captions_equal_unbatched_ones(tiny_qwen, images):
     from PIL import Image
+
     from sdlab.data.shards import load_images
+
     shards, rows = images
     pictures = [Image.fromarray(a) for a in load_images(shards, rows[:4])]
     titles = [r["title"] + "x" * i for i, r in enumerate(rows[:4])]  # different prompt lengths: real padding
     captioner = QwenCaptioner(GenerationSettings(tiny_qwen, "Describe {title}.", 8, 56 * 56, 56 * 56))
     batched = captioner.generate(pictures, titles)
-    assert batched == [captioner.generate([p], [t])[0] for p, t in zip(pictures, titles)]
+    assert batched == [captioner.generate([p], [t])[0] for p, t in zip(pictures, titles, strict=True)]
     assert all(isinstance(text, str) for text in batched)
 
 
@@ -95,9 +104,11 @@ def test_invalid_captions_fall_back_to_the_template_with_a_counted_reason(tiny_q
     raw = read_cache(tmp_path)
     settings = GenerationSettings(tiny_qwen, CaptionConfig().prompt, 8, 56 * 56, 56 * 56)
     from sdlab.caption.qwen_pool import cache_keys
+
     keys = cache_keys(rows, settings, str(shards))
     assert [c for c, why in lenient.pairs() if not why] == [
-        clean_caption(raw[keys[r["key"]]]["raw"]) for r, (_, why) in zip(rows, lenient.pairs()) if not why]
+        clean_caption(raw[keys[r["key"]]]["raw"]) for r, (_, why) in zip(rows, lenient.pairs(), strict=True) if not why
+    ]
 
 
 def test_two_cpu_workers_give_the_same_table_as_one(tiny_qwen, images, tmp_path):
@@ -118,7 +129,10 @@ def test_a_write_cut_short_by_a_kill_is_ignored(tmp_path):
 
 
 def test_clean_and_validate():
-    assert clean_caption('assistant\n"blobhappy emoji with a round head."\nextra line') == "blobhappy emoji with a round head."
+    assert (
+        clean_caption('assistant\n"blobhappy emoji with a round head."\nextra line')
+        == "blobhappy emoji with a round head."
+    )
     assert clean_caption("  ``  ") == ""
     assert validate_caption("", "blob", 5, 50, True) == "empty"
     assert validate_caption("blob", "blob", 5, 50, True) == "too_short"
@@ -130,14 +144,27 @@ def test_clean_and_validate():
 def test_caption_stage_writes_the_table_and_counts_fallbacks(tiny_qwen, images, tmp_path):
     import pyarrow.parquet as pq
     from conftest import run_stage
+
     shards, rows = images
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "index.parquet")
     (tmp_path / "params.yaml").write_text(
         f"caption:\n  backend: qwen2.5-vl\n  model: {tiny_qwen}\n  batch_size: 6\n  max_new_tokens: 6\n"
-        f"  min_pixels: 3136\n  max_pixels: 3136\n  workers: 1\n")
-    args = ["--params", str(tmp_path / "params.yaml"), "--index", str(tmp_path / "index.parquet"),
-            "--shards", str(shards), "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
-            "--report", str(tmp_path / "report")]
+        f"  min_pixels: 3136\n  max_pixels: 3136\n  workers: 1\n"
+    )
+    args = [
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "--index",
+        str(tmp_path / "index.parquet"),
+        "--shards",
+        str(shards),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--out",
+        str(tmp_path / "out"),
+        "--report",
+        str(tmp_path / "report"),
+    ]
     result = run_stage("caption.py", *args)
     assert result.returncode == 0, result.stderr
     table = pq.read_table(tmp_path / "out" / "captions.parquet")

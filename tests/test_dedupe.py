@@ -9,17 +9,25 @@ def index(rows):
 
 
 def test_the_planted_duplicate_is_the_one_dropped():
-    table = index([
-        {"key": "first", "md5": "aaa", "status": "ok"},
-        {"key": "other", "md5": "bbb", "status": "ok"},
-        {"key": "copy", "md5": "aaa", "status": "ok"},
-        {"key": "broken", "md5": "", "status": "failed"},
-    ])
+    table = index(
+        [
+            {"key": "first", "md5": "aaa", "status": "ok"},
+            {"key": "other", "md5": "bbb", "status": "ok"},
+            {"key": "copy", "md5": "aaa", "status": "ok"},
+            {"key": "broken", "md5": "", "status": "failed"},
+        ]
+    )
     kept, duplicates, stats = dedupe(table, val_fraction=0.5)
     assert kept["key"].to_pylist() == ["first", "other"]
     assert duplicates.to_pylist() == [{"key": "copy", "md5": "aaa", "duplicate_of": "first"}]
-    assert stats == {"input": 4, "failed_upstream": 1, "duplicates": 1, "kept": 2,
-                     "train": stats["train"], "val": stats["val"]}
+    assert stats == {
+        "input": 4,
+        "failed_upstream": 1,
+        "duplicates": 1,
+        "kept": 2,
+        "train": stats["train"],
+        "val": stats["val"],
+    }
     assert stats["train"] + stats["val"] == 2
 
 
@@ -35,6 +43,7 @@ def test_split_is_stable_and_near_the_requested_fraction():
 def test_synthetic_duplicates_are_found_end_to_end(blob_records, tmp_path):
     from sdlab.config import DownloadConfig
     from sdlab.data.download import download
+
     table, _ = download(pa.Table.from_pylist(blob_records), DownloadConfig(image_px=16), tmp_path / "s")
     kept, duplicates, _ = dedupe(table, 0.1)
     assert duplicates.num_rows == 2
@@ -46,15 +55,25 @@ def test_synthetic_duplicates_are_found_end_to_end(blob_records, tmp_path):
 
 def test_split_of_named_keys_is_fixed_across_processes_and_versions():
     """Literal expectations: a split that moved (a salted hash(), another digest) fails here."""
-    expected = {"syn-000001": "train", "syn-000002": "train", "laion-42": "train",
-                "discord-0123456789abcdef": "val", "a": "train", "d": "val", "f": "val", "h": "val"}
+    expected = {
+        "syn-000001": "train",
+        "syn-000002": "train",
+        "laion-42": "train",
+        "discord-0123456789abcdef": "val",
+        "a": "train",
+        "d": "val",
+        "f": "val",
+        "h": "val",
+    }
     assert {key: split_for_key(key, 0.3) for key in expected} == expected
     from sdlab.data.dedupe import splits_for_keys
+
     assert splits_for_keys(pa.array(list(expected)), 0.3).to_pylist() == list(expected.values())
 
 
 def test_the_columnar_md5_path_and_the_fallback_agree():
     import hashlib
+
     digests = [hashlib.md5(str(i % 7).encode()).hexdigest() for i in range(50)]  # 32-char hex: the fast path
     table = index([{"key": f"k{i:02d}", "md5": d, "status": "ok"} for i, d in enumerate(digests)])
     kept, duplicates, _ = dedupe(table, 0.1)

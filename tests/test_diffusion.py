@@ -4,8 +4,14 @@ import pytest
 import torch
 
 from sdlab.config import TrainConfig
-from sdlab.diffusion import (denoising_loss, denoising_target, make_noise_scheduler, min_snr_weights, offset_noise,
-                             training_loss)
+from sdlab.diffusion import (
+    denoising_loss,
+    denoising_target,
+    make_noise_scheduler,
+    min_snr_weights,
+    offset_noise,
+    training_loss,
+)
 
 
 class Oracle(torch.nn.Module):
@@ -21,7 +27,11 @@ class Oracle(torch.nn.Module):
 
 def batch():
     g = torch.Generator().manual_seed(0)
-    return torch.randn(6, 4, 8, 8, generator=g), torch.randn(6, 4, 8, 8, generator=g), torch.tensor([0, 100, 300, 500, 700, 999])
+    return (
+        torch.randn(6, 4, 8, 8, generator=g),
+        torch.randn(6, 4, 8, 8, generator=g),
+        torch.tensor([0, 100, 300, 500, 700, 999]),
+    )
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
@@ -76,9 +86,16 @@ def test_the_exported_sampler_keeps_the_training_target(tmp_path):
     from sdlab.models.text_encoder import load_text_encoder
     from sdlab.models.unet import build_unet
     from sdlab.models.vae import build_vae
+
     tokenizer, text_encoder = load_text_encoder(None, 77)
-    unet = build_unet(UnetConfig(block_out_channels=[8, 16], attention_head_dim=2,
-                                 cross_attention_levels=[False, True]), 4, 4, 384)
-    pipeline = build_pipeline(unet, build_vae(VaeConfig(block_out_channels=[8, 16]), 8), tokenizer, text_encoder,
-                              make_noise_scheduler(TrainConfig(prediction_type="v_prediction")))
+    unet = build_unet(
+        UnetConfig(block_out_channels=[8, 16], attention_head_dim=2, cross_attention_levels=[False, True]), 4, 4, 384
+    )
+    pipeline = build_pipeline(
+        unet,
+        build_vae(VaeConfig(block_out_channels=[8, 16]), 8),
+        tokenizer,
+        text_encoder,
+        make_noise_scheduler(TrainConfig(prediction_type="v_prediction")),
+    )
     assert pipeline.scheduler.config.prediction_type == "v_prediction"

@@ -46,4 +46,6 @@ def test_reconstruction_keeps_shape_and_psnr_ranks_it():
     real = images((200, 30, 30))
     recon = reconstruct(vae, real, batch_size=4)
     assert recon.shape == real.shape and recon.dtype == np.uint8
-    assert psnr(real, real) > 100 and psnr(real, recon) < psnr(real, np.clip(real.astype(int) + 3, 0, 255).astype(np.uint8))
+    assert psnr(real, real) > 100 and psnr(real, recon) < psnr(
+        real, np.clip(real.astype(int) + 3, 0, 255).astype(np.uint8)
+    )

@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pyarrow as pa
 import webdataset as wds
+from conftest import png
 from PIL import Image
 
-from conftest import png
 from sdlab.config import DownloadConfig
 from sdlab.data.download import download
 from sdlab.data.images import composite_on_white, fit_square
@@ -44,17 +44,38 @@ def test_every_record_gets_an_index_row_and_failures_carry_their_reason(tmp_path
     good = png(Image.new("RGBA", (24, 24), (0, 128, 0, 255)))
     rows = [
         {"key": "good", "path": write(tmp_path / "good.png", good), "title": "g", "caption": "c"},
-        {"key": "corrupt", "path": write(tmp_path / "bad.png", b"\x89PNG\r\n\x1a\nnot really"), "title": "b", "caption": ""},
+        {
+            "key": "corrupt",
+            "path": write(tmp_path / "bad.png", b"\x89PNG\r\n\x1a\nnot really"),
+            "title": "b",
+            "caption": "",
+        },
         {"key": "missing", "path": str(tmp_path / "nowhere.png"), "title": "m", "caption": ""},
-        {"key": "tiny", "path": write(tmp_path / "tiny.png", png(Image.new("RGB", (2, 2)))), "title": "t", "caption": ""},
-        {"key": "long", "path": write(tmp_path / "long.png", png(Image.new("RGB", (100, 10)))), "title": "l", "caption": ""},
+        {
+            "key": "tiny",
+            "path": write(tmp_path / "tiny.png", png(Image.new("RGB", (2, 2)))),
+            "title": "t",
+            "caption": "",
+        },
+        {
+            "key": "long",
+            "path": write(tmp_path / "long.png", png(Image.new("RGB", (100, 10)))),
+            "title": "l",
+            "caption": "",
+        },
         {"key": "empty", "path": write(tmp_path / "empty.png", b""), "title": "e", "caption": ""},
     ]
     index, stats = download(pa.Table.from_pylist(rows), DownloadConfig(image_px=16, min_side_px=8), tmp_path / "shards")
     assert index.num_rows == len(rows)
-    reasons = dict(zip(index["key"].to_pylist(), index["reason"].to_pylist()))
-    assert reasons == {"good": "", "corrupt": "decode_error", "missing": "missing_file", "tiny": "too_small",
-                       "long": "bad_aspect_ratio", "empty": "empty_file"}
+    reasons = dict(zip(index["key"].to_pylist(), index["reason"].to_pylist(), strict=True))
+    assert reasons == {
+        "good": "",
+        "corrupt": "decode_error",
+        "missing": "missing_file",
+        "tiny": "too_small",
+        "long": "bad_aspect_ratio",
+        "empty": "empty_file",
+    }
     assert stats["ok"] == 1 and stats["failed"] == 5
     assert stats["failed_by_reason"]["decode_error"] == 1
     good_row = index.filter(pa.compute.equal(index["key"], "good")).to_pylist()[0]
@@ -63,8 +84,9 @@ def test_every_record_gets_an_index_row_and_failures_carry_their_reason(tmp_path
 
 
 def test_shards_are_webdataset_readable_at_the_training_resolution(blob_records, tmp_path):
-    index, stats = download(pa.Table.from_pylist(blob_records), DownloadConfig(image_px=16, shard_size=16, processes=2),
-                              tmp_path / "shards")
+    index, stats = download(
+        pa.Table.from_pylist(blob_records), DownloadConfig(image_px=16, shard_size=16, processes=2), tmp_path / "shards"
+    )
     assert stats["shards"] == 3 and stats["ok"] == 40
     urls = [str(p) for p in sorted((tmp_path / "shards").glob("*.tar"))]
     samples = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("rgb8"))

@@ -7,7 +7,6 @@ import ast
 from pathlib import Path
 
 import yaml
-
 from conftest import REPO
 
 SRC = REPO / "src"

@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import REPO, packed_blobs
 from safetensors.torch import load_file
 
-from conftest import REPO, packed_blobs
 from sdlab.config import EncodeConfig, TextEncoderConfig, VaeConfig
 from sdlab.data.shards import load_images
 from sdlab.encode import encode_dataset
@@ -48,8 +48,11 @@ def encode(dataset, out: Path, image_px: int = 16, **overrides) -> dict:
 
 
 def outputs(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and not p.name.startswith(".")}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    }
 
 
 def test_worker_count_never_reaches_the_bytes_even_with_random_draws_and_flips(dataset, tmp_path):
@@ -91,8 +94,9 @@ def test_text_files_hold_splits_and_the_states_of_each_row_and_the_index_points_
     tokenizer, model = load_text_encoder(None, 77)
     expected = encode_prompts(tokenizer, model, [by_key[keys[0]]["caption"], ""])
     assert torch.allclose(text["hidden"][0].float(), expected[0], atol=1e-2)
-    assert torch.allclose(load_file(str(tmp_path / "out/uncond.safetensors"))["hidden"][0].float(), expected[1],
-                          atol=1e-2)
+    assert torch.allclose(
+        load_file(str(tmp_path / "out/uncond.safetensors"))["hidden"][0].float(), expected[1], atol=1e-2
+    )
     index = pq.read_table(tmp_path / "out/index.parquet").to_pylist()
     assert [r["key"] for r in index] == rows["key"].to_pylist()
     assert all(keys[r["row"]] == r["key"] for r in index if r["latent_shard"] == "00000.safetensors")
@@ -113,8 +117,9 @@ def test_tokens_store_ids_and_masks_only_at_a_fraction_of_the_bytes(dataset, tmp
     assert size(tmp_path / "tokens") * 50 < size(tmp_path / "states")
     assert meta["text"] == "tokens"
     # the latents do not depend on the text mode: same bytes
-    assert (tmp_path / "tokens/shards/00001.safetensors").read_bytes() == \
-           (tmp_path / "states/shards/00001.safetensors").read_bytes()
+    assert (tmp_path / "tokens/shards/00001.safetensors").read_bytes() == (
+        tmp_path / "states/shards/00001.safetensors"
+    ).read_bytes()
 
 
 def test_a_caption_change_rewrites_only_that_shards_text_never_a_latent(dataset, tmp_path):
@@ -124,8 +129,15 @@ def test_a_caption_change_rewrites_only_that_shards_text_never_a_latent(dataset,
     inodes = {p.relative_to(out): p.stat().st_ino for p in out.rglob("*.safetensors")}
     table = rows.to_pylist()
     table[0]["caption"] = "a brand new caption"
-    encode_dataset(pa.Table.from_pylist(table), str(root / "shards"), str(root / "vae"), str(out), 16,
-                   EncodeConfig(batch_size=5), TEXT)
+    encode_dataset(
+        pa.Table.from_pylist(table),
+        str(root / "shards"),
+        str(root / "vae"),
+        str(out),
+        16,
+        EncodeConfig(batch_size=5),
+        TEXT,
+    )
     changed = {str(p) for p, inode in inodes.items() if (out / p).stat().st_ino != inode}
     assert changed == {"text/00000.safetensors"}
 
@@ -134,7 +146,11 @@ def test_a_corrupt_or_truncated_shard_is_detected_and_encoded_again(dataset, tmp
     out = tmp_path / "out"
     encode(dataset, out)
     good = outputs(out)
-    corrupt, truncated, untouched = out / "shards/00001.safetensors", out / "shards/00002.safetensors", out / "shards/00003.safetensors"
+    corrupt, truncated, untouched = (
+        out / "shards/00001.safetensors",
+        out / "shards/00002.safetensors",
+        out / "shards/00003.safetensors",
+    )
     data = bytearray(corrupt.read_bytes())
     data[-20] ^= 0xFF  # one flipped bit pattern inside the tensor bytes
     corrupt.write_bytes(bytes(data))
@@ -154,8 +170,9 @@ def test_new_image_px_under_the_same_vae_re_encodes_every_shard_with_the_new_sha
     by_key = {r["key"]: r for r in rows.to_pylist()}
     assert set(by_key) <= {r["key"] for r in index32}
     rows32 = pa.Table.from_pylist([dict(by_key[r["key"]], shard=r["shard"]) for r in index32 if r["key"] in by_key])
-    meta = encode_dataset(rows32, str(tmp_path / "shards"), str(root / "vae"), str(out), 32,
-                          EncodeConfig(batch_size=5), TEXT)
+    meta = encode_dataset(
+        rows32, str(tmp_path / "shards"), str(root / "vae"), str(out), 32, EncodeConfig(batch_size=5), TEXT
+    )
     assert meta["latent_shape"] == [4, 16, 16]
     for path in (out / "shards").glob("*.safetensors"):
         assert load_file(str(path))["mean"].shape[2:] == (4, 16, 16), path.name
@@ -188,12 +205,26 @@ def test_kill_mid_shard_then_rerun_is_bit_exact_and_skips_finished_shards(datase
     pq.write_table(rows, work / "index.parquet")
     pq.write_table(rows.select(["key", "caption"]), work / "captions.parquet")
     (work / "params.yaml").write_text("download:\n  image_px: 16\nencode:\n  batch_size: 1\n  workers: 1\n")
-    command = [sys.executable, str(REPO / "stages/encode.py"), "--index", "index.parquet", "--captions",
-               "captions.parquet", "--shards", str(root / "shards"), "--vae", str(root / "vae"), "--out", "latents",
-               "--report", "report"]
+    command = [
+        sys.executable,
+        str(REPO / "stages/encode.py"),
+        "--index",
+        "index.parquet",
+        "--captions",
+        "captions.parquet",
+        "--shards",
+        str(root / "shards"),
+        "--vae",
+        str(root / "vae"),
+        "--out",
+        "latents",
+        "--report",
+        "report",
+    ]
     env = dict(os.environ, SDLAB_ENCODE_BATCH_DELAY_S="0.05")  # 50 ms per batch: a kill lands inside a shard
-    process = subprocess.Popen(command, cwd=work, start_new_session=True, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, cwd=work, start_new_session=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while len(list((work / "latents/shards").glob("*.safetensors"))) < 2 and time.time() < deadline:
         time.sleep(0.005)
@@ -208,7 +239,8 @@ def test_kill_mid_shard_then_rerun_is_bit_exact_and_skips_finished_shards(datase
     assert tensors(work / "latents") == tensors(reference)
     columns = sorted(pq.read_schema(reference / "index.parquet").names)
     assert pq.read_table(work / "latents/index.parquet", columns=columns).equals(
-        pq.read_table(reference / "index.parquet", columns=columns))
+        pq.read_table(reference / "index.parquet", columns=columns)
+    )
     for name, inode in done_before.items():
         assert (work / "latents/shards" / name).stat().st_ino == inode, f"{name} was encoded twice"
 
@@ -223,17 +255,34 @@ def test_read_rows_returns_the_rows_of_one_split(dataset, tmp_path):
 
 def test_pretrained_clip_text_encoder_loads_from_a_local_folder(tmp_path):
     from transformers import CLIPConfig, CLIPModel, CLIPTextModel
+
     tokenizer, _ = load_text_encoder(None, 77)
-    config = CLIPConfig(text_config=dict(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77),
-                        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                           num_attention_heads=2, image_size=32, patch_size=16))
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=16,
+        ),
+    )
     CLIPModel(config).save_pretrained(tmp_path / "repo" / "text_encoder")
     tokenizer.save_pretrained(tmp_path / "repo" / "tokenizer")
-    loaded_tokenizer, model = load_text_encoder(str(tmp_path / "repo"), 77, subfolder="text_encoder",
-                                                tokenizer_subfolder="tokenizer")
+    loaded_tokenizer, model = load_text_encoder(
+        str(tmp_path / "repo"), 77, subfolder="text_encoder", tokenizer_subfolder="tokenizer"
+    )
     assert isinstance(model, CLIPTextModel)
     assert encode_prompts(loaded_tokenizer, model, ["a blob", "another"]).shape == (2, 77, 32)
     from sdlab.config import ConfigError
+
     with pytest.raises(ConfigError, match="text_encoder.max_length: 100 is above the encoder's limit of 77"):
         load_text_encoder(str(tmp_path / "repo"), 100, subfolder="text_encoder", tokenizer_subfolder="tokenizer")

@@ -7,17 +7,16 @@ import pytest
 import torch
 from PIL import Image
 
-from sdlab.config import UnetConfig, VaeConfig
+from sdlab.config import TrainConfig, UnetConfig, VaeConfig
 from sdlab.data.images import composite_on_white, fit_square
 from sdlab.diffusion import make_noise_scheduler
-from sdlab.config import TrainConfig
 from sdlab.evaluate import generate, heldout_loss, timestep_grid
-from sdlab.reports import sample_grid
 from sdlab.judge import adherence
 from sdlab.models.pipeline import build_pipeline, load_pipeline, save_pipeline
 from sdlab.models.text_encoder import load_text_encoder
 from sdlab.models.unet import build_unet
 from sdlab.models.vae import build_vae
+from sdlab.reports import sample_grid
 from sdlab.sources.synthetic import ATTRIBUTES, draw_blob, sample_blob
 
 
@@ -44,8 +43,9 @@ def test_adherence_catches_the_wrong_color():
 def tiny_pipeline_dir(tmp_path_factory):
     torch.manual_seed(0)
     tokenizer, text_encoder = load_text_encoder(None, 77)
-    unet = build_unet(UnetConfig(block_out_channels=[8, 16], attention_head_dim=2,
-                                 cross_attention_levels=[False, True]), 8, 4, 384)
+    unet = build_unet(
+        UnetConfig(block_out_channels=[8, 16], attention_head_dim=2, cross_attention_levels=[False, True]), 8, 4, 384
+    )
     vae = build_vae(VaeConfig(block_out_channels=[8, 16]), 16)
     path = tmp_path_factory.mktemp("pipe") / "pipeline"
     save_pipeline(build_pipeline(unet, vae, tokenizer, text_encoder, make_noise_scheduler(TrainConfig())), path)
@@ -63,7 +63,9 @@ def test_same_seed_same_image_other_seed_other_image(tiny_pipeline_dir):
 
 def test_scheduler_is_a_param_and_keeps_the_noise_schedule(tiny_pipeline_dir):
     from diffusers import DDIMScheduler
+
     from sdlab.evaluate import use_scheduler
+
     pipeline = load_pipeline(tiny_pipeline_dir)
     betas = pipeline.scheduler.betas.clone()
     use_scheduler(pipeline, "ddim")
@@ -84,23 +86,43 @@ def test_heldout_loss_is_deterministic(tiny_pipeline_dir):
 
 
 def test_generate_command_writes_a_reproducible_png(tiny_pipeline_dir, tmp_path):
-    command = [sys.executable, "-m", "sdlab.cli", "generate", "--model", str(tiny_pipeline_dir),
-               "--prompt", "blobsad emoji", "--seed", "0", "--steps", "3"]
+    command = [
+        sys.executable,
+        "-m",
+        "sdlab.cli",
+        "generate",
+        "--model",
+        str(tiny_pipeline_dir),
+        "--prompt",
+        "blobsad emoji",
+        "--seed",
+        "0",
+        "--steps",
+        "3",
+    ]
     for name in ("a.png", "b.png"):
         result = subprocess.run(command + ["--out", str(tmp_path / name)], capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
     a, b = (np.asarray(Image.open(tmp_path / n)) for n in ("a.png", "b.png"))
     assert a.shape == (16, 16, 3) and np.array_equal(a, b)
-    result = subprocess.run(command + ["--num-images", "2", "--out", str(tmp_path / "many.png")],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        command + ["--num-images", "2", "--out", str(tmp_path / "many.png")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     first, second = (np.asarray(Image.open(tmp_path / f"many-{i}.png")) for i in (0, 1))
     assert not np.array_equal(first, second)  # seeds 0 and 1
 
 
 def test_generate_command_names_a_folder_that_is_not_a_pipeline(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "sdlab.cli", "generate", "--model", str(tmp_path),
-                             "--prompt", "x"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "sdlab.cli", "generate", "--model", str(tmp_path), "--prompt", "x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1 and str(tmp_path) in result.stderr and "Traceback" not in result.stderr
 
 
@@ -112,22 +134,41 @@ def test_sample_grid_has_one_cell_per_image():
 
 def test_clip_score_matches_the_models_own_similarity_and_reads_each_prompt(tmp_path):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
     from sdlab.evaluate import clip_score
+
     tokenizer, _ = load_text_encoder(None, 77)
     # CLIP pools the text at the end-of-text id: make it the tokenizer's own [SEP], so each
     # prompt pools its last position (with CLIP's causal mask, the one that has read it all).
-    config = CLIPConfig(text_config=dict(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77,
-                                         eos_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id,
-                                         pad_token_id=tokenizer.pad_token_id),
-                        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                           num_attention_heads=2, image_size=32, patch_size=16), projection_dim=16)
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            eos_token_id=tokenizer.sep_token_id,
+            bos_token_id=tokenizer.cls_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=16,
+        ),
+        projection_dim=16,
+    )
     torch.manual_seed(0)
     model = CLIPModel(config).eval()
     model.save_pretrained(tmp_path / "clip")
-    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
-                                                                 crop_size={"height": 32, "width": 32}),
-                              tokenizer=tokenizer)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+    )
     processor.save_pretrained(tmp_path / "clip")
     images, rows = real_blobs(6)
     prompts = [f"a {r['skin_color']} {r['head_shape']} blob with {r['eyes']} eyes" for r in rows]
@@ -148,17 +189,21 @@ def test_clip_score_matches_the_models_own_similarity_and_reads_each_prompt(tmp_
 
 
 def test_standard_inception_fid_loads_its_weights_from_a_local_file(tmp_path, monkeypatch):
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
     from sdlab.config import ConfigError
     from sdlab.evaluate import fid_kid, inception_extractor
-    from torchmetrics.image.fid import NoTrainInceptionV3
+
     # Fabricate a weights file of the right architecture (random values): build the module with
     # its weight loading switched off, save its state dict. The code under test then loads it.
     with monkeypatch.context() as patch:
         patch.setattr(NoTrainInceptionV3, "load_state_dict", lambda self, *a, **k: None)
         import torch_fidelity.feature_extractor_inceptionv3 as fidelity
+
         patch.setattr(fidelity.torch, "load", lambda *a, **k: {})
-        torch.save(NoTrainInceptionV3("inception-v3-compat", ["2048"], "unused").state_dict(),
-                   tmp_path / "inception.pth")
+        torch.save(
+            NoTrainInceptionV3("inception-v3-compat", ["2048"], "unused").state_dict(), tmp_path / "inception.pth"
+        )
     digest = hashlib.sha256((tmp_path / "inception.pth").read_bytes()).hexdigest()
     extractor = inception_extractor(str(tmp_path / "inception.pth"), digest)
     saved = torch.load(tmp_path / "inception.pth", weights_only=True)
@@ -174,9 +219,10 @@ def test_standard_inception_fid_loads_its_weights_from_a_local_file(tmp_path, mo
 
 
 def test_inception_weights_are_checked_before_they_are_unpickled(tmp_path, monkeypatch):
+    import torch_fidelity.feature_extractor_inceptionv3 as fidelity
+
     from sdlab.config import ConfigError
     from sdlab.evaluate import inception_extractor
-    import torch_fidelity.feature_extractor_inceptionv3 as fidelity
 
     unpickled = []
     monkeypatch.setattr(fidelity.torch, "load", lambda *a, **k: unpickled.append(a) or {})

@@ -11,21 +11,23 @@ from pathlib import Path
 
 import pyarrow as pa
 import yaml
+from conftest import REPO
+from support.local_site import LocalSite, Response, animated_gif, bomb_png, distinct_color, image_bytes
 
 from sdlab.config import DownloadConfig
 from sdlab.data.download import download
 from sdlab.data.fetch import is_fetchable, reason_of
 from sdlab.data.shards import load_images, read_shard
 from sdlab.io import read_table, write_table
-from support.local_site import LocalSite, Response, animated_gif, bomb_png, image_bytes, distinct_color
-from conftest import REPO
 
 RED = image_bytes((255, 0, 0, 255))
 
 
 def url_rows(base: str, paths: list[str]) -> list[dict]:
-    return [{"key": f"r{i:03d}", "source": "test", "url": base + p, "path": "", "title": p, "caption": ""}
-            for i, p in enumerate(paths)]
+    return [
+        {"key": f"r{i:03d}", "source": "test", "url": base + p, "path": "", "title": p, "caption": ""}
+        for i, p in enumerate(paths)
+    ]
 
 
 def test_every_url_ends_ok_or_failed_with_its_reason(tmp_path):
@@ -46,18 +48,32 @@ def test_every_url_ends_ok_or_failed_with_its_reason(tmp_path):
         rows = url_rows(site.url, [*routes, "/gone.png"])
         secret = tmp_path / "secret.png"
         secret.write_bytes(RED)
-        rows += [{"key": "file", "source": "test", "url": secret.as_uri(), "path": "", "title": "f", "caption": ""},
-                 {"key": "ftp", "source": "test", "url": "ftp://127.0.0.1/red.png", "path": "", "title": "f", "caption": ""}]
-        cfg = DownloadConfig(image_px=16, timeout_s=1, retries=0, processes=1, threads=8, shard_size=4,
-                             allow_private_networks=True)
+        rows += [
+            {"key": "file", "source": "test", "url": secret.as_uri(), "path": "", "title": "f", "caption": ""},
+            {"key": "ftp", "source": "test", "url": "ftp://127.0.0.1/red.png", "path": "", "title": "f", "caption": ""},
+        ]
+        cfg = DownloadConfig(
+            image_px=16, timeout_s=1, retries=0, processes=1, threads=8, shard_size=4, allow_private_networks=True
+        )
         index, stats = download(pa.Table.from_pylist(rows), cfg, tmp_path / "shards", tmp_path / "cache")
 
     assert index["key"].to_pylist() == [r["key"] for r in rows]  # records in = rows out, same order
-    reasons = dict(zip(index["title"].to_pylist(), index["reason"].to_pylist()))
-    assert reasons == {"/red.png": "", "/red-again.png": "", "/clear.webp": "", "/anim.gif": "",
-                       "/always-500.png": "http_500", "/slow.png": "timeout", "/truncated.png": "decode_error",
-                       "/page.png": "decode_error", "/bomb.png": "too_large", "/noai.png": "robots_disallowed",
-                       "/tiny.png": "too_small", "/gone.png": "http_404", "f": "unsupported_scheme"}
+    reasons = dict(zip(index["title"].to_pylist(), index["reason"].to_pylist(), strict=True))
+    assert reasons == {
+        "/red.png": "",
+        "/red-again.png": "",
+        "/clear.webp": "",
+        "/anim.gif": "",
+        "/always-500.png": "http_500",
+        "/slow.png": "timeout",
+        "/truncated.png": "decode_error",
+        "/page.png": "decode_error",
+        "/bomb.png": "too_large",
+        "/noai.png": "robots_disallowed",
+        "/tiny.png": "too_small",
+        "/gone.png": "http_404",
+        "f": "unsupported_scheme",
+    }
     assert stats["ok"] + stats["failed"] == len(rows) and stats["ok"] == 4
     assert stats["failed_by_reason"]["unsupported_scheme"] == 2
     # only http was fetched, each URL once (retries 0)
@@ -65,7 +81,7 @@ def test_every_url_ends_ok_or_failed_with_its_reason(tmp_path):
     ok = [r for r in index.to_pylist() if r["status"] == "ok"]
     assert ok[0]["md5"] == ok[1]["md5"] == __import__("hashlib").md5(RED).hexdigest()
     assert (ok[0]["width"], ok[0]["height"]) == (48, 48)
-    images = dict(zip([r["title"] for r in ok], load_images(tmp_path / "shards", ok)))
+    images = dict(zip([r["title"] for r in ok], load_images(tmp_path / "shards", ok), strict=True))
     assert images["/red.png"].shape == (16, 16, 3)
     assert tuple(images["/clear.webp"][8, 8]) == (255, 255, 255)  # transparent -> white
     assert tuple(images["/anim.gif"][8, 8]) == (0, 255, 0)  # first frame
@@ -85,8 +101,9 @@ def test_each_url_is_fetched_once_across_filter_changes_source_switches_and_imag
         assert set(counts().values()) == {1}  # only the newly admitted URLs were fetched, the 404 too
         assert index["reason"].to_pylist()[-1] == "http_404"
         download(pa.Table.from_pylist(rows[8:]), cfg, tmp_path / "c", cache)  # the source switched away ...
-        bigger, _ = download(pa.Table.from_pylist(rows), cfg.model_copy(update={"image_px": 32}), tmp_path / "d",
-                             cache)  # ... and back, at a new image_px
+        bigger, _ = download(
+            pa.Table.from_pylist(rows), cfg.model_copy(update={"image_px": 32}), tmp_path / "d", cache
+        )  # ... and back, at a new image_px
         assert set(counts().values()) == {1}  # nothing fetched again: resized from the cached originals
     ok = [r for r in bigger.to_pylist() if r["status"] == "ok"]
     assert len(ok) == 12 and load_images(tmp_path / "d", ok[:1]).shape == (1, 32, 32, 3)
@@ -98,22 +115,54 @@ def test_reasons_and_schemes():
     assert reason_of("<urlopen error [Errno 111] Connection refused>") == "connection_error"
     assert reason_of("something new") == "download_error"
     assert is_fetchable("https://a.b/c.png") and is_fetchable("HTTP://a.b/c")
-    assert not any(map(is_fetchable, ["file:///etc/passwd", "ftp://h/x", "data:image/png;base64,xx", "http://", "/x.png"]))
+    assert not any(
+        map(is_fetchable, ["file:///etc/passwd", "ftp://h/x", "data:image/png;base64,xx", "http://", "/x.png"])
+    )
 
 
 def run_download(records: Path, out: Path, cache: Path, params: Path) -> subprocess.Popen:
     out.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [sys.executable, str(REPO / "stages" / "download.py"), "--params", str(params), "--records", str(records),
-         "--out", str(out), "--cache", str(cache), "--report", str(out.parent / "report")],
-        cwd=out.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        [
+            sys.executable,
+            str(REPO / "stages" / "download.py"),
+            "--params",
+            str(params),
+            "--records",
+            str(records),
+            "--out",
+            str(out),
+            "--cache",
+            str(cache),
+            "--report",
+            str(out.parent / "report"),
+        ],
+        cwd=out.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def test_killed_download_resumes_without_fetching_finished_shards_again(tmp_path):
     routes = {f"/e{i}.png": Response(image_bytes(distinct_color(i))) for i in range(48)}
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"download": {"image_px": 16, "shard_size": 6, "processes": 1, "threads": 2,
-                                                   "timeout_s": 5, "retries": 0, "allow_private_networks": True}}))
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "download": {
+                    "image_px": 16,
+                    "shard_size": 6,
+                    "processes": 1,
+                    "threads": 2,
+                    "timeout_s": 5,
+                    "retries": 0,
+                    "allow_private_networks": True,
+                }
+            }
+        )
+    )
     with LocalSite(routes, latency_s=0.25) as site:
         write_table(tmp_path / "records.parquet", pa.Table.from_pylist(url_rows(site.url, list(routes))))
         cache = tmp_path / "cache"
@@ -141,7 +190,9 @@ def test_killed_download_resumes_without_fetching_finished_shards_again(tmp_path
             else:
                 assert site.count(f"/e{i}.png") >= 1
 
-        fresh = run_download(tmp_path / "records.parquet", tmp_path / "fresh" / "images", tmp_path / "fresh-cache", params)
+        fresh = run_download(
+            tmp_path / "records.parquet", tmp_path / "fresh" / "images", tmp_path / "fresh-cache", params
+        )
         assert fresh.wait(timeout=300) == 0, fresh.stderr.read()
 
     resumed_index = read_table(tmp_path / "images" / "index.parquet")

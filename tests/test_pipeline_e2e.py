@@ -11,7 +11,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from conftest import REPO, dvc, project_copy
 
 STAGES = ["scrape", "filter", "download", "dedupe", "caption", "vae", "encode", "train", "evaluate"]
@@ -68,12 +67,19 @@ def test_training_checkpointed_and_exported_a_loadable_pipeline(repo):
     assert sorted(p.name for p in runs[0].iterdir()) == ["step-0000010", "step-0000020"]
     live = json.loads((repo / "reports/train/live/metrics.json").read_text())
     assert live["step"] == 20 and live["train"]["loss"] > 0
-    code = ("import sys; from diffusers import StableDiffusionPipeline as P; "
-            "p = P.from_pretrained(sys.argv[1]); print(p(['blobhappy emoji'], num_inference_steps=2, "
-            "output_type='np').images.shape)")
+    code = (
+        "import sys; from diffusers import StableDiffusionPipeline as P; "
+        "p = P.from_pretrained(sys.argv[1]); print(p(['blobhappy emoji'], num_inference_steps=2, "
+        "output_type='np').images.shape)"
+    )
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    result = subprocess.run([sys.executable, "-c", code, str(repo / "models/pipeline")], env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(repo / "models/pipeline")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "(1, 16, 16, 3)" in result.stdout
 
@@ -90,7 +96,7 @@ def test_evaluation_metrics_and_grid(repo):
     page = (repo / "reports/evaluate/report.html").read_text()
     # grid, sweep, one strip per attribute, real vs generated, VAE reconstructions
     assert page.count("data:image/png;base64,") == 2 + 6 + 2 and "heldout_loss" in page and "<polyline" in page
-    overview = page[:page.index("Samples for held-out prompts")]  # what a person sees first
+    overview = page[: page.index("Samples for held-out prompts")]  # what a person sees first
     assert "steps of batch" in overview and "judge on real val images" in overview and "chance" in overview
     assert all(f"only {a} varies" in overview for a in metrics["adherence"])
     assert metrics["chance"]["skin_color"] == 1 / 8 and metrics["chance"]["expression"] == 1 / 5
@@ -100,6 +106,7 @@ def test_evaluation_metrics_and_grid(repo):
     assert {"kid_vae_latent", "kid_vae_latent_real_vs_real"} <= set(metrics)
     for stage in ["scrape", "filter", "download", "dedupe", "caption"]:  # contact sheets of the data stages
         from PIL import Image
+
         assert Image.open(repo / f"reports/{stage}/sheet.png").size[0] >= 4 * 120
     shown = dvc(repo, "metrics", "show").stdout
     assert "heldout_loss" in shown and "dropped_by_reason" in shown
@@ -129,8 +136,10 @@ def test_raising_max_steps_continues_the_run_with_one_curve(repo):
     assert ran(dvc(repo, "repro").stdout) == ["train", "evaluate"]
     stats = json.loads((repo / "reports/train/stats.json").read_text())
     assert stats["run"] == first["run"] and stats["start_step"] == 20 and stats["final_step"] == 30
-    steps = [line.split("\t")[0] for line in (repo / "reports/train/live/plots/metrics/train/loss.tsv")
-             .read_text().splitlines()[1:]]
+    steps = [
+        line.split("\t")[0]
+        for line in (repo / "reports/train/live/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]
+    ]
     assert steps == [str(s) for s in range(5, 31, 5)]  # every logged step once, before and after the resume
 
 

@@ -14,6 +14,7 @@ from sdlab.reports import curve_svg, read_curve, report_html, sheet_of_records
 
 def blob_grid(records, count=8):
     from sdlab.reports import load_local
+
     return load_local([r["path"] for r in records[:count]])[0]
 
 
@@ -30,6 +31,7 @@ def test_records_without_local_files_write_a_note_instead_of_a_sheet(tmp_path):
     # declares the sheet as a plot and needs the file
     sheet_of_records(tmp_path / "sheet.png", [{"key": "a", "url": "http://x/a.png", "path": ""}], label="title")
     from PIL import Image
+
     assert Image.open(tmp_path / "sheet.png").size == (360, 40)
 
 
@@ -44,11 +46,18 @@ def test_curves_are_read_from_dvclive_tsv_and_drawn(tmp_path):
 def make_report(blob_records, tmp_path) -> str:
     grid_images = blob_grid(blob_records)
     from sdlab.reports import sample_grid
+
     grid = sample_grid(grid_images, [r["caption"] for r in blob_records[:8]], 4)
     sweep = sample_grid(grid_images[:4], ["guidance 1", "guidance 3", "guidance 5", "guidance 7.5"], 4, label_px=16)
     metrics = {"heldout_loss": 0.031, "adherence": {"skin_color": 0.98}, "fid_blob_judge": 12.5}
-    page = report_html(metrics, grid, sweep, "row 1: a prompt", {"train/loss": [(10, 1.0), (20, 0.5)]},
-                       {"scheduler": "dpm_solver_multistep", "guidance_scale": 5.0})
+    page = report_html(
+        metrics,
+        grid,
+        sweep,
+        "row 1: a prompt",
+        {"train/loss": [(10, 1.0), (20, 0.5)]},
+        {"scheduler": "dpm_solver_multistep", "guidance_scale": 5.0},
+    )
     (tmp_path / "report.html").write_text(page)
     return page
 
@@ -70,11 +79,26 @@ def screenshot(page, tmp_path, name: str) -> np.ndarray:
     (tmp_path / f"{name}.html").write_text(page)
     shot = tmp_path / f"{name}.png"
     result = subprocess.run(
-        [chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1", f"--user-data-dir={tmp_path / name}-profile",
-         "--window-size=1100,1800", f"--screenshot={shot}", (tmp_path / f"{name}.html").as_uri()],
-        capture_output=True, text=True, timeout=120)
+        [
+            chromium(),
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+            f"--user-data-dir={tmp_path / name}-profile",
+            "--window-size=1100,1800",
+            f"--screenshot={shot}",
+            (tmp_path / f"{name}.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shot.is_file(), result.stderr[-2000:]
     return np.asarray(Image.open(shot).convert("RGB")).astype(int)
 

@@ -10,12 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-
 from conftest import REPO, png, run_stage
+from PIL import Image
+
 from sdlab.config import FolderConfig, LaionColumns, LaionConfig, NotoConfig, ScrapeConfig, load_params
 from sdlab.data.records import DataError, write_records
 from sdlab.sources import SOURCES
-from PIL import Image
 
 
 def laion_metadata(rows: int, seed: int = 0) -> pa.Table:
@@ -23,19 +23,27 @@ def laion_metadata(rows: int, seed: int = 0) -> pa.Table:
     rng = np.random.default_rng(seed)
     width = rng.integers(64, 2048, rows).astype(float)
     width[::97] = np.nan
-    return pa.table({
-        "SAMPLE_ID": np.arange(rows), "URL": [f"https://img{i % 7}.example.com/{i}.jpg" for i in range(rows)],
-        "TEXT": [("a photo of a cat on a sofa " * (i % 13))[: (i * 37) % 400] for i in range(rows)],
-        "WIDTH": pa.array(width, from_pandas=True), "HEIGHT": rng.integers(64, 2048, rows).astype(float),
-        "similarity": rng.uniform(0.1, 0.45, rows), "punsafe": rng.uniform(0, 1, rows),
-        "pwatermark": rng.uniform(0, 1, rows), "AESTHETIC_SCORE": rng.uniform(4, 8, rows),
-        "LICENSE": ["?"] * rows,
-    })
+    return pa.table(
+        {
+            "SAMPLE_ID": np.arange(rows),
+            "URL": [f"https://img{i % 7}.example.com/{i}.jpg" for i in range(rows)],
+            "TEXT": [("a photo of a cat on a sofa " * (i % 13))[: (i * 37) % 400] for i in range(rows)],
+            "WIDTH": pa.array(width, from_pandas=True),
+            "HEIGHT": rng.integers(64, 2048, rows).astype(float),
+            "similarity": rng.uniform(0.1, 0.45, rows),
+            "punsafe": rng.uniform(0, 1, rows),
+            "pwatermark": rng.uniform(0, 1, rows),
+            "AESTHETIC_SCORE": rng.uniform(4, 8, rows),
+            "LICENSE": ["?"] * rows,
+        }
+    )
 
 
 def scrape(config: ScrapeConfig, tmp_path: Path) -> tuple[pa.Table, dict]:
     stats: dict = {}
-    count, _ = write_records(tmp_path / "records.parquet", SOURCES[config.source](config, tmp_path, tmp_path / "state", stats))
+    count, _ = write_records(
+        tmp_path / "records.parquet", SOURCES[config.source](config, tmp_path, tmp_path / "state", stats)
+    )
     return pq.read_table(tmp_path / "records.parquet"), stats
 
 
@@ -55,14 +63,24 @@ def test_laion_parquet_glob_is_streamed_and_mapped(tmp_path):
 
 
 def test_a_non_laion_layout_is_mapped_by_params(tmp_path):
-    pq.write_table(pa.table({"image_link": ["https://a/1.png", "https://a/2.png"], "alt": ["one cat", "two cats"],
-                             "w": [600, 700], "h": [600, 300]}), tmp_path / "m.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "image_link": ["https://a/1.png", "https://a/2.png"],
+                "alt": ["one cat", "two cats"],
+                "w": [600, 700],
+                "h": [600, 300],
+            }
+        ),
+        tmp_path / "m.parquet",
+    )
     columns = LaionColumns(url=["image_link"], caption=["alt"], width=["w"], height=["h"])
     config = ScrapeConfig(source="laion", laion=LaionConfig(metadata=str(tmp_path / "m.parquet"), columns=columns))
     records, _ = scrape(config, tmp_path / "out")
     assert records.select(["url", "caption", "width", "height"]).to_pylist() == [
         {"url": "https://a/1.png", "caption": "one cat", "width": 600.0, "height": 600.0},
-        {"url": "https://a/2.png", "caption": "two cats", "width": 700.0, "height": 300.0}]
+        {"url": "https://a/2.png", "caption": "two cats", "width": 700.0, "height": 300.0},
+    ]
     assert "aesthetic" not in records.column_names
 
 
@@ -91,24 +109,55 @@ def test_laion_profile_filters_end_to_end_through_the_stages(tmp_path):
     params["filter"]["batch_rows"] = 700
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out = tmp_path / "run"
-    assert run_stage("scrape.py", "--params", str(tmp_path / "params.yaml"), "--out", str(out / "raw"),
-                     "--state", str(out / "state"), "--report", str(out / "r-scrape")).returncode == 0
-    result = run_stage("filter.py", "--params", str(tmp_path / "params.yaml"), "--records",
-                       str(out / "raw" / "records.parquet"), "--out", str(out / "filtered"), "--report", str(out / "r-filter"))
+    assert (
+        run_stage(
+            "scrape.py",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--out",
+            str(out / "raw"),
+            "--state",
+            str(out / "state"),
+            "--report",
+            str(out / "r-scrape"),
+        ).returncode
+        == 0
+    )
+    result = run_stage(
+        "filter.py",
+        "--params",
+        str(tmp_path / "params.yaml"),
+        "--records",
+        str(out / "raw" / "records.parquet"),
+        "--out",
+        str(out / "filtered"),
+        "--report",
+        str(out / "r-filter"),
+    )
     assert result.returncode == 0, result.stderr
     stats = json.loads((out / "r-filter" / "stats.json").read_text())
     kept = pq.read_table(out / "filtered" / "records.parquet")
     dropped = pq.read_table(out / "filtered" / "dropped.parquet")
     # the same decision, row by row, written out in plain numpy
-    m = {k: np.asarray(meta[k].to_numpy(zero_copy_only=False), dtype=float)
-         for k in ["WIDTH", "HEIGHT", "similarity", "punsafe", "pwatermark", "AESTHETIC_SCORE"]}
+    m = {
+        k: np.asarray(meta[k].to_numpy(zero_copy_only=False), dtype=float)
+        for k in ["WIDTH", "HEIGHT", "similarity", "punsafe", "pwatermark", "AESTHETIC_SCORE"]
+    }
     length = np.array([len(t) for t in meta["TEXT"].to_pylist()])
     side = np.fmin(m["WIDTH"], m["HEIGHT"])
-    good = ((m["AESTHETIC_SCORE"] >= 6.5) & (m["similarity"] >= 0.28) & (m["punsafe"] < 0.5) & (m["pwatermark"] < 0.5)
-            & (side >= 512) & (np.fmax(m["WIDTH"], m["HEIGHT"]) / side <= 2) & (length >= 20) & (length <= 300)
-            & ~np.isnan(m["WIDTH"]))
+    good = (
+        (m["AESTHETIC_SCORE"] >= 6.5)
+        & (m["similarity"] >= 0.28)
+        & (m["punsafe"] < 0.5)
+        & (m["pwatermark"] < 0.5)
+        & (side >= 512)
+        & (np.fmax(m["WIDTH"], m["HEIGHT"]) / side <= 2)
+        & (length >= 20)
+        & (length <= 300)
+        & ~np.isnan(m["WIDTH"])
+    )
     assert kept.num_rows == good.sum() > 0
-    assert kept["url"].to_pylist() == [u for u, g in zip(meta["URL"].to_pylist(), good) if g]
+    assert kept["url"].to_pylist() == [u for u, g in zip(meta["URL"].to_pylist(), good, strict=True) if g]
     assert stats["input"] == 4000 and stats["kept"] + stats["dropped"] == 4000 == kept.num_rows + dropped.num_rows
     assert sum(stats["dropped_by_reason"].values()) == stats["dropped"]
     assert stats["dropped_by_reason"]["aesthetic_below_min"] == int((m["AESTHETIC_SCORE"] < 6.5).sum())
@@ -140,13 +189,21 @@ def test_folder_with_metadata_jsonl_and_an_escape_attempt(tmp_path):
     write_image(root / "x.png", (9, 9, 9))
     write_image(root / "sub" / "y.png", (8, 8, 8))
     write_image(tmp_path / "outside.png", (0, 0, 0))
-    (root / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in [
-        {"file_name": "x.png", "caption": "a grey square"}, {"file_name": "sub/y.png", "text": "darker", "title": "y"},
-        {"file_name": "../outside.png", "caption": "should not be read"}]))
+    (root / "metadata.jsonl").write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"file_name": "x.png", "caption": "a grey square"},
+                {"file_name": "sub/y.png", "text": "darker", "title": "y"},
+                {"file_name": "../outside.png", "caption": "should not be read"},
+            ]
+        )
+    )
     records, stats = scrape(ScrapeConfig(source="folder", folder=FolderConfig(path=str(root))), tmp_path / "out")
     assert records.select(["file_name", "caption", "title"]).to_pylist() == [
         {"file_name": "x.png", "caption": "a grey square", "title": "a grey square"},
-        {"file_name": "sub/y.png", "caption": "darker", "title": "y"}]
+        {"file_name": "sub/y.png", "caption": "darker", "title": "y"},
+    ]
     assert stats["skipped_by_reason"] == {"outside_folder": 1}
     (root / "metadata.jsonl").unlink()
     (root / "metadata.csv").write_text("name,caption\nx.png,grey\n")
@@ -162,7 +219,9 @@ def test_noto_renders_real_emoji_and_counts_what_the_font_lacks(tmp_path):
     row = next(r for r in records.to_pylist() if r["emoji"] == "😀")
     assert row["title"] == "grinning face" and row["key"] == "noto-1f600"
     image = np.asarray(Image.open(row["path"]))
-    assert image.shape == (64, 64, 4) and image[..., 3].max() == 255 and image[0, 0, 3] == 0  # drawn, transparent corner
+    assert (
+        image.shape == (64, 64, 4) and image[..., 3].max() == 255 and image[0, 0, 3] == 0
+    )  # drawn, transparent corner
     yellow = image[image[..., 3] == 255][:, :3].mean(axis=0)
     assert yellow[0] > 180 and yellow[1] > 140 and yellow[2] < 120  # the face is yellow
     assert len(set(records["key"].to_pylist())) == records.num_rows

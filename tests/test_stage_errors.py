@@ -4,9 +4,8 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
-
 from conftest import REPO, png, run_stage
+from PIL import Image
 
 
 def write_records(path, rows):
@@ -17,11 +16,24 @@ def write_records(path, rows):
 def test_empty_dataset_after_filtering_is_a_clear_error_with_the_counts(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("filter:\n  blocklist: [blob]\n")
-    records = write_records(tmp_path / "records.parquet", [
-        {"key": f"k{i}", "source": "synthetic", "url": "", "path": "x.png", "title": "blobhappy", "caption": ""}
-        for i in range(3)])
-    result = run_stage("filter.py", "--params", str(params), "--records", records,
-                       "--out", str(tmp_path / "out"), "--report", str(tmp_path / "report"))
+    records = write_records(
+        tmp_path / "records.parquet",
+        [
+            {"key": f"k{i}", "source": "synthetic", "url": "", "path": "x.png", "title": "blobhappy", "caption": ""}
+            for i in range(3)
+        ],
+    )
+    result = run_stage(
+        "filter.py",
+        "--params",
+        str(params),
+        "--records",
+        records,
+        "--out",
+        str(tmp_path / "out"),
+        "--report",
+        str(tmp_path / "report"),
+    )
     assert result.returncode == 1
     assert "every one of 3 records was dropped" in result.stderr and "'blocklisted': 3" in result.stderr
     assert "Traceback" not in result.stderr
@@ -32,33 +44,86 @@ def test_empty_dataset_after_filtering_is_a_clear_error_with_the_counts(tmp_path
 def test_corrupt_image_is_counted_and_the_rest_are_packed(tmp_path):
     (tmp_path / "good.png").write_bytes(png(Image.new("RGBA", (20, 20), (0, 0, 255, 255))))
     (tmp_path / "bad.png").write_bytes(b"GIF89a-truncated")
-    records = write_records(tmp_path / "records.parquet", [
-        {"key": "good", "source": "folder", "url": "", "path": str(tmp_path / "good.png"), "title": "g", "caption": ""},
-        {"key": "bad", "source": "folder", "url": "", "path": str(tmp_path / "bad.png"), "title": "b", "caption": ""}])
-    result = run_stage("download.py", "--params", str(REPO / "configs" / "tiny.yaml"), "--records", records,
-                       "--out", str(tmp_path / "images"), "--cache", str(tmp_path / "cache"),
-                       "--report", str(tmp_path / "report"))
+    records = write_records(
+        tmp_path / "records.parquet",
+        [
+            {
+                "key": "good",
+                "source": "folder",
+                "url": "",
+                "path": str(tmp_path / "good.png"),
+                "title": "g",
+                "caption": "",
+            },
+            {
+                "key": "bad",
+                "source": "folder",
+                "url": "",
+                "path": str(tmp_path / "bad.png"),
+                "title": "b",
+                "caption": "",
+            },
+        ],
+    )
+    result = run_stage(
+        "download.py",
+        "--params",
+        str(REPO / "configs" / "tiny.yaml"),
+        "--records",
+        records,
+        "--out",
+        str(tmp_path / "images"),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--report",
+        str(tmp_path / "report"),
+    )
     assert result.returncode == 0, result.stderr
     stats = json.loads((tmp_path / "report" / "stats.json").read_text())
     assert stats["ok"] == 1 and stats["failed_by_reason"] == {"decode_error": 1}
     index = pq.read_table(tmp_path / "images" / "index.parquet").to_pylist()
-    assert [(r["key"], r["status"], r["reason"]) for r in index] == [("good", "ok", ""), ("bad", "failed", "decode_error")]
+    assert [(r["key"], r["status"], r["reason"]) for r in index] == [
+        ("good", "ok", ""),
+        ("bad", "failed", "decode_error"),
+    ]
 
 
 def test_all_images_unusable_is_a_clear_error(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"nope")
-    records = write_records(tmp_path / "records.parquet", [
-        {"key": "bad", "source": "folder", "url": "", "path": str(tmp_path / "bad.png"), "title": "b", "caption": ""}])
-    result = run_stage("download.py", "--params", str(REPO / "configs" / "tiny.yaml"), "--records", records,
-                       "--out", str(tmp_path / "images"), "--cache", str(tmp_path / "cache"),
-                       "--report", str(tmp_path / "report"))
+    records = write_records(
+        tmp_path / "records.parquet",
+        [{"key": "bad", "source": "folder", "url": "", "path": str(tmp_path / "bad.png"), "title": "b", "caption": ""}],
+    )
+    result = run_stage(
+        "download.py",
+        "--params",
+        str(REPO / "configs" / "tiny.yaml"),
+        "--records",
+        records,
+        "--out",
+        str(tmp_path / "images"),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--report",
+        str(tmp_path / "report"),
+    )
     assert result.returncode == 1
     assert "no image could be used: {'decode_error': 1}" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_missing_input_table_names_the_path(tmp_path):
-    result = run_stage("dedupe.py", "--params", str(REPO / "configs" / "tiny.yaml"),
-                       "--index", str(tmp_path / "none.parquet"), "--shards", str(tmp_path),
-                       "--out", str(tmp_path / "o"), "--report", str(tmp_path / "r"))
+    result = run_stage(
+        "dedupe.py",
+        "--params",
+        str(REPO / "configs" / "tiny.yaml"),
+        "--index",
+        str(tmp_path / "none.parquet"),
+        "--shards",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "o"),
+        "--report",
+        str(tmp_path / "r"),
+    )
     assert result.returncode == 1
     assert "none.parquet: table not found" in result.stderr and "Traceback" not in result.stderr

@@ -13,7 +13,8 @@ from sdlab.sources.synthetic import SKIN_COLORS, draw_blob, sample_blob
 CAPTION = re.compile(
     r"^blob\w+ emoji with a (round|tall|wide|square) head, (dot|oval|closed|big) eyes, "
     r"(smiling|frowning|open|flat) mouth, (happy|sad|angry|surprised|neutral) expression, "
-    r"(\w+) skin color, (no action|blushing|crying|sweating), with a white background\.$")
+    r"(\w+) skin color, (no action|blushing|crying|sweating), with a white background\.$"
+)
 
 
 def test_registry_names_the_synthetic_source():
@@ -24,8 +25,14 @@ def test_captions_are_exact_and_match_the_attribute_columns(blob_records):
     for record in blob_records:
         match = CAPTION.match(record["caption"])
         assert match, record["caption"]
-        assert match.groups() == (record["head_shape"], record["eyes"], record["mouth"],
-                                  record["expression"], record["skin_color"], record["action"])
+        assert match.groups() == (
+            record["head_shape"],
+            record["eyes"],
+            record["mouth"],
+            record["expression"],
+            record["skin_color"],
+            record["action"],
+        )
 
 
 def test_at_least_eight_named_skin_colors():
@@ -50,9 +57,13 @@ def test_same_seed_same_bytes_and_keys_in_any_process_and_keys_never_come_from_t
     here = [[r["key"], hashlib.md5(open(r["path"], "rb").read()).hexdigest()] for r in blob_records]
     assert len(here) == 40 and len({key for key, _ in here}) == 40
     for hash_seed in ("1", "2"):
-        result = subprocess.run([sys.executable, "-c", SCRAPE_IN_A_FRESH_PROCESS, str(tmp_path / hash_seed)],
-                                capture_output=True, text=True, timeout=300,
-                                env=dict(os.environ, PYTHONHASHSEED=hash_seed))
+        result = subprocess.run(
+            [sys.executable, "-c", SCRAPE_IN_A_FRESH_PROCESS, str(tmp_path / hash_seed)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=dict(os.environ, PYTHONHASHSEED=hash_seed),
+        )
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout.strip().splitlines()[-1]) == here
     assert all(record["title"] not in record["key"] for record in blob_records)

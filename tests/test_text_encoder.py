@@ -1,13 +1,11 @@
 import torch
-from sdlab.config import TrainConfig
-from sdlab.diffusion import make_noise_scheduler
 
-from sdlab.config import UnetConfig
+from sdlab.config import TrainConfig, UnetConfig, VaeConfig
+from sdlab.diffusion import make_noise_scheduler
 from sdlab.models.pipeline import build_pipeline
 from sdlab.models.text_encoder import encode_prompts, load_text_encoder
 from sdlab.models.unet import build_unet
 from sdlab.models.vae import build_vae
-from sdlab.config import VaeConfig
 
 
 def test_packaged_minilm_loads_offline_and_pads_to_77():
@@ -19,8 +17,9 @@ def test_packaged_minilm_loads_offline_and_pads_to_77():
 
 def test_cached_text_states_equal_what_the_pipeline_feeds_the_unet():
     tokenizer, model = load_text_encoder(None, 77)
-    unet = build_unet(UnetConfig(block_out_channels=[8, 16], attention_head_dim=2,
-                                 cross_attention_levels=[False, True]), 4, 4, 384)
+    unet = build_unet(
+        UnetConfig(block_out_channels=[8, 16], attention_head_dim=2, cross_attention_levels=[False, True]), 4, 4, 384
+    )
     vae = build_vae(VaeConfig(block_out_channels=[8, 16]), 8)
     pipeline = build_pipeline(unet, vae, tokenizer, model, make_noise_scheduler(TrainConfig()))
     prompts = ["blobsad emoji with a round head", ""]

@@ -2,16 +2,23 @@ import json
 
 import pytest
 import torch
-
 from latent_fixtures import LossRecorder, write_latents
+
 from sdlab.config import TrainConfig, UnetConfig
 from sdlab.models.unet import build_unet
 from sdlab.stream import LatentStream, Part, rank_parts
-from sdlab.train import (Conditioning, list_checkpoints, prune_runs, restore_curves, run_identity, train_unet)
+from sdlab.train import Conditioning, list_checkpoints, prune_runs, restore_curves, run_identity, train_unet
 
-CFG = TrainConfig(unet=UnetConfig(block_out_channels=[8, 16], attention_head_dim=2, cross_attention_levels=[False, True]),
-                  max_steps=6, batch_size=4, warmup_steps=2, checkpoint_every_steps=2, keep_checkpoints=2,
-                  log_every_steps=1, shuffle_shards=2)
+CFG = TrainConfig(
+    unet=UnetConfig(block_out_channels=[8, 16], attention_head_dim=2, cross_attention_levels=[False, True]),
+    max_steps=6,
+    batch_size=4,
+    warmup_steps=2,
+    checkpoint_every_steps=2,
+    keep_checkpoints=2,
+    log_every_steps=1,
+    shuffle_shards=2,
+)
 
 
 def stream(root, batch_size: int = 4, seed: int = 0, **kwargs) -> LatentStream:
@@ -101,8 +108,14 @@ def test_resumed_run_continues_from_the_saved_step_and_matches_an_uninterrupted_
 
 def test_run_identity_ignores_cadence_and_length_but_not_the_recipe():
     base = run_identity(CFG, "data-v1")
-    for change in ({"max_steps": 60}, {"log_every_steps": 7}, {"keep_checkpoints": 9}, {"compile": True},
-                   {"validation_every_steps": 3}, {"checkpoint_every_steps": 5}):
+    for change in (
+        {"max_steps": 60},
+        {"log_every_steps": 7},
+        {"keep_checkpoints": 9},
+        {"compile": True},
+        {"validation_every_steps": 3},
+        {"checkpoint_every_steps": 5},
+    ):
         assert run_identity(CFG.model_copy(update=change), "data-v1") == base, change
     assert run_identity(CFG.model_copy(update={"lr": 5e-4}), "data-v1") != base
     assert run_identity(CFG, "data-v2") != base
@@ -111,13 +124,15 @@ def test_run_identity_ignores_cadence_and_length_but_not_the_recipe():
 
 def test_raising_max_steps_continues_the_run(latents, tmp_path):
     train_unet(fresh_unet(), stream(latents), conditioning(), CFG, tmp_path / "run")
-    _, summary = train_unet(fresh_unet(), stream(latents), conditioning(), CFG.model_copy(update={"max_steps": 8}),
-                            tmp_path / "run")
+    _, summary = train_unet(
+        fresh_unet(), stream(latents), conditioning(), CFG.model_copy(update={"max_steps": 8}), tmp_path / "run"
+    )
     assert summary["start_step"] == 6 and summary["final_step"] == 8 and summary["optimizer_steps"] == 8
 
 
 def test_old_runs_are_removed_only_beyond_keep_runs(tmp_path):
     import os
+
     for age, name in enumerate(["run-a", "run-b", "run-c", "run-d"]):
         (tmp_path / name).mkdir()
         os.utime(tmp_path / name, (1000 + age, 1000 + age))
@@ -151,6 +166,7 @@ def test_training_reduces_the_loss(latents, tmp_path):
 
 def test_sampled_store_with_flipped_views_draws_both_views(tmp_path):
     from sdlab.train import make_batch
+
     root = tmp_path / "flip"
     write_latents(root, images=10, shard_size=5, shape=(4, 4, 4), text_dim=16, views=2, store="sample")
     source = stream(root)

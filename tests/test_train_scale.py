@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,17 +17,21 @@ import pyarrow as pa
 import pytest
 import torch
 import yaml
+from conftest import REPO, packed_blobs
 from safetensors.torch import load_file
 
-from conftest import REPO, packed_blobs
 from sdlab.config import EncodeConfig, TextEncoderConfig, TrainConfig, UnetConfig, VaeConfig
 from sdlab.encode import encode_dataset
 from sdlab.models.denoiser import select_trainable
 from sdlab.models.unet import build_unet
 from sdlab.models.vae import build_vae
 
-TINY_UNET = {"block_out_channels": [16, 32], "layers_per_block": 1, "attention_head_dim": 4,
-             "cross_attention_levels": [False, True]}
+TINY_UNET = {
+    "block_out_channels": [16, 32],
+    "layers_per_block": 1,
+    "attention_head_dim": 4,
+    "cross_attention_levels": [False, True],
+}
 TEXT_DIM = 384  # the packaged MiniLM
 
 
@@ -41,29 +44,62 @@ def latents(tmp_path_factory) -> Path:
     vae = build_vae(VaeConfig(block_out_channels=[8, 16]), 16)
     vae.save_pretrained(root / "vae")
     rows = [dict(r, split="val" if i % 8 == 7 else "train") for i, r in enumerate(index)]
-    encode_dataset(pa.Table.from_pylist(rows), str(root / "shards"), str(root / "vae"), str(root / "latents"), 16,
-                   EncodeConfig(batch_size=16, workers=1), TextEncoderConfig())
+    encode_dataset(
+        pa.Table.from_pylist(rows),
+        str(root / "shards"),
+        str(root / "vae"),
+        str(root / "latents"),
+        16,
+        EncodeConfig(batch_size=16, workers=1),
+        TextEncoderConfig(),
+    )
     return root
 
 
 def train_params(tmp: Path, **train) -> Path:
-    settings = {"unet": TINY_UNET, "max_steps": 30, "batch_size": 8, "lr": 2e-3, "warmup_steps": 5,
-                "checkpoint_every_steps": 10, "keep_checkpoints": 2, "log_every_steps": 1, "shuffle_shards": 2, **train}
+    settings = {
+        "unet": TINY_UNET,
+        "max_steps": 30,
+        "batch_size": 8,
+        "lr": 2e-3,
+        "warmup_steps": 5,
+        "checkpoint_every_steps": 10,
+        "keep_checkpoints": 2,
+        "log_every_steps": 1,
+        "shuffle_shards": 2,
+        **train,
+    }
     path = tmp / "params.yaml"
     path.write_text(yaml.safe_dump({"train": settings}))
     return path
 
 
 def train_command(root: Path, run: Path, params: Path) -> list[str]:
-    return [sys.executable, str(REPO / "stages" / "train.py"), "--params", str(params),
-            "--latents", str(root / "latents"), "--vae", str(root / "vae"), "--checkpoints", str(run / "checkpoints"),
-            "--live", str(run / "live"), "--out", str(run / "pipeline"), "--report", str(run / "report")]
+    return [
+        sys.executable,
+        str(REPO / "stages" / "train.py"),
+        "--params",
+        str(params),
+        "--latents",
+        str(root / "latents"),
+        "--vae",
+        str(root / "vae"),
+        "--checkpoints",
+        str(run / "checkpoints"),
+        "--live",
+        str(run / "live"),
+        "--out",
+        str(run / "pipeline"),
+        "--report",
+        str(run / "report"),
+    ]
 
 
 def run_train(root: Path, run: Path, **train) -> dict:
     run.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(train_command(root, run, train_params(run, **train)), cwd=run, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        train_command(root, run, train_params(run, **train)), cwd=run, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads((run / "report" / "stats.json").read_text())
 
@@ -99,8 +135,14 @@ def kill_when(proc: subprocess.Popen, ready, timeout_s: float = 300) -> None:
 
 def start_train(latents: Path, run: Path, **train) -> subprocess.Popen:
     run.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(train_command(latents, run, train_params(run, **train)), cwd=run, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        train_command(latents, run, train_params(run, **train)),
+        cwd=run,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def unet_weights(run: Path) -> dict[str, torch.Tensor]:
@@ -182,8 +224,14 @@ def pretrained(tmp_path_factory) -> Path:
 
 
 def test_cross_attention_mode_trains_only_attn2(latents, pretrained, tmp_path):
-    run_train(latents, tmp_path / "xattn", init="pretrained", pretrained=str(pretrained), trainable="cross_attention",
-              max_steps=6)
+    run_train(
+        latents,
+        tmp_path / "xattn",
+        init="pretrained",
+        pretrained=str(pretrained),
+        trainable="cross_attention",
+        max_steps=6,
+    )
     before = load_file(str(pretrained / "unet" / "diffusion_pytorch_model.safetensors"))
     after = unet_weights(tmp_path / "xattn")
     changed = {name for name in before if not torch.equal(before[name], after[name])}
@@ -194,22 +242,33 @@ def test_cross_attention_mode_trains_only_attn2(latents, pretrained, tmp_path):
 def test_lora_export_merges_and_the_saved_adapter_loads_with_load_lora_weights(latents, pretrained, tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    stats = run_train(latents, tmp_path / "lora", init="pretrained", pretrained=str(pretrained), trainable="lora",
-                      lora_rank=4, max_steps=8, lr=1e-2)
+    stats = run_train(
+        latents,
+        tmp_path / "lora",
+        init="pretrained",
+        pretrained=str(pretrained),
+        trainable="lora",
+        lora_rank=4,
+        max_steps=8,
+        lr=1e-2,
+    )
     assert stats["trainable_parameters"] < stats["unet_parameters"] / 5
     out = tmp_path / "lora" / "pipeline"
     assert (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
     merged = StableDiffusionPipeline.from_pretrained(str(out), safety_checker=None)
-    base = StableDiffusionPipeline.from_pretrained(str(out), safety_checker=None,
-                                                   unet=type(merged.unet).from_pretrained(str(pretrained), subfolder="unet"))
+    base = StableDiffusionPipeline.from_pretrained(
+        str(out), safety_checker=None, unet=type(merged.unet).from_pretrained(str(pretrained), subfolder="unet")
+    )
     images = {}
     for name, pipe in [("merged", merged), ("base", base)]:
         pipe.set_progress_bar_config(disable=True)
-        images[name] = pipe("a blob", num_inference_steps=4, generator=torch.Generator().manual_seed(0),
-                            output_type="np").images
+        images[name] = pipe(
+            "a blob", num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np"
+        ).images
     base.load_lora_weights(str(out / "lora"))
-    images["base+lora"] = base("a blob", num_inference_steps=4, generator=torch.Generator().manual_seed(0),
-                               output_type="np").images
+    images["base+lora"] = base(
+        "a blob", num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
     assert np.abs(images["merged"] - images["base+lora"]).max() < 1e-3
     assert np.abs(images["merged"] - images["base"]).max() > 1e-3  # the adapter changed the model
 
@@ -219,23 +278,42 @@ def test_a_pretrained_unet_that_does_not_fit_is_a_clear_error(latents, tmp_path)
     build_unet(UnetConfig(**TINY_UNET), 8, 4, 768).save_pretrained(wrong / "unet")
     run = tmp_path / "run"
     run.mkdir()
-    result = subprocess.run(train_command(latents, run, train_params(run, init="pretrained", pretrained=str(wrong))),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        train_command(latents, run, train_params(run, init="pretrained", pretrained=str(wrong))),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "cross-attends to 768-d text states, the text encoder gives 384-d" in result.stderr
 
 
 def test_bf16_accumulation_and_checkpointing_step_the_optimizer_once_per_update(latents, tmp_path):
-    stats = run_train(latents, tmp_path / "bf16", mixed_precision="bf16", gradient_accumulation_steps=2,
-                      gradient_checkpointing=True, max_steps=10, warmup_steps=0, lr_schedule="linear")
+    stats = run_train(
+        latents,
+        tmp_path / "bf16",
+        mixed_precision="bf16",
+        gradient_accumulation_steps=2,
+        gradient_checkpointing=True,
+        max_steps=10,
+        warmup_steps=0,
+        lr_schedule="linear",
+    )
     assert stats["global_batch"] == 16 and stats["final_step"] == 10
     assert stats["optimizer_steps"] == 10  # the optimizer's own count: 10 updates, not 20 micro-steps
     assert stats["gradient_checkpointing"] is True  # the param reached the UNet
     lr = curve(tmp_path / "bf16", "lr")
     assert lr[1] == pytest.approx(2e-3 * 9 / 10) and lr[10] == pytest.approx(0.0)
     assert all(np.isfinite(list(curve(tmp_path / "bf16").values())))
-    fp32 = run_train(latents, tmp_path / "fp32", mixed_precision="no", gradient_accumulation_steps=2,
-                     max_steps=10, warmup_steps=0, lr_schedule="linear")
+    fp32 = run_train(
+        latents,
+        tmp_path / "fp32",
+        mixed_precision="no",
+        gradient_accumulation_steps=2,
+        max_steps=10,
+        warmup_steps=0,
+        lr_schedule="linear",
+    )
     assert fp32["rank_weight_sha256"] != stats["rank_weight_sha256"]  # bf16 autocast really ran
 
 
@@ -246,16 +324,24 @@ def test_train_stage_peak_memory_is_flat_between_dataset_sizes(tmp_path):
     peaks = {}
     for images in (2_000, 20_000):
         root = tmp_path / f"n{images}"
-        write_latents(root / "latents", images=images, shard_size=500, shape=(4, 8, 8), text="tokens", text_dim=384,
-                      length=77)
+        write_latents(
+            root / "latents", images=images, shard_size=500, shape=(4, 8, 8), text="tokens", text_dim=384, length=77
+        )
         build_vae(VaeConfig(block_out_channels=[8, 16]), 16).save_pretrained(root / "vae")
         run = root / "run"
         run.mkdir()
         params = train_params(run, max_steps=30, batch_size=32, checkpoint_every_steps=30, log_every_steps=10)
-        code = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
-                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
-        result = subprocess.run([sys.executable, "-c", code, *train_command(root, run, params)], cwd=run,
-                                capture_output=True, text=True, timeout=600)
+        code = (
+            "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code, *train_command(root, run, params)],
+            cwd=run,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         peaks[images] = int(result.stdout.split()[-1])  # KiB
     assert peaks[20_000] < 1.1 * peaks[2_000], peaks
@@ -264,8 +350,12 @@ def test_train_stage_peak_memory_is_flat_between_dataset_sizes(tmp_path):
 def test_fp16_on_a_cpu_is_refused_with_the_key_named(latents, tmp_path):
     run = tmp_path / "fp16"
     run.mkdir()
-    result = subprocess.run(train_command(latents, run, train_params(run, mixed_precision="fp16")),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        train_command(latents, run, train_params(run, mixed_precision="fp16")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1 and "train.mixed_precision: fp16 needs a GPU" in result.stderr
 
 

@@ -5,9 +5,9 @@ import json
 
 import pytest
 import torch
+from latent_fixtures import LossRecorder, write_latents
 from pydantic import ValidationError
 
-from latent_fixtures import LossRecorder, write_latents
 from sdlab.config import ConfigError, TrainConfig, TransformerConfig, VaeConfig
 from sdlab.diffusion import make_noise_scheduler
 from sdlab.evaluate import generate, heldout_loss
@@ -20,8 +20,17 @@ from sdlab.stream import LatentStream, rank_parts
 from sdlab.train import Conditioning, make_batch, train_unet
 
 TINY = TransformerConfig(num_layers=2, num_attention_heads=2, attention_head_dim=8)
-CFG = TrainConfig(denoiser="transformer", transformer=TINY, max_steps=120, batch_size=4, warmup_steps=2,
-                  checkpoint_every_steps=120, log_every_steps=20, shuffle_shards=2, lr=3e-3)
+CFG = TrainConfig(
+    denoiser="transformer",
+    transformer=TINY,
+    max_steps=120,
+    batch_size=4,
+    warmup_steps=2,
+    checkpoint_every_steps=120,
+    log_every_steps=20,
+    shuffle_shards=2,
+    lr=3e-3,
+)
 PROMPTS = ["blobhappy emoji with a round head, dot eyes, smiling mouth", "blobsad emoji with a tall head"]
 
 
@@ -35,8 +44,12 @@ def pipeline_dir(tmp_path_factory, text):
     tokenizer, encoder = text
     model = make_denoiser(CFG, 4, 4, 384)
     path = tmp_path_factory.mktemp("pixart") / "pipeline"
-    save_pipeline(build_pipeline(model, build_vae(VaeConfig(block_out_channels=[8, 16]), 8), tokenizer, encoder,
-                                 make_noise_scheduler(CFG)), path)
+    save_pipeline(
+        build_pipeline(
+            model, build_vae(VaeConfig(block_out_channels=[8, 16]), 8), tokenizer, encoder, make_noise_scheduler(CFG)
+        ),
+        path,
+    )
     return path
 
 
@@ -71,8 +84,9 @@ def test_stored_states_are_what_the_pixart_pipeline_computes(pipeline_dir, text)
     _, mask = tokenize(tokenizer, PROMPTS)
     pipeline = load_pipeline(pipeline_dir)
     for length in (77, 120):  # 120: PixArt's default max_sequence_length
-        embeds, pipe_mask, _, _ = pipeline.encode_prompt(PROMPTS, do_classifier_free_guidance=False,
-                                                         max_sequence_length=length)
+        embeds, pipe_mask, _, _ = pipeline.encode_prompt(
+            PROMPTS, do_classifier_free_guidance=False, max_sequence_length=length
+        )
         real = mask.bool()
         assert torch.equal(pipe_mask[:, :77], mask)
         assert torch.allclose(embeds[:, :77][real], stored[real], atol=1e-5)
@@ -104,8 +118,9 @@ def test_heldout_loss_of_the_loaded_pipeline_is_the_trained_models(pipeline_dir,
     latents = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     scheduler = make_noise_scheduler(CFG)
     trained = heldout_loss(model, scheduler, latents, hidden, [100, 700], seed=0, mask=mask)
-    loaded = heldout_loss(denoiser_of(load_pipeline(pipeline_dir)), scheduler, latents, hidden, [100, 700], seed=0,
-                          mask=mask)
+    loaded = heldout_loss(
+        denoiser_of(load_pipeline(pipeline_dir)), scheduler, latents, hidden, [100, 700], seed=0, mask=mask
+    )
     assert trained == pytest.approx(loaded, rel=1e-5)
     unmasked = heldout_loss(model, scheduler, latents, hidden, [100, 700], seed=0)
     assert unmasked != pytest.approx(trained, rel=1e-4)  # the mask reaches the model
@@ -125,7 +140,6 @@ def test_the_same_loop_trains_it_and_caption_dropout_swaps_the_mask_too(tmp_path
     assert torch.equal(mask[dropped], empty_mask.expand(int(dropped.sum()), -1))
     assert (mask[~dropped] == 1).all()  # the fixture's captions fill every position
     record = LossRecorder()
-    model, summary = train_unet(make_denoiser(CFG, 4, 4, 16), stream, conditioning, CFG, tmp_path / "run",
-                                live=record)
+    model, summary = train_unet(make_denoiser(CFG, 4, 4, 16), stream, conditioning, CFG, tmp_path / "run", live=record)
     assert isinstance(model, PixArtDenoiser) and summary["final_step"] == 120
     assert record.losses[-1] < record.losses[0] * 0.8

@@ -2,17 +2,26 @@ import numpy as np
 import torch
 
 from sdlab.config import VaeConfig
-from sdlab.models.vae import (build_vae, encode_moments, latent_scaling_factor, load_pretrained_vae,
-                              reconstruction_psnr, to_tensor, train_vae)
-from sdlab.sources.synthetic import draw_blob, sample_blob
 from sdlab.data.images import composite_on_white, fit_square
+from sdlab.models.vae import (
+    build_vae,
+    encode_moments,
+    latent_scaling_factor,
+    load_pretrained_vae,
+    reconstruction_psnr,
+    to_tensor,
+    train_vae,
+)
+from sdlab.sources.synthetic import draw_blob, sample_blob
 
 TINY = VaeConfig(block_out_channels=[8, 16], latent_channels=4, steps=40, batch_size=16, lr=3e-3)
 
 
 def blob_images(count: int, px: int = 16) -> torch.Tensor:
-    arrays = [np.asarray(fit_square(composite_on_white(draw_blob(sample_blob(np.random.default_rng(i)), 64)), px))
-              for i in range(count)]
+    arrays = [
+        np.asarray(fit_square(composite_on_white(draw_blob(sample_blob(np.random.default_rng(i)), 64)), px))
+        for i in range(count)
+    ]
     return to_tensor(np.stack(arrays))
 
 

@@ -44,6 +44,7 @@ def test_gpu_slots_get_one_device_each(monkeypatch):
 
 def report_environment(slot: Slot, out_dir: str) -> None:
     import torch
+
     with open(f"{out_dir}/{slot.rank}.txt", "w") as handle:
         handle.write(f"{os.environ['CUDA_VISIBLE_DEVICES']}|{torch.get_num_threads()}")
 

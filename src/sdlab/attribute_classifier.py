@@ -18,7 +18,11 @@ from sdlab.models.vae import to_tensor
 from sdlab.sources.synthetic import ACTIONS, EXPRESSIONS, EYES, HEAD_SHAPES, MOUTHS
 
 CLASSES: dict[str, tuple[str, ...]] = {
-    "expression": EXPRESSIONS, "eyes": EYES, "mouth": MOUTHS, "head_shape": HEAD_SHAPES, "action": ACTIONS,
+    "expression": EXPRESSIONS,
+    "eyes": EYES,
+    "mouth": MOUTHS,
+    "head_shape": HEAD_SHAPES,
+    "action": ACTIONS,
 }
 
 
@@ -29,14 +33,27 @@ class AttributeClassifier(nn.Module):
         super().__init__()
 
         def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU(),
-                                 nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.SiLU(),
-                                 nn.MaxPool2d(2))
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, padding=1),
+                nn.GroupNorm(8, cout),
+                nn.SiLU(),
+                nn.Conv2d(cout, cout, 3, padding=1),
+                nn.GroupNorm(8, cout),
+                nn.SiLU(),
+                nn.MaxPool2d(2),
+            )
 
         # the 4x4 map is flattened, not averaged: where a stroke is (brow above the eye, arc
         # opening up or down) is what tells the classes apart
-        self.trunk = nn.Sequential(block(3, width), block(width, 2 * width), block(2 * width, 4 * width),
-                                   nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(16 * 4 * width, 128), nn.SiLU())
+        self.trunk = nn.Sequential(
+            block(3, width),
+            block(width, 2 * width),
+            block(2 * width, 4 * width),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(16 * 4 * width, 128),
+            nn.SiLU(),
+        )
         self.heads = nn.ModuleDict({name: nn.Linear(128, len(values)) for name, values in CLASSES.items()})
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -52,8 +69,9 @@ def labels(rows: list[dict]) -> dict[str, torch.Tensor]:
     return {name: torch.tensor([values.index(row[name]) for row in rows]) for name, values in CLASSES.items()}
 
 
-def train_classifier(images: np.ndarray, rows: list[dict], steps: int, seed: int,
-                     batch_size: int = 128, lr: float = 2e-3) -> AttributeClassifier:
+def train_classifier(
+    images: np.ndarray, rows: list[dict], steps: int, seed: int, batch_size: int = 128, lr: float = 2e-3
+) -> AttributeClassifier:
     """Fit the classifier on real images (light flips/shifts keep it from memorising pixels)."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -79,7 +97,7 @@ def train_classifier(images: np.ndarray, rows: list[dict], steps: int, seed: int
 def predict(model: AttributeClassifier, images: np.ndarray, batch_size: int = 256) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {name: [] for name in CLASSES}
     for start in range(0, len(images), batch_size):
-        logits = model(to_tensor(images[start:start + batch_size]))
+        logits = model(to_tensor(images[start : start + batch_size]))
         for name, values in CLASSES.items():
             out[name] += [values[i] for i in logits[name].argmax(1).tolist()]
     return out
@@ -88,8 +106,10 @@ def predict(model: AttributeClassifier, images: np.ndarray, batch_size: int = 25
 def accuracy(model: AttributeClassifier, images: np.ndarray, rows: list[dict]) -> dict[str, float]:
     """Per attribute, the fraction of images whose predicted value is the row's."""
     predicted = predict(model, images)
-    return {name: float(np.mean([p == row[name] for p, row in zip(predicted[name], rows)])) if rows else 0.0
-            for name in CLASSES}
+    return {
+        name: float(np.mean([p == row[name] for p, row in zip(predicted[name], rows, strict=True)])) if rows else 0.0
+        for name in CLASSES
+    }
 
 
 class FeatureExtractor(nn.Module):

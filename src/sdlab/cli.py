@@ -1,4 +1,5 @@
-"""`sdlab` command line: `sdlab generate` samples images from a trained pipeline folder (SD-1.x layout or PixArt-alpha)."""
+"""`sdlab` command line: `sdlab generate` samples images from a trained pipeline folder
+(SD-1.x layout or PixArt-alpha)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from PIL import Image
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from sdlab.sampling import generate
     from sdlab.models.pipeline import load_pipeline
+    from sdlab.sampling import generate
 
     try:
         pipeline = load_pipeline(args.model)
@@ -20,12 +21,20 @@ def _generate(args: argparse.Namespace) -> int:
         return 1
     pipeline.set_progress_bar_config(disable=False, desc="denoise")  # one bar over the sampling steps
     seeds = [args.seed + i for i in range(args.num_images)]
-    images = generate(pipeline, [args.prompt] * args.num_images, seeds, args.steps, args.guidance,
-                      batch_size=args.num_images, negative_prompt=args.negative_prompt, progress=False)
+    images = generate(
+        pipeline,
+        [args.prompt] * args.num_images,
+        seeds,
+        args.steps,
+        args.guidance,
+        batch_size=args.num_images,
+        negative_prompt=args.negative_prompt,
+        progress=False,
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(images))]
-    for image, path in zip(images, paths):
+    for image, path in zip(images, paths, strict=True):
         Image.fromarray(image).save(path)
         print(path)
     return 0

@@ -14,9 +14,15 @@ from sdlab.config import TrainConfig
 
 def make_noise_scheduler(cfg: TrainConfig) -> DDPMScheduler:
     """DDPM forward process (Ho et al., arXiv:2006.11239) with SD's betas; epsilon or v target."""
-    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
-                         beta_start=0.00085, beta_end=0.012, prediction_type=cfg.prediction_type,
-                         clip_sample=False, steps_offset=1)  # as Stable Diffusion's config
+    return DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        beta_start=0.00085,
+        beta_end=0.012,
+        prediction_type=cfg.prediction_type,
+        clip_sample=False,
+        steps_offset=1,
+    )  # as Stable Diffusion's config
 
 
 def sample_latents(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -24,9 +30,14 @@ def sample_latents(mean: torch.Tensor, std: torch.Tensor, generator: torch.Gener
     return mean + std * torch.randn(mean.shape, generator=generator)
 
 
-def drop_captions(hidden: torch.Tensor, empty: torch.Tensor, prob: float, generator: torch.Generator,
-                  mask: torch.Tensor | None = None, empty_mask: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def drop_captions(
+    hidden: torch.Tensor,
+    empty: torch.Tensor,
+    prob: float,
+    generator: torch.Generator,
+    mask: torch.Tensor | None = None,
+    empty_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Replace a `prob` fraction of captions by the empty prompt, for classifier-free
     guidance (Ho & Salimans, arXiv:2207.12598); with attention masks, theirs too."""
     drop = (torch.rand(hidden.shape[0], generator=generator) < prob).to(hidden.device)
@@ -45,8 +56,9 @@ def offset_noise(shape: torch.Size, offset: float, generator: torch.Generator) -
     return noise
 
 
-def denoising_target(scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor,
-                     timesteps: torch.Tensor) -> torch.Tensor:
+def denoising_target(
+    scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
     """What the UNet learns to predict: the noise, or the velocity (Salimans & Ho, arXiv:2202.00512)."""
     if scheduler.config.prediction_type == "v_prediction":
         return scheduler.get_velocity(latents, noise, timesteps)
@@ -62,8 +74,15 @@ def min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: fl
     return clipped / (snr + 1) if scheduler.config.prediction_type == "v_prediction" else clipped / snr
 
 
-def denoising_loss(unet, scheduler: DDPMScheduler, latents: torch.Tensor, hidden: torch.Tensor,
-                   timesteps: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def denoising_loss(
+    unet,
+    scheduler: DDPMScheduler,
+    latents: torch.Tensor,
+    hidden: torch.Tensor,
+    timesteps: torch.Tensor,
+    noise: torch.Tensor,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """MSE between the denoiser's prediction and its target at the given timesteps, per sample
     (`mask`: the text attention mask, for denoisers that take one)."""
     noisy = scheduler.add_noise(latents, noise, timesteps)
@@ -73,9 +92,16 @@ def denoising_loss(unet, scheduler: DDPMScheduler, latents: torch.Tensor, hidden
     return F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
 
 
-def training_loss(unet, scheduler: DDPMScheduler, latents: torch.Tensor, hidden: torch.Tensor,
-                  generator: torch.Generator, noise_offset: float = 0.0, snr_gamma: float | None = None,
-                  mask: torch.Tensor | None = None) -> torch.Tensor:
+def training_loss(
+    unet,
+    scheduler: DDPMScheduler,
+    latents: torch.Tensor,
+    hidden: torch.Tensor,
+    generator: torch.Generator,
+    noise_offset: float = 0.0,
+    snr_gamma: float | None = None,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Mean (optionally min-SNR weighted) loss at uniformly drawn timesteps with fresh noise."""
     noise = offset_noise(latents.shape, noise_offset, generator)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)

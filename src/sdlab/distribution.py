@@ -20,7 +20,7 @@ def colour_histogram(images: np.ndarray, bins: int = HISTOGRAM_BINS) -> np.ndarr
     """Normalised joint RGB histogram (bins**3,) of every pixel of uint8 (N, H, W, 3) images."""
     cells = (images.reshape(-1, 3).astype(np.int64) * bins) // 256
     flat = (cells[:, 0] * bins + cells[:, 1]) * bins + cells[:, 2]
-    counts = np.bincount(flat, minlength=bins ** 3).astype(np.float64)
+    counts = np.bincount(flat, minlength=bins**3).astype(np.float64)
     return counts / max(counts.sum(), 1.0)
 
 
@@ -49,7 +49,7 @@ def reconstruct(vae, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """uint8 (N, H, W, 3) images through the VAE (decode of the posterior mean)."""
     out = []
     for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).permute(0, 3, 1, 2)
+        x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).permute(0, 3, 1, 2)
         recon = vae.decode(vae.encode(x.float().div(127.5).sub(1.0)).latent_dist.mean).sample
         out.append(((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
     return np.concatenate(out) if out else images[:0]
@@ -57,7 +57,7 @@ def reconstruct(vae, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR (dB) between two uint8 image sets of the same shape, on the [0, 1] scale."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)) / 255.0 ** 2
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)) / 255.0**2
     return 10 * float(np.log10(1.0 / max(mse, 1e-12)))
 
 
@@ -67,8 +67,9 @@ def kid(extractor: torch.nn.Module, real: np.ndarray, other: np.ndarray) -> floa
 
     from sdlab.evaluate import to_uint8_nchw
 
-    metric = KernelInceptionDistance(feature=extractor, subset_size=max(2, min(50, len(real), len(other))),
-                                     normalize=False)
+    metric = KernelInceptionDistance(
+        feature=extractor, subset_size=max(2, min(50, len(real), len(other))), normalize=False
+    )
     metric.update(to_uint8_nchw(real), real=True)
     metric.update(to_uint8_nchw(other), real=False)
     return float(metric.compute()[0])

@@ -35,9 +35,9 @@ import tarfile
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -50,8 +50,16 @@ from sdlab.config import EncodeConfig, TextEncoderConfig
 from sdlab.data.records import DataError
 from sdlab.data.shards import png_to_array
 from sdlab.io import atomic_path, read_json, write_json, write_table
-from sdlab.latents import (NOT_KEPT, SPLIT_CODES, STORAGE_DTYPE, is_complete, latent_path, read_header,
-                           save_checked, text_path)
+from sdlab.latents import (
+    NOT_KEPT,
+    SPLIT_CODES,
+    STORAGE_DTYPE,
+    is_complete,
+    latent_path,
+    read_header,
+    save_checked,
+    text_path,
+)
 from sdlab.models.text_encoder import PACKAGED_MINILM, encode_prompts, load_text_encoder, tokenize
 from sdlab.models.vae import load_pretrained_vae, to_tensor
 from sdlab.workers import Slot, assign, device_and_dtype, node_split, plan_slots, run_pool
@@ -75,6 +83,7 @@ class ShardJob:
 @dataclass(frozen=True)
 class EncodeSpec:
     """Everything a worker needs, picklable: it builds its own models from this."""
+
     shards_dir: str
     out_dir: str
     plan: str  # parquet of kept rows (key, caption, split), one row group per job
@@ -92,13 +101,25 @@ class EncodeSpec:
     text_mask: bool = False  # states encoded with the attention mask, which is stored too (PixArt)
 
     def latent_fingerprint(self, tar_sha256: str) -> str:
-        parts = {"vae": self.vae_fingerprint, "tar": tar_sha256, "store": self.store, "flip": self.flip,
-                 "seed": self.seed, "batch": self.batch_size, "precision": self.precision}
+        parts = {
+            "vae": self.vae_fingerprint,
+            "tar": tar_sha256,
+            "store": self.store,
+            "flip": self.flip,
+            "seed": self.seed,
+            "batch": self.batch_size,
+            "precision": self.precision,
+        }
         return _digest(parts)
 
     def text_fingerprint(self, latents_fingerprint: str, job: ShardJob) -> str:
-        parts = {"text": self.text, "encoder": self.text_encoder, "latents": latents_fingerprint,
-                 "plan": job.plan_digest, **({"mask": True} if self.text_mask else {})}
+        parts = {
+            "text": self.text,
+            "encoder": self.text_encoder,
+            "latents": latents_fingerprint,
+            "plan": job.plan_digest,
+            **({"mask": True} if self.text_mask else {}),
+        }
         return _digest(parts)
 
 
@@ -130,15 +151,16 @@ def arrow_digest(*arrays: pa.Array) -> str:
         if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
             width = np.int64 if pa.types.is_large_string(array.type) else np.int32
             _, offsets, data = array.buffers()
-            bounds = np.frombuffer(offsets, width)[array.offset:array.offset + len(array) + 1]
+            bounds = np.frombuffer(offsets, width)[array.offset : array.offset + len(array) + 1]
             digest.update((bounds - bounds[0]).tobytes())
-            digest.update(memoryview(data)[bounds[0]:bounds[-1]] if data is not None else b"")
+            digest.update(memoryview(data)[bounds[0] : bounds[-1]] if data is not None else b"")
         else:
             digest.update(array.to_numpy(zero_copy_only=False).tobytes())
     return digest.hexdigest()
 
 
 # ---- the worker side ----------------------------------------------------------------------
+
 
 def iter_tar_images(path: Path, batch_size: int) -> Iterator[tuple[list[str], np.ndarray]]:
     """(keys, uint8 (B, H, W, 3)) batches of a shard's images in tar order, streamed."""
@@ -177,22 +199,32 @@ def prefetched(iterator: Iterator, depth: int = 2) -> Iterator:
         yield item
 
 
-def _latent_views(vae, images: torch.Tensor, spec: EncodeSpec, scaling: float, generator: torch.Generator,
-                  device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _latent_views(
+    vae,
+    images: torch.Tensor,
+    spec: EncodeSpec,
+    scaling: float,
+    generator: torch.Generator,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> dict[str, torch.Tensor]:
     """Scaled latent views of one batch: (B, V, C, h, w) per stored tensor, fp16."""
     views = [images, torch.flip(images, dims=[3])] if spec.flip else [images]
     dists = [vae.encode(view.to(device, dtype)).latent_dist for view in views]
     means = [dist.mean.float().cpu() * scaling for dist in dists]
     stds = [dist.std.float().cpu() * scaling for dist in dists]
     if spec.store == "sample":
-        draws = [mean + std * torch.randn(mean.shape, generator=generator) for mean, std in zip(means, stds)]
+        draws = [
+            mean + std * torch.randn(mean.shape, generator=generator) for mean, std in zip(means, stds, strict=True)
+        ]
         return {"sample": torch.stack(draws, dim=1).to(STORAGE_DTYPE)}
     return {"mean": torch.stack(means, dim=1).to(STORAGE_DTYPE), "std": torch.stack(stds, dim=1).to(STORAGE_DTYPE)}
 
 
 @torch.no_grad()
-def encode_shard(vae, tar: Path, spec: EncodeSpec, device: torch.device, dtype: torch.dtype
-                 ) -> tuple[list[str], dict[str, torch.Tensor]]:
+def encode_shard(
+    vae, tar: Path, spec: EncodeSpec, device: torch.device, dtype: torch.dtype
+) -> tuple[list[str], dict[str, torch.Tensor]]:
     """Keys in tar order and the stored tensors of every image of one shard."""
     scaling = float(vae.config.scaling_factor)
     seed = spec.seed * 1_000_003 + int(hashlib.sha256(tar.name.encode()).hexdigest()[:8], 16)
@@ -218,7 +250,13 @@ class TextConditioner:
             self.model = self.model.to(device)
 
     def __call__(self, keys: list[str], rows: pa.Table) -> dict[str, torch.Tensor]:
-        kept = dict(zip(rows["key"].to_pylist(), zip(rows["caption"].to_pylist(), rows["split"].to_pylist())))
+        kept = dict(
+            zip(
+                rows["key"].to_pylist(),
+                zip(rows["caption"].to_pylist(), rows["split"].to_pylist(), strict=True),
+                strict=True,
+            )
+        )
         split = torch.tensor([SPLIT_CODES[kept[k][1]] if k in kept else NOT_KEPT for k in keys], dtype=torch.uint8)
         positions = [i for i, k in enumerate(keys) if k in kept]
         captions = [kept[keys[i]][0] for i in positions]
@@ -231,8 +269,9 @@ class TextConditioner:
             input_ids[index] = ids.to(torch.int32)
             return {"split": split, "input_ids": input_ids, "attention_mask": attention_mask}
         distinct = list(dict.fromkeys(captions))
-        states = encode_prompts(self.tokenizer, self.model, distinct, self.spec.batch_size, self.device,
-                                masked=self.spec.text_mask)
+        states = encode_prompts(
+            self.tokenizer, self.model, distinct, self.spec.batch_size, self.device, masked=self.spec.text_mask
+        )
         where = {caption: i for i, caption in enumerate(distinct)}
         hidden = torch.zeros(len(keys), *states.shape[1:], dtype=STORAGE_DTYPE)
         hidden[index] = states[[where[c] for c in captions]].to(STORAGE_DTYPE)
@@ -247,8 +286,9 @@ def encode_worker(slot: Slot, spec: EncodeSpec) -> None:
     out, device_dtype = Path(spec.out_dir), device_and_dtype(spec.precision)
     plan = pq.ParquetFile(spec.plan)
     vae = conditioner = None
-    for job in tqdm(assign(spec.jobs, slot.rank, slot.world), desc=f"encode[{slot.rank}]", unit="shard",
-                    disable=slot.rank != 0):
+    for job in tqdm(
+        assign(spec.jobs, slot.rank, slot.world), desc=f"encode[{slot.rank}]", unit="shard", disable=slot.rank != 0
+    ):
         tar = Path(spec.shards_dir) / job.shard
         if not tar.is_file():
             raise DataError(f"{tar}: image shard listed in the index is missing")
@@ -260,18 +300,25 @@ def encode_worker(slot: Slot, spec: EncodeSpec) -> None:
             keys, tensors = encode_shard(vae, tar, spec, *device_dtype)
             shape = tuple(next(iter(tensors.values())).shape[2:])
             if shape != tuple(spec.latent_shape):
-                raise DataError(f"{tar}: images give {shape} latents, meta expects {tuple(spec.latent_shape)} "
-                                "(are the shards of download.image_px?)")
+                raise DataError(
+                    f"{tar}: images give {shape} latents, meta expects {tuple(spec.latent_shape)} "
+                    "(are the shards of download.image_px?)"
+                )
             save_checked(latent_path(out, job.stem), tensors, fingerprint, keys=keys)
         text_fingerprint = spec.text_fingerprint(fingerprint, job)
         if not is_complete(text_path(out, job.stem), text_fingerprint):
             conditioner = conditioner or TextConditioner(spec, device_dtype[0])
             keys = read_header(latent_path(out, job.stem))["keys"]
-            save_checked(text_path(out, job.stem), conditioner(keys, plan.read_row_group(job.group)),
-                         text_fingerprint, latents=fingerprint)
+            save_checked(
+                text_path(out, job.stem),
+                conditioner(keys, plan.read_row_group(job.group)),
+                text_fingerprint,
+                latents=fingerprint,
+            )
 
 
 # ---- the node side -------------------------------------------------------------------------
+
 
 def kept_rows(index: pa.Table, captions: pa.Table) -> pa.Table:
     """The dedupe index (or some of its columns) with the caption stage's `caption` column
@@ -288,15 +335,14 @@ def kept_rows(index: pa.Table, captions: pa.Table) -> pa.Table:
 
 def write_plan(rows: pa.Table, path: Path) -> list[ShardJob]:
     """The kept rows sorted by (shard, key), one parquet row group per shard; a job per shard."""
-    ordered = rows.select(["shard", "key", "caption", "split"]).sort_by([("shard", "ascending"),
-                                                                         ("key", "ascending")])
+    ordered = rows.select(["shard", "key", "caption", "split"]).sort_by([("shard", "ascending"), ("key", "ascending")])
     shard_ids = pc.dictionary_encode(ordered["shard"]).combine_chunks()
     codes = shard_ids.indices.to_numpy()
     starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if len(codes) else np.array([], int)
     bounds = list(starts) + [len(codes)]
     jobs = []
     with pq.ParquetWriter(path, ordered.select(["key", "caption", "split"]).schema) as writer:
-        for group, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+        for group, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
             part = ordered.slice(start, stop - start).combine_chunks()
             writer.write_table(part.select(["key", "caption", "split"]), row_group_size=stop - start)
             digest = arrow_digest(*(part[c].chunk(0) for c in ("key", "caption", "split")))
@@ -317,22 +363,38 @@ def latents_index(rows: pa.Table, out: Path, jobs: list[ShardJob]) -> tuple[pa.T
     for job in jobs:
         latent_header, text_header = read_header(latent_path(out, job.stem)), read_header(text_path(out, job.stem))
         keys = latent_header["keys"]
-        located.append(pa.table({"key": keys, "latent_shard": pa.repeat(f"{job.stem}.safetensors", len(keys)),
-                                 "row": np.arange(len(keys), dtype=np.int64)}))
-        shards.append({"name": job.stem, "rows": len(keys), "latents": latent_header["fingerprint"],
-                       "text": text_header["fingerprint"]})
+        located.append(
+            pa.table(
+                {
+                    "key": keys,
+                    "latent_shard": pa.repeat(f"{job.stem}.safetensors", len(keys)),
+                    "row": np.arange(len(keys), dtype=np.int64),
+                }
+            )
+        )
+        shards.append(
+            {
+                "name": job.stem,
+                "rows": len(keys),
+                "latents": latent_header["fingerprint"],
+                "text": text_header["fingerprint"],
+            }
+        )
     keyed = pa.table({"key": rows["key"], "split": rows["split"], "__position": np.arange(rows.num_rows)})
     where = keyed.join(pa.concat_tables(located), "key").sort_by("__position")
     counts = where.group_by(["latent_shard", "split"]).aggregate([("key", "count")]).to_pydict()
-    per_shard = {(s, split): n for s, split, n in zip(counts["latent_shard"], counts["split"], counts["key_count"])}
+    per_shard = {
+        (s, split): n for s, split, n in zip(counts["latent_shard"], counts["split"], counts["key_count"], strict=True)
+    }
     for entry in shards:
         for split in SPLIT_CODES:
             entry[split] = per_shard.get((f"{entry['name']}.safetensors", split), 0)
     return where.select(["latent_shard", "row"]), shards
 
 
-def write_index(path: Path, rows: pa.Table, where: pa.Table, records: Path | None = None,
-                batch_rows: int = 262_144) -> None:
+def write_index(
+    path: Path, rows: pa.Table, where: pa.Table, records: Path | None = None, batch_rows: int = 262_144
+) -> None:
     """index.parquet: every kept row's record columns, its caption and where its latents live.
     With `records` (the dedupe index, same rows in the same order) the wide record columns are
     streamed from that file in batches instead of held in memory."""
@@ -382,9 +444,17 @@ def write_uncond(out: Path, te: TextEncoderConfig, text: str, text_mask: bool = 
     return int(hidden.shape[-1])
 
 
-def encode_dataset(rows: pa.Table, shards_dir: str, vae_dir: str, out_dir: str, image_px: int,
-                   cfg: EncodeConfig, te: TextEncoderConfig, records: Path | None = None,
-                   text_mask: bool = False) -> dict:
+def encode_dataset(
+    rows: pa.Table,
+    shards_dir: str,
+    vae_dir: str,
+    out_dir: str,
+    image_px: int,
+    cfg: EncodeConfig,
+    te: TextEncoderConfig,
+    records: Path | None = None,
+    text_mask: bool = False,
+) -> dict:
     """Encode the kept `rows` (key, shard, split, caption [+ record columns]) into `out_dir`; return meta.
 
     This node's share of the jobs runs on a pool of workers; finished, valid outputs are
@@ -397,31 +467,55 @@ def encode_dataset(rows: pa.Table, shards_dir: str, vae_dir: str, out_dir: str, 
     plan_dir = Path(tempfile.mkdtemp(prefix="sdlab-encode-plan-"))  # node-local: nodes never share it
     try:
         jobs = write_plan(rows, plan_dir / "plan.parquet")
-        spec = EncodeSpec(shards_dir=str(shards_dir), out_dir=str(out), plan=str(plan_dir / "plan.parquet"),
-                          vae=str(vae_dir), vae_fingerprint=folder_fingerprint(vae_dir),
-                          text_encoder=te.model_dump(), text=cfg.text, batch_size=cfg.batch_size, store=cfg.store,
-                          flip=cfg.flip, seed=cfg.seed, precision=cfg.precision,
-                          latent_shape=latent_shape(vae_dir, image_px), jobs=tuple(assign(jobs, node_rank, num_nodes)),
-                          text_mask=text_mask)
+        spec = EncodeSpec(
+            shards_dir=str(shards_dir),
+            out_dir=str(out),
+            plan=str(plan_dir / "plan.parquet"),
+            vae=str(vae_dir),
+            vae_fingerprint=folder_fingerprint(vae_dir),
+            text_encoder=te.model_dump(),
+            text=cfg.text,
+            batch_size=cfg.batch_size,
+            store=cfg.store,
+            flip=cfg.flip,
+            seed=cfg.seed,
+            precision=cfg.precision,
+            latent_shape=latent_shape(vae_dir, image_px),
+            jobs=tuple(assign(jobs, node_rank, num_nodes)),
+            text_mask=text_mask,
+        )
         remove_stale(out, {job.stem for job in jobs})
         slots = plan_slots(cfg.workers, cfg.threads_per_worker)
-        log.info("node %d/%d: %d of %d shards on %d worker(s)", node_rank, num_nodes, len(spec.jobs), len(jobs),
-                 len(slots))
+        log.info(
+            "node %d/%d: %d of %d shards on %d worker(s)", node_rank, num_nodes, len(spec.jobs), len(jobs), len(slots)
+        )
         run_pool(encode_worker, spec, slots)
     finally:
         shutil.rmtree(plan_dir, ignore_errors=True)
     missing = [job.stem for job in jobs if not (latent_path(out, job.stem).is_file() and _text_matches(out, job, spec))]
     if missing:
-        raise DataError(f"{len(missing)} shard(s) not encoded yet, e.g. {missing[0]}: other nodes have not "
-                        "finished their share; run this stage again once they have")
+        raise DataError(
+            f"{len(missing)} shard(s) not encoded yet, e.g. {missing[0]}: other nodes have not "
+            "finished their share; run this stage again once they have"
+        )
     where, shards = latents_index(rows, out, jobs)
     text_dim = write_uncond(out, te, cfg.text, text_mask)
     channels, height, width = spec.latent_shape
-    meta = {"vae": str(vae_dir), "scaling_factor": read_json(Path(vae_dir) / "config.json")["scaling_factor"],
-            "latent_shape": [channels, height, width], "dtype": "float16", "store": cfg.store,
-            "views": 2 if cfg.flip else 1, "text": cfg.text, "text_encoder": te.model_dump(),
-            "text_encoder_name": te.pretrained or PACKAGED_MINILM, "text_dim": text_dim, "text_mask": text_mask,
-            "images": rows.num_rows, "shards": shards}
+    meta = {
+        "vae": str(vae_dir),
+        "scaling_factor": read_json(Path(vae_dir) / "config.json")["scaling_factor"],
+        "latent_shape": [channels, height, width],
+        "dtype": "float16",
+        "store": cfg.store,
+        "views": 2 if cfg.flip else 1,
+        "text": cfg.text,
+        "text_encoder": te.model_dump(),
+        "text_encoder_name": te.pretrained or PACKAGED_MINILM,
+        "text_dim": text_dim,
+        "text_mask": text_mask,
+        "images": rows.num_rows,
+        "shards": shards,
+    }
     write_index(out / "index.parquet", rows, where, records)
     write_json(out / "meta.json", meta)
     return meta
@@ -432,8 +526,7 @@ def _text_matches(out: Path, job: ShardJob, spec: EncodeSpec) -> bool:
     latent_header = read_header(latent_path(out, job.stem))
     if latent_header is None:
         return False
-    return is_complete(text_path(out, job.stem), spec.text_fingerprint(latent_header["fingerprint"], job),
-                       verify=False)
+    return is_complete(text_path(out, job.stem), spec.text_fingerprint(latent_header["fingerprint"], job), verify=False)
 
 
 def remove_stale(out: Path, stems: set[str]) -> None:

@@ -20,8 +20,16 @@ def timestep_grid(num_train_timesteps: int, count: int) -> list[int]:
 
 
 @torch.no_grad()
-def heldout_loss(unet, scheduler, latents: torch.Tensor, hidden: torch.Tensor, timesteps: list[int],
-                 seed: int, batch_size: int = 64, mask: torch.Tensor | None = None) -> dict[int, float]:
+def heldout_loss(
+    unet,
+    scheduler,
+    latents: torch.Tensor,
+    hidden: torch.Tensor,
+    timesteps: list[int],
+    seed: int,
+    batch_size: int = 64,
+    mask: torch.Tensor | None = None,
+) -> dict[int, float]:
     """Mean denoising loss per timestep on fixed latents with fixed noise (deterministic)."""
     unet.eval()
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
@@ -31,14 +39,26 @@ def heldout_loss(unet, scheduler, latents: torch.Tensor, hidden: torch.Tensor, t
         for start in range(0, len(latents), batch_size):
             part = slice(start, start + batch_size)
             t_batch = torch.full((len(latents[part]),), t, dtype=torch.long)
-            total += denoising_loss(unet, scheduler, latents[part], hidden[part], t_batch, noise[part],
-                                    None if mask is None else mask[part]).sum().item()
+            total += (
+                denoising_loss(
+                    unet,
+                    scheduler,
+                    latents[part],
+                    hidden[part],
+                    t_batch,
+                    noise[part],
+                    None if mask is None else mask[part],
+                )
+                .sum()
+                .item()
+            )
         losses[t] = total / len(latents)
     return losses
 
 
-def heldout_latents(latents_dir: Path, limit: int, text_encoder
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def heldout_latents(
+    latents_dir: Path, limit: int, text_encoder
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Up to `limit` val rows, shard by shard: (the unflipped latent mean (N, C, h, w), hidden
     states (N, L, D), the text attention mask (N, L) when the states were encoded with it),
     token ids encoded here by the pipeline's text encoder."""
@@ -61,8 +81,11 @@ def heldout_latents(latents_dir: Path, limit: int, text_encoder
             hidden.append(stored["hidden"][take].float())
         else:
             with torch.no_grad():
-                hidden.append(encode_tokens(text_encoder, stored["input_ids"][take],
-                                            stored["attention_mask"][take], masked).float())
+                hidden.append(
+                    encode_tokens(
+                        text_encoder, stored["input_ids"][take], stored["attention_mask"][take], masked
+                    ).float()
+                )
         have += len(means[-1])
     if not means:
         raise DataError("the val split is empty (raise dedupe.val_fraction)")
@@ -82,6 +105,7 @@ SCHEDULERS = {
 def use_scheduler(pipeline, name: str) -> None:
     """Swap the pipeline's sampler for `name`, keeping the trained noise schedule."""
     import diffusers
+
     pipeline.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(pipeline.scheduler.config)
 
 
@@ -105,9 +129,17 @@ def fid_kid(extractor: torch.nn.Module, real: np.ndarray, generated: np.ndarray)
     return float(fid.compute()), float(kid.compute()[0])
 
 
-def judge_samples(generated: np.ndarray, rows: list[dict], real_val: np.ndarray, real_train: np.ndarray,
-                  train_rows: list[dict], judge_steps: int, seed: int, vae=None,
-                  reconstructed_val: np.ndarray | None = None) -> dict:
+def judge_samples(
+    generated: np.ndarray,
+    rows: list[dict],
+    real_val: np.ndarray,
+    real_train: np.ndarray,
+    train_rows: list[dict],
+    judge_steps: int,
+    seed: int,
+    vae=None,
+    reconstructed_val: np.ndarray | None = None,
+) -> dict:
     """Adherence per attribute (a pixel judge for skin color, a classifier for the rest), each
     judge's accuracy on the real val images (and on their VAE reconstructions: the most a
     model that samples through this VAE can reach), chance, and FID/KID in the classifier's
@@ -131,12 +163,17 @@ def judge_samples(generated: np.ndarray, rows: list[dict], real_val: np.ndarray,
 
     fid, kid = fid_kid(FeatureExtractor(classifier), real_val, generated)
     scores = judged(generated)
-    out = {"adherence": scores, "judge_accuracy_on_real": judged(real_val),
-           "chance": {name: 1 / len(ATTRIBUTE_VALUES[name]) for name in scores},
-           "fid_blob_judge": fid, "kid_blob_judge": kid}
+    out = {
+        "adherence": scores,
+        "judge_accuracy_on_real": judged(real_val),
+        "chance": {name: 1 / len(ATTRIBUTE_VALUES[name]) for name in scores},
+        "fid_blob_judge": fid,
+        "kid_blob_judge": kid,
+    }
     if vae is not None:
         out["judge_accuracy_on_vae_reconstructions"] = judged(
-            reconstruct(vae, real_val) if reconstructed_val is None else reconstructed_val)
+            reconstruct(vae, real_val) if reconstructed_val is None else reconstructed_val
+        )
     return out
 
 
@@ -148,7 +185,7 @@ def attribute_rows(pipeline, base: dict, steps: int, guidance: float, seed: int)
 
     strips = []
     for attribute in ATTRIBUTES:
-        values, prompts = zip(*variations(base, attribute))
+        values, prompts = zip(*variations(base, attribute), strict=True)
         images = generate(pipeline, list(prompts), [seed] * len(prompts), steps, guidance, len(prompts), progress=False)
         strips.append((attribute, sample_grid(images, list(values), len(values), label_px=16)))
     return strips
@@ -157,20 +194,25 @@ def attribute_rows(pipeline, base: dict, steps: int, guidance: float, seed: int)
 def overview_lines(train: dict, metrics: dict, sampling: dict) -> list[str]:
     """The report's first sentences: what was trained on what, for how long, and how it samples."""
     epochs = train["final_step"] * train["global_batch"] / max(train["train_samples"], 1)
-    lines = [f"A {train.get('denoiser', 'unet')} of {train['unet_parameters'] / 1e6:.2f}M parameters, trained "
-             f"{train['final_step']} steps of batch {train['global_batch']} ({epochs:.1f} epochs) on "
-             f"{train['train_samples']:,} images in {train.get('train_seconds', float('nan')) / 60:.1f} min "
-             f"on {train['world_size']} process(es).",
-             f"Sampled for {metrics['num_samples']} held-out prompts: {sampling['scheduler']}, "
-             f"{sampling['num_inference_steps']} steps, guidance {sampling['guidance_scale']:g}; held-out "
-             f"denoising loss {metrics['heldout_loss']:.4f}.",
-             f"VAE reconstruction PSNR {metrics['vae_reconstruction_psnr_db']:.1f} dB on the real val images.",
-             f"Colour histogram distance to real val images {metrics['colour_histogram_distance']:.3f} "
-             f"(another real sample: {metrics['colour_histogram_distance_real_vs_real']:.3f}); KID in the VAE's "
-             f"latent space {metrics['kid_vae_latent']:.4f} (real: {metrics['kid_vae_latent_real_vs_real']:.4f})."]
+    lines = [
+        f"A {train.get('denoiser', 'unet')} of {train['unet_parameters'] / 1e6:.2f}M parameters, trained "
+        f"{train['final_step']} steps of batch {train['global_batch']} ({epochs:.1f} epochs) on "
+        f"{train['train_samples']:,} images in {train.get('train_seconds', float('nan')) / 60:.1f} min "
+        f"on {train['world_size']} process(es).",
+        f"Sampled for {metrics['num_samples']} held-out prompts: {sampling['scheduler']}, "
+        f"{sampling['num_inference_steps']} steps, guidance {sampling['guidance_scale']:g}; held-out "
+        f"denoising loss {metrics['heldout_loss']:.4f}.",
+        f"VAE reconstruction PSNR {metrics['vae_reconstruction_psnr_db']:.1f} dB on the real val images.",
+        f"Colour histogram distance to real val images {metrics['colour_histogram_distance']:.3f} "
+        f"(another real sample: {metrics['colour_histogram_distance_real_vs_real']:.3f}); KID in the VAE's "
+        f"latent space {metrics['kid_vae_latent']:.4f} (real: {metrics['kid_vae_latent_real_vs_real']:.4f}).",
+    ]
     if "adherence" in metrics:
-        lines.append("Prompt adherence (judged by a classifier trained on the real train images): "
-                     + ", ".join(f"{k} {v:.2f}" for k, v in metrics["adherence"].items()) + ".")
+        lines.append(
+            "Prompt adherence (judged by a classifier trained on the real train images): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in metrics["adherence"].items())
+            + "."
+        )
     return lines
 
 
@@ -215,8 +257,10 @@ def clip_score(model_name_or_path: str, images: np.ndarray, prompts: list[str]) 
     from transformers import CLIPModel, CLIPProcessor
 
     def load():
-        return (PooledCLIP(CLIPModel.from_pretrained(model_name_or_path).eval()),
-                CLIPProcessor.from_pretrained(model_name_or_path))
+        return (
+            PooledCLIP(CLIPModel.from_pretrained(model_name_or_path).eval()),
+            CLIPProcessor.from_pretrained(model_name_or_path),
+        )
 
     metric = CLIPScore(model_name_or_path=load)
     metric.update(to_uint8_nchw(images), prompts)
@@ -242,8 +286,10 @@ def check_weights_file(path: str, sha256: str | None, key: str = "evaluate.incep
     actual = digest.hexdigest()
     expected = (sha256 or INCEPTION_SHA256_PREFIX).lower()
     if not actual.startswith(expected):
-        raise ConfigError(f"{key}: {path} has sha256 {actual}, expected {expected}{'' if sha256 else '...'} "
-                          "(the published file); refusing to unpickle it")
+        raise ConfigError(
+            f"{key}: {path} has sha256 {actual}, expected {expected}{'' if sha256 else '...'} "
+            "(the published file); refusing to unpickle it"
+        )
 
 
 def inception_extractor(weights_path: str, sha256: str | None = None) -> torch.nn.Module:
@@ -252,5 +298,6 @@ def inception_extractor(weights_path: str, sha256: str | None = None) -> torch.n
     from torchmetrics.image.fid import NoTrainInceptionV3
 
     check_weights_file(weights_path, sha256)
-    return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                              feature_extractor_weights_path=weights_path)
+    return NoTrainInceptionV3(
+        name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=weights_path
+    )

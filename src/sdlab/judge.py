@@ -39,6 +39,6 @@ def adherence(images: np.ndarray, rows: list[dict]) -> dict[str, float]:
     """Per attribute, the fraction of images whose judged value matches the row's."""
     scores = {}
     for attribute, judge in JUDGES.items():
-        hits = [judge(image) == row[attribute] for image, row in zip(images, rows)]
+        hits = [judge(image) == row[attribute] for image, row in zip(images, rows, strict=True)]
         scores[attribute] = float(np.mean(hits)) if hits else 0.0
     return scores

@@ -97,8 +97,9 @@ def is_complete(path: Path, fingerprint: str, verify: bool = True, shape: tuple[
     header = read_header(path)
     if header is None or header.get("fingerprint") != fingerprint:
         return False
-    if shape is not None and any(tuple(dims[2:]) != tuple(shape) for name, dims in header["shapes"].items()
-                                 if name in LATENT_FIELDS):
+    if shape is not None and any(
+        tuple(dims[2:]) != tuple(shape) for name, dims in header["shapes"].items() if name in LATENT_FIELDS
+    ):
         log.warning("%s holds latents of another shape; encoding it again", path)
         return False
     if verify:

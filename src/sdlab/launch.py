@@ -31,9 +31,18 @@ def launch_command(cfg: TrainConfig, script: str, argv: list[str], cuda: bool) -
     if cfg.accelerate_config:
         command += ["--config_file", cfg.accelerate_config]
     else:
-        command += ["--num_processes", str(cfg.num_processes), "--num_machines", "1",
-                    "--mixed_precision", cfg.mixed_precision, "--dynamo_backend", "no",
-                    "--main_process_port", str(free_port())]
+        command += [
+            "--num_processes",
+            str(cfg.num_processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            cfg.mixed_precision,
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+        ]
         # torchrun starts the processes; on a CPU, ACCELERATE_USE_CPU (see launch_env) makes
         # accelerate pick DDP over gloo (its `--cpu` flag alone starts a single process)
         command += ["--multi_gpu"] if cfg.num_processes > 1 else []

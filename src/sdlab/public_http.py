@@ -70,17 +70,27 @@ class Response:
 def address_refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     """Why `ip` is not a public address (None when it is)."""
     if isinstance(ip, ipaddress.IPv6Address):
-        embedded = [ip.ipv4_mapped, ip.sixtofour, ip.teredo[1] if ip.teredo else None,
-                    ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in NAT64 else None]
+        embedded = [
+            ip.ipv4_mapped,
+            ip.sixtofour,
+            ip.teredo[1] if ip.teredo else None,
+            ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in NAT64 else None,
+        ]
         for inner in filter(None, embedded):
             why = address_refusal(inner)
             if why:
                 return f"{why} (IPv4 {inner} inside {ip})"
         if ip.is_site_local:
             return "site-local"
-    checks = (("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback), ("link-local", ip.is_link_local),
-              ("multicast", ip.is_multicast), ("private", ip.is_private), ("reserved", ip.is_reserved),
-              ("shared/CGNAT", isinstance(ip, ipaddress.IPv4Address) and ip in CGNAT))
+    checks = (
+        ("unspecified", ip.is_unspecified),
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast),
+        ("private", ip.is_private),
+        ("reserved", ip.is_reserved),
+        ("shared/CGNAT", isinstance(ip, ipaddress.IPv4Address) and ip in CGNAT),
+    )
     for name, hit in checks:
         if hit:
             return name
@@ -171,8 +181,9 @@ def check_url(url: str, policy: FetchPolicy) -> list[tuple]:
     return resolve(host, port, policy.allow_private_networks, policy.allowed_networks)
 
 
-def _read_body(response: http.client.HTTPResponse, sock: socket.socket | None, policy: FetchPolicy,
-               deadline: float, url: str) -> bytes:
+def _read_body(
+    response: http.client.HTTPResponse, sock: socket.socket | None, policy: FetchPolicy, deadline: float, url: str
+) -> bytes:
     length = response.getheader("Content-Length")
     if length and length.strip().isdigit() and int(length) > policy.max_bytes:
         raise FetchRefused("too_large", f"{url}: Content-Length {int(length)} > max_bytes {policy.max_bytes}")
@@ -185,7 +196,7 @@ def _read_body(response: http.client.HTTPResponse, sock: socket.socket | None, p
             sock.settimeout(min(policy.timeout_s, left))
         try:
             chunk = response.read(CHUNK)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise FetchRefused("timeout", f"{url}: read timed out") from None
         if not chunk:
             return b"".join(chunks)
@@ -210,7 +221,7 @@ def fetch(url: str, policy: FetchPolicy, headers: dict[str, str] | None = None) 
             try:
                 connection.request("GET", target, headers={"User-Agent": policy.user_agent, **(headers or {})})
                 response = connection.getresponse()
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 raise FetchRefused("timeout", f"{url}: no response within {timeout:.1f} s") from None
             location = response.getheader("Location")
             if response.status in REDIRECTS and location:

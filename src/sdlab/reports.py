@@ -29,7 +29,7 @@ def sample_grid(images: np.ndarray, labels: list[str], columns: int, label_px: i
     grid = Image.new("RGB", (columns * width, rows * (cell + label_px)), "white")
     draw = ImageDraw.Draw(grid)
     font = ImageFont.load_default(size=9)
-    for i, (image, label) in enumerate(zip(images, labels)):
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         x, y = (i % columns) * width, (i // columns) * (cell + label_px)
         tile = Image.fromarray(image).resize((cell, cell), Image.Resampling.NEAREST)
         grid.paste(tile, (x + (width - cell) // 2, y))
@@ -49,8 +49,9 @@ def pick_rows(rows: list[dict], count: int, seed: int) -> list[dict]:
     return [rows[i] for i in pick_indices(len(rows), count, seed)]
 
 
-def load_local(paths: list[str], px: int = SHEET_PX, max_pixels: int = DEFAULT_MAX_PIXELS,
-               max_bytes: int = 50_000_000) -> tuple[np.ndarray, list[int]]:
+def load_local(
+    paths: list[str], px: int = SHEET_PX, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = 50_000_000
+) -> tuple[np.ndarray, list[int]]:
     """uint8 (N, px, px, 3) thumbnails of the readable local image files, and the positions
     skipped (missing, larger than `max_bytes`, a bomb over `max_pixels`, bad bytes)."""
     thumbs, skipped = [], []
@@ -96,13 +97,15 @@ def curve_svg(points: list[tuple[float, float]], title: str, width: int = 480, h
     sx = lambda x: 40 + (x - xs.min()) / max(xs.max() - xs.min(), 1e-12) * (width - 50)  # noqa: E731
     sy = lambda y: height - 25 - (y - lo) / max(hi - lo, 1e-12) * (height - 45)  # noqa: E731
     line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
-    return (f'<svg width="{width}" height="{height}" role="img" aria-label="{html.escape(title)}">'
-            f'<text x="40" y="14" font-size="12">{html.escape(title)}</text>'
-            f'<polyline fill="none" stroke="#1f6feb" stroke-width="1.5" points="{line}"/>'
-            f'<text x="2" y="{sy(hi) + 4:.0f}" font-size="10">{hi:.3g}</text>'
-            f'<text x="2" y="{sy(lo) + 4:.0f}" font-size="10">{lo:.3g}</text>'
-            f'<text x="40" y="{height - 5}" font-size="10">step {xs.min():.0f}</text>'
-            f'<text x="{width - 70}" y="{height - 5}" font-size="10">step {xs.max():.0f}</text></svg>')
+    return (
+        f'<svg width="{width}" height="{height}" role="img" aria-label="{html.escape(title)}">'
+        f'<text x="40" y="14" font-size="12">{html.escape(title)}</text>'
+        f'<polyline fill="none" stroke="#1f6feb" stroke-width="1.5" points="{line}"/>'
+        f'<text x="2" y="{sy(hi) + 4:.0f}" font-size="10">{hi:.3g}</text>'
+        f'<text x="2" y="{sy(lo) + 4:.0f}" font-size="10">{lo:.3g}</text>'
+        f'<text x="40" y="{height - 5}" font-size="10">step {xs.min():.0f}</text>'
+        f'<text x="{width - 70}" y="{height - 5}" font-size="10">step {xs.max():.0f}</text></svg>'
+    )
 
 
 def read_curve(tsv: str | Path, column: str) -> list[tuple[float, float]]:
@@ -130,6 +133,7 @@ class Overview:
     how long, how well each attribute is followed (beside the judge's own accuracy on real
     images and chance), rows where one attribute varies, real beside generated, and what the
     VAE keeps of real images."""
+
     lines: list[str] = field(default_factory=list)
     adherence: list[tuple[str, float, float | None, float]] = field(default_factory=list)  # name, gen, real, chance
     attribute_rows: list[tuple[str, Image.Image]] = field(default_factory=list)
@@ -142,32 +146,59 @@ class Overview:
         table = "".join(
             f"<tr><td>{html.escape(name)}</td><td><b>{gen:.3f}</b></td>"
             f"<td>{'' if real is None else f'{real:.3f}'}</td><td>{chance:.3f}</td></tr>"
-            for name, gen, real, chance in self.adherence)
-        table = (f"<h2>Prompt adherence</h2><table><tr><th>attribute</th><th>generated</th>"
-                 f"<th>judge on real val images</th><th>chance</th></tr>{table}</table>" if table else "")
-        rows = "".join(f'<h3>only {html.escape(name)} varies (same seed)</h3><img alt="{html.escape(name)}" '
-                       f'src="{png_data_uri(image)}">' for name, image in self.attribute_rows)
-        pairs = (f'<h2>Real val images (top) and generated for their prompts (bottom)</h2>'
-                 f'<img alt="real vs generated" src="{png_data_uri(self.real_vs_generated)}">'
-                 if self.real_vs_generated is not None else "")
-        recon = (f'<h2>VAE reconstructions</h2><p>{html.escape(self.reconstruction_note)}</p>'
-                 f'<img alt="reconstructions" src="{png_data_uri(self.reconstructions)}">'
-                 if self.reconstructions is not None else "")
+            for name, gen, real, chance in self.adherence
+        )
+        table = (
+            f"<h2>Prompt adherence</h2><table><tr><th>attribute</th><th>generated</th>"
+            f"<th>judge on real val images</th><th>chance</th></tr>{table}</table>"
+            if table
+            else ""
+        )
+        rows = "".join(
+            f'<h3>only {html.escape(name)} varies (same seed)</h3><img alt="{html.escape(name)}" '
+            f'src="{png_data_uri(image)}">'
+            for name, image in self.attribute_rows
+        )
+        pairs = (
+            f"<h2>Real val images (top) and generated for their prompts (bottom)</h2>"
+            f'<img alt="real vs generated" src="{png_data_uri(self.real_vs_generated)}">'
+            if self.real_vs_generated is not None
+            else ""
+        )
+        recon = (
+            f"<h2>VAE reconstructions</h2><p>{html.escape(self.reconstruction_note)}</p>"
+            f'<img alt="reconstructions" src="{png_data_uri(self.reconstructions)}">'
+            if self.reconstructions is not None
+            else ""
+        )
         return f"<ul class='overview'>{lines}</ul>{table}{rows}{pairs}{recon}"
 
 
-def report_html(metrics: dict, grid: Image.Image, sweep: Image.Image | None, sweep_note: str,
-                curves: dict[str, list[tuple[float, float]]], params: dict, prompts: list[str] = (),
-                overview: Overview | None = None) -> str:
+def report_html(
+    metrics: dict,
+    grid: Image.Image,
+    sweep: Image.Image | None,
+    sweep_note: str,
+    curves: dict[str, list[tuple[float, float]]],
+    params: dict,
+    prompts: list[str] = (),
+    overview: Overview | None = None,
+) -> str:
     """One self-contained page: the overview, metrics, sample grid (with its prompts as escaped
     text: they are captions of scraped data), guidance sweep, training curves."""
     prompt_list = "".join(f"<li>{html.escape(p)}</li>" for p in prompts)
-    table = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>" if isinstance(v, float)
-                    else f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
-                    for k, v in _flatten(metrics))
+    table = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td></tr>"
+        if isinstance(v, float)
+        else f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
+        for k, v in _flatten(metrics)
+    )
     charts = "".join(curve_svg(points, name) for name, points in curves.items())
-    sweep_html = (f'<h2>Guidance sweep</h2><p>{html.escape(sweep_note)}</p><img alt="guidance sweep" '
-                  f'src="{png_data_uri(sweep)}">' if sweep is not None else "")
+    sweep_html = (
+        f'<h2>Guidance sweep</h2><p>{html.escape(sweep_note)}</p><img alt="guidance sweep" src="{png_data_uri(sweep)}">'
+        if sweep is not None
+        else ""
+    )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>sdlab evaluation</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
@@ -183,8 +214,9 @@ td{{border:1px solid #ccc;padding:2px 8px;font-size:13px}}img{{max-width:100%;im
 """
 
 
-def sheet_of_records(path: str | Path, rows: list[dict], label: str, count: int = 32, seed: int = 0,
-                     max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+def sheet_of_records(
+    path: str | Path, rows: list[dict], label: str, count: int = 32, seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> int:
     """Contact sheet of records that point at local files (`path`); skipped for URL-only sources.
     Returns how many picked images were unreadable (skipped, not drawn)."""
     rows = [r for r in pick_rows(rows, count, seed) if r.get("path")]
@@ -195,8 +227,15 @@ def sheet_of_records(path: str | Path, rows: list[dict], label: str, count: int 
     return len(skipped)
 
 
-def sheet_of_shards(path: str | Path, rows, shards_dir: str | Path, label=None, count: int = 32,
-                    seed: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+def sheet_of_shards(
+    path: str | Path,
+    rows,
+    shards_dir: str | Path,
+    label=None,
+    count: int = 32,
+    seed: int = 0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> int:
     """Contact sheet of packed images: `rows` is an index table (or its parquet path) with `key`
     and `shard`; `label(row)` names each picked image. Only the picked rows become Python dicts."""
     import pyarrow as pa
@@ -215,8 +254,9 @@ def sheet_of_shards(path: str | Path, rows, shards_dir: str | Path, label=None, 
         table = table.slice(0, 0)
     picked = table.take(pa.array(pick_indices(table.num_rows, count, seed))).to_pylist()
     default = lambda r: str(r.get("caption") or r.get("title") or r["key"])  # noqa: E731
-    readable = sorted((i, image) for i, image in iter_images(shards_dir, picked, max_pixels)
-                      if not isinstance(image, ImageRejected))
+    readable = sorted(
+        (i, image) for i, image in iter_images(shards_dir, picked, max_pixels) if not isinstance(image, ImageRejected)
+    )
     images = np.stack([image for _, image in readable]) if readable else np.zeros((0, SHEET_PX, SHEET_PX, 3), np.uint8)
     write_sheet(path, images, [(label or default)(picked[i]) for i, _ in readable])
     return len(picked) - len(readable)

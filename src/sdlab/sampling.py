@@ -8,8 +8,16 @@ import torch
 from tqdm import tqdm
 
 
-def generate(pipeline, prompts: list[str], seeds: list[int], steps: int, guidance: float,
-             batch_size: int, negative_prompt: str | None = None, progress: bool = True) -> np.ndarray:
+def generate(
+    pipeline,
+    prompts: list[str],
+    seeds: list[int],
+    steps: int,
+    guidance: float,
+    batch_size: int,
+    negative_prompt: str | None = None,
+    progress: bool = True,
+) -> np.ndarray:
     """uint8 (N, H, W, 3) images, one per (prompt, seed); each seed fixes its image."""
     from sdlab.models.pipeline import call_kwargs
 
@@ -21,7 +29,14 @@ def generate(pipeline, prompts: list[str], seeds: list[int], steps: int, guidanc
         chunk = slice(start, start + batch_size)
         generators = [torch.Generator().manual_seed(s) for s in seeds[chunk]]
         negative = None if negative_prompt is None else [negative_prompt] * len(prompts[chunk])
-        out = pipeline(prompts[chunk], negative_prompt=negative, num_inference_steps=steps,
-                       guidance_scale=guidance, generator=generators, output_type="np", **extra).images
+        out = pipeline(
+            prompts[chunk],
+            negative_prompt=negative,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generators,
+            output_type="np",
+            **extra,
+        ).images
         images.append((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
     return np.concatenate(images)

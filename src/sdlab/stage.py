@@ -7,7 +7,7 @@ import functools
 import logging
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from sdlab.config import ConfigError, Params, load_params
 from sdlab.data.records import DataError

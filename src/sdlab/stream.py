@@ -12,8 +12,8 @@ would have seen, with no replay.
 A loader thread assembles batch m+1 (and reads the next window from disk) while step m
 runs, with numpy only: a torch op there would compete with the step's intra-op threads
 (measured: 50% slower steps on 2 cores). Arrays stay in their stored dtype (fp16 latents,
-int token ids) and become tensors without a copy when the step takes them. Resident memory: at most `MAX_WINDOWS` windows of
-`shuffle_shards` x shard size samples.
+int token ids) and become tensors without a copy when the step takes them. Resident memory:
+at most `MAX_WINDOWS` windows of `shuffle_shards` x shard size samples.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ MAX_WINDOWS = 3  # the window being read, the next one (prefetched) and one a ba
 @dataclass(frozen=True)
 class Part:
     """The rows of one shard a rank trains on: every `stride`-th train row from `offset`."""
+
     shard: str
     rows: int
     stride: int = 1
@@ -48,8 +49,11 @@ def rank_parts(shards: list[dict], rank: int, world: int, split: str = "train") 
     shards = [s for s in shards if s[split] > 0]
     if len(shards) >= world:
         return [Part(s["name"], s[split]) for s in shards[rank::world]]
-    return [Part(s["name"], len(range(rank, s[split], world)), world, rank) for s in shards
-            if len(range(rank, s[split], world))]
+    return [
+        Part(s["name"], len(range(rank, s[split], world)), world, rank)
+        for s in shards
+        if len(range(rank, s[split], world))
+    ]
 
 
 def _rng(*parts: int) -> np.random.Generator:
@@ -59,8 +63,9 @@ def _rng(*parts: int) -> np.random.Generator:
 class LatentStream:
     """Batches of micro-steps for one rank, read from the latents folder with prefetch."""
 
-    def __init__(self, root: str | Path, parts: list[Part], batch_size: int, seed: int, shuffle_shards: int,
-                 split: str = "train"):
+    def __init__(
+        self, root: str | Path, parts: list[Part], batch_size: int, seed: int, shuffle_shards: int, split: str = "train"
+    ):
         if not parts:
             raise ValueError(f"{root}: this rank has no {split} rows to read")
         self.root, self.parts, self.batch_size, self.seed = Path(root), parts, batch_size, seed
@@ -75,12 +80,12 @@ class LatentStream:
     def __len__(self) -> int:
         return self.samples_per_epoch
 
-    @functools.lru_cache(maxsize=4)
+    @functools.lru_cache(maxsize=4)  # noqa: B019 (a few small layouts, one stream per process)
     def epoch_layout(self, epoch: int) -> tuple[list[list[Part]], list[int]]:
         """This epoch's windows (lists of parts) and the stream offset where each starts."""
         order = _rng(self.seed, 7919, epoch).permutation(len(self.parts)).tolist()
         ordered = [self.parts[i] for i in order]
-        windows = [ordered[i:i + self.shuffle_shards] for i in range(0, len(ordered), self.shuffle_shards)]
+        windows = [ordered[i : i + self.shuffle_shards] for i in range(0, len(ordered), self.shuffle_shards)]
         starts, total = [], 0
         for window in windows:
             starts.append(total)
@@ -92,8 +97,13 @@ class LatentStream:
         epoch, offset = divmod(sample, self.samples_per_epoch)
         _, starts = self.epoch_layout(epoch)
         window = bisect.bisect_right(starts, offset) - 1
-        return {"epoch": epoch, "window": window, "row": offset - starts[window],
-                "samples_seen_in_epoch": offset, "samples_per_epoch": self.samples_per_epoch}
+        return {
+            "epoch": epoch,
+            "window": window,
+            "row": offset - starts[window],
+            "samples_seen_in_epoch": offset,
+            "samples_per_epoch": self.samples_per_epoch,
+        }
 
     def _load_window(self, epoch: int, window: int) -> dict[str, np.ndarray]:
         windows, _ = self.epoch_layout(epoch)
@@ -125,7 +135,7 @@ class LatentStream:
             tensors = self._window(where["epoch"], where["window"])
             rows = len(next(iter(tensors.values())))
             take = min(remaining, rows - where["row"])
-            pieces.append({name: t[where["row"]:where["row"] + take] for name, t in tensors.items()})
+            pieces.append({name: t[where["row"] : where["row"] + take] for name, t in tensors.items()})
             start, remaining = start + take, remaining - take
         return {name: np.concatenate([piece[name] for piece in pieces]) for name in pieces[0]}
 

@@ -22,9 +22,9 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from accelerate import Accelerator
@@ -36,8 +36,8 @@ from tqdm import tqdm
 from sdlab.config import ConfigError, TrainConfig
 from sdlab.diffusion import drop_captions, make_noise_scheduler, sample_latents, training_loss
 from sdlab.latents import LATENT_FIELDS, read_uncond
-from sdlab.models.text_encoder import encode_tokens
 from sdlab.models.denoiser import select_trainable
+from sdlab.models.text_encoder import encode_tokens
 from sdlab.stream import LatentStream
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,21 @@ LIVE_SNAPSHOT = "live"  # the dvclive folder as it stood at a checkpoint
 
 
 NOT_IN_RUN_IDENTITY = {  # cadence, bookkeeping and machine settings: they never change the trajectory
-    "max_steps", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "keep_runs",
-    "validation_every_steps", "validation_prompts", "validation_steps", "validation_guidance", "compile",
-    "allow_tf32", "gradient_checkpointing", "num_processes", "accelerate_config"}
+    "max_steps",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "keep_runs",
+    "validation_every_steps",
+    "validation_prompts",
+    "validation_steps",
+    "validation_guidance",
+    "compile",
+    "allow_tf32",
+    "gradient_checkpointing",
+    "num_processes",
+    "accelerate_config",
+}
 
 
 @dataclass
@@ -58,6 +70,7 @@ class Conditioning:
     or None): stored states as they are, or token ids through the frozen text encoder
     (encode.text: tokens). `masked` (the transformer): states as encoded with the attention
     mask, and the mask itself goes to the denoiser."""
+
     uncond: torch.Tensor  # (1, L, D) float: the empty prompt, for caption dropout
     encoder: torch.nn.Module | None = None
     uncond_mask: torch.Tensor | None = None  # (1, L), when masked
@@ -67,18 +80,21 @@ class Conditioning:
         return self.uncond_mask is not None
 
     @torch.no_grad()
-    def __call__(self, stored: dict[str, torch.Tensor], device: torch.device
-                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def __call__(
+        self, stored: dict[str, torch.Tensor], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         mask = stored["attention_mask"].to(device).long() if self.masked else None
         if "hidden" in stored:
             return stored["hidden"].to(device).float(), mask
-        hidden = encode_tokens(self.encoder, stored["input_ids"].to(device), stored["attention_mask"].to(device),
-                               self.masked)
+        hidden = encode_tokens(
+            self.encoder, stored["input_ids"].to(device), stored["attention_mask"].to(device), self.masked
+        )
         return hidden.float(), mask
 
 
-def conditioning_for(latents_dir: Path, text: str, encoder: torch.nn.Module | None,
-                     masked: bool = False) -> Conditioning:
+def conditioning_for(
+    latents_dir: Path, text: str, encoder: torch.nn.Module | None, masked: bool = False
+) -> Conditioning:
     """The conditioning of a latents folder: its stored empty-prompt states, or (tokens) the
     encoder, which also encodes the empty prompt once."""
     uncond = read_uncond(latents_dir)
@@ -140,15 +156,16 @@ def prune_runs(checkpoints_dir: Path, current: str, keep_runs: int) -> list[str]
     runs = [p for p in checkpoints_dir.glob("run-*") if p.is_dir() and p.name != current]
     runs.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     removed = []
-    for old in runs[max(keep_runs - 1, 0):]:
+    for old in runs[max(keep_runs - 1, 0) :]:
         log.warning("train.keep_runs=%d: removing the checkpoints of older run %s", keep_runs, old.name)
         shutil.rmtree(old)
         removed.append(old.name)
     return removed
 
 
-def save_checkpoint(accelerator: Accelerator, run_dir: Path, step: int, run_state: dict, keep: int,
-                    live_dir: Path | None = None) -> None:
+def save_checkpoint(
+    accelerator: Accelerator, run_dir: Path, step: int, run_state: dict, keep: int, live_dir: Path | None = None
+) -> None:
     """accelerate state (every rank's RNG, model, optimizer, LR schedule, EMA) and the training
     curves so far, under a temp name renamed by the main process: a half-written checkpoint is
     never resumed."""
@@ -185,12 +202,12 @@ def restore_curves(checkpoint: Path, live_dir: Path) -> None:
     for tsv in live_dir.rglob("*.tsv"):
         lines = tsv.read_text().splitlines(keepends=True)
         column = lines[0].rstrip("\n").split("\t").index("step")
-        tsv.write_text("".join(lines[:1] + [line for line in lines[1:]
-                                            if int(line.split("\t")[column]) <= step]))
+        tsv.write_text("".join(lines[:1] + [line for line in lines[1:] if int(line.split("\t")[column]) <= step]))
 
 
-def make_batch(stream: LatentStream, conditioning: Conditioning, micro_step: int, cfg: TrainConfig, rank: int,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Generator]:
+def make_batch(
+    stream: LatentStream, conditioning: Conditioning, micro_step: int, cfg: TrainConfig, rank: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Generator]:
     """(latents (B, C, h, w), hidden (B, L, D), text mask (B, L) or None, generator) of one
     micro-step, all from (seed, step, rank)."""
     generator = step_generator(cfg.seed, micro_step, rank)
@@ -201,8 +218,9 @@ def make_batch(stream: LatentStream, conditioning: Conditioning, micro_step: int
     picked = {name: stored[name][torch.arange(size), view].float() for name in fields}  # (B, C, h, w) each
     latents = picked["sample"] if "sample" in picked else sample_latents(picked["mean"], picked["std"], generator)
     hidden, mask = conditioning(stored, device)
-    hidden, mask = drop_captions(hidden, conditioning.uncond.to(device), cfg.caption_dropout, generator, mask,
-                                 conditioning.uncond_mask)
+    hidden, mask = drop_captions(
+        hidden, conditioning.uncond.to(device), cfg.caption_dropout, generator, mask, conditioning.uncond_mask
+    )
     return latents.to(device), hidden, mask, generator
 
 
@@ -213,8 +231,11 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
         torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
     # the LR schedule is stepped by hand once per optimizer step, whatever the world size
-    return Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                       step_scheduler_with_optimizer=False)
+    return Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        step_scheduler_with_optimizer=False,
+    )
 
 
 class Metrics:
@@ -230,14 +251,25 @@ class Metrics:
     def summary(self, lr: float) -> dict:
         loss = sum(self.losses) / len(self.losses)
         self.smoothed = loss if self.smoothed is None else LOSS_SMOOTHING * self.smoothed + (1 - LOSS_SMOOTHING) * loss
-        return {"loss": loss, "loss_smoothed": self.smoothed, "lr": lr,
-                "grad_norm": sum(self.norms) / max(len(self.norms), 1),
-                "samples_per_s": self.samples / (time.perf_counter() - self.tick)}
+        return {
+            "loss": loss,
+            "loss_smoothed": self.smoothed,
+            "lr": lr,
+            "grad_norm": sum(self.norms) / max(len(self.norms), 1),
+            "samples_per_s": self.samples / (time.perf_counter() - self.tick),
+        }
 
 
-def train_unet(unet, stream: LatentStream, conditioning: Conditioning, cfg: TrainConfig, run_dir: Path,
-               live=None, validate: Callable[[torch.nn.Module, int], None] | None = None,
-               accelerator: Accelerator | None = None) -> tuple[torch.nn.Module, dict]:
+def train_unet(
+    unet,
+    stream: LatentStream,
+    conditioning: Conditioning,
+    cfg: TrainConfig,
+    run_dir: Path,
+    live=None,
+    validate: Callable[[torch.nn.Module, int], None] | None = None,
+    accelerator: Accelerator | None = None,
+) -> tuple[torch.nn.Module, dict]:
     """Train `unet` to `cfg.max_steps` optimizer steps in `run_dir`, resuming its newest checkpoint.
 
     Returns (the unet with EMA weights, summary). `validate(unet, step)` runs on the main
@@ -250,8 +282,9 @@ def train_unet(unet, stream: LatentStream, conditioning: Conditioning, cfg: Trai
     trainable = select_trainable(unet, cfg.trainable, cfg.lora_rank)
     scheduler = make_noise_scheduler(cfg)
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    lr_schedule = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
-                                num_training_steps=cfg.max_steps)
+    lr_schedule = get_scheduler(
+        cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
+    )
     ema = EMAModel(trainable, decay=cfg.ema_decay, use_ema_warmup=cfg.ema_warmup, power=cfg.ema_power)
     unet, optimizer = accelerator.prepare(unet, optimizer)
     accelerator.register_for_checkpointing(lr_schedule, ema)
@@ -267,25 +300,35 @@ def train_unet(unet, stream: LatentStream, conditioning: Conditioning, cfg: Trai
         start, seconds_before = saved["step"], saved.get("train_seconds", 0.0)
         log.info("resuming %s from %s (step %d of %d)", run_dir.name, checkpoint.name, start, cfg.max_steps)
     if start > cfg.max_steps:
-        raise ConfigError(f"train.max_steps: {cfg.max_steps} is below the step this run already reached ({start}); "
-                          "raise it, or change the recipe to start a new run")
+        raise ConfigError(
+            f"train.max_steps: {cfg.max_steps} is below the step this run already reached ({start}); "
+            "raise it, or change the recipe to start a new run"
+        )
 
     unet.train()
-    bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, desc="train",
-               unit="step", disable=not accelerator.is_main_process)
+    bar = tqdm(
+        range(start, cfg.max_steps),
+        initial=start,
+        total=cfg.max_steps,
+        desc="train",
+        unit="step",
+        disable=not accelerator.is_main_process,
+    )
     metrics, curve, started = Metrics(), [], time.perf_counter()
     for step in bar:
         for micro in range(step * accumulation, (step + 1) * accumulation):
             latents, hidden, mask, generator = make_batch(stream, conditioning, micro, cfg, rank, accelerator.device)
             with accelerator.accumulate(unet), accelerator.autocast():
-                loss = training_loss(model, scheduler, latents, hidden, generator, cfg.noise_offset, cfg.snr_gamma,
-                                     mask)
+                loss = training_loss(
+                    model, scheduler, latents, hidden, generator, cfg.noise_offset, cfg.snr_gamma, mask
+                )
                 losses = accelerator.gather(loss.detach()[None])  # every rank stops together
                 if not torch.isfinite(losses).all():
                     bad = (~torch.isfinite(losses)).nonzero().flatten().tolist()
                     raise FloatingPointError(
                         f"train: loss is {losses[bad[0]].item()} at step {step} (rank {bad}); stopped with the last "
-                        f"good checkpoint kept in {run_dir} (try a lower train.lr)")
+                        f"good checkpoint kept in {run_dir} (try a lower train.lr)"
+                    )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     metrics.norms.append(float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)))
@@ -310,22 +353,37 @@ def train_unet(unet, stream: LatentStream, conditioning: Conditioning, cfg: Trai
                 validate(accelerator.unwrap_model(unet), done)
             accelerator.wait_for_everyone()
         if done % cfg.checkpoint_every_steps == 0 or done == cfg.max_steps:
-            state = {"run": run_dir.name, "world_size": world,
-                     "data_position_rank0": stream.position(done * accumulation * stream.batch_size),
-                     "train_seconds": seconds_before + time.perf_counter() - started}  # the whole run's, resumes included
+            state = {
+                "run": run_dir.name,
+                "world_size": world,
+                "data_position_rank0": stream.position(done * accumulation * stream.batch_size),
+                "train_seconds": seconds_before + time.perf_counter() - started,
+            }  # the whole run's, resumes included
             if live is not None and accelerator.is_main_process:
                 live.make_summary()
-            save_checkpoint(accelerator, run_dir, done, state, cfg.keep_checkpoints,
-                            Path(live.dir) if getattr(live, "dir", None) else None)
+            save_checkpoint(
+                accelerator,
+                run_dir,
+                done,
+                state,
+                cfg.keep_checkpoints,
+                Path(live.dir) if getattr(live, "dir", None) else None,
+            )
 
     final = accelerator.unwrap_model(unet)
-    summary = {"run": run_dir.name, "start_step": start, "final_step": cfg.max_steps,
-               "final_loss": curve[-1] if curve else None, "world_size": world,
-               "train_seconds": seconds_before + time.perf_counter() - started,
-               "batch_size_used": stream.batch_size, "global_batch": stream.batch_size * world * accumulation,
-               "optimizer_steps": optimizer_steps(optimizer),
-               "gradient_checkpointing": bool(getattr(final, "is_gradient_checkpointing", False)),
-               "rank_weight_sha256": gather_object([weights_sha256(final)])}
+    summary = {
+        "run": run_dir.name,
+        "start_step": start,
+        "final_step": cfg.max_steps,
+        "final_loss": curve[-1] if curve else None,
+        "world_size": world,
+        "train_seconds": seconds_before + time.perf_counter() - started,
+        "batch_size_used": stream.batch_size,
+        "global_batch": stream.batch_size * world * accumulation,
+        "optimizer_steps": optimizer_steps(optimizer),
+        "gradient_checkpointing": bool(getattr(final, "is_gradient_checkpointing", False)),
+        "rank_weight_sha256": gather_object([weights_sha256(final)]),
+    }
     ema.copy_to(trainable)
     final.eval()
     return final, summary

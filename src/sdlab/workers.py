@@ -14,8 +14,9 @@ import contextlib
 import logging
 import multiprocessing
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from sdlab.config import ConfigError
 
@@ -41,6 +42,7 @@ def visible_gpus() -> list[str]:
         return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
     try:
         import torch
+
         return [str(i) for i in range(torch.cuda.device_count())]  # NVML count, no context
     except ImportError:
         return []
@@ -124,7 +126,7 @@ def run_pool(target: Callable[[Slot, Any], None], payload: Any, slots: list[Slot
             process.start()
         processes.append(process)
     failed = []
-    for slot, process in zip(slots, processes):
+    for slot, process in zip(slots, processes, strict=True):
         process.join()
         if process.exitcode != 0:
             failed.append(f"worker {slot.rank} (device {slot.device or 'cpu'}) exited with {process.exitcode}")

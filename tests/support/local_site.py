@@ -51,7 +51,7 @@ class LocalSite:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def __enter__(self) -> "LocalSite":
+    def __enter__(self) -> LocalSite:
         site = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -73,8 +73,13 @@ class LocalSite:
                 elif response.endless or response.drip_s:
                     self._stream(response)
                 else:
-                    self._send(response.status, response.body, response.content_type, response.headers,
-                               response.declared_length)
+                    self._send(
+                        response.status,
+                        response.body,
+                        response.content_type,
+                        response.headers,
+                        response.declared_length,
+                    )
 
             def _stream(self, response: Response) -> None:
                 """Chunked: `body` forever (endless) or once, a chunk every drip_s seconds."""
@@ -84,7 +89,7 @@ class LocalSite:
                     self.send_header("Transfer-Encoding", "chunked")
                     self.end_headers()
                     deadline = time.monotonic() + 60  # a server thread never outlives a test by much
-                    pieces = [response.body[i:i + 16] for i in range(0, len(response.body), 16)] or [b"x"]
+                    pieces = [response.body[i : i + 16] for i in range(0, len(response.body), 16)] or [b"x"]
                     sent = 0
                     while time.monotonic() < deadline and (response.endless or sent < len(pieces)):
                         piece = response.body if response.endless else pieces[sent]
@@ -95,8 +100,9 @@ class LocalSite:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-            def _send(self, status: int, body: bytes, content_type: str, headers: dict,
-                      declared: int | None = None) -> None:
+            def _send(
+                self, status: int, body: bytes, content_type: str, headers: dict, declared: int | None = None
+            ) -> None:
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", content_type)
@@ -126,6 +132,7 @@ class LocalSite:
 
 
 # -- images -----------------------------------------------------------------------------
+
 
 def image_bytes(color: tuple, size: tuple[int, int] = (48, 48), fmt: str = "PNG", mode: str = "RGBA") -> bytes:
     buffer = io.BytesIO()
@@ -211,14 +218,20 @@ def list_page(tag: str, emojis: list[Emoji], render_delay_ms: int = 0, items_del
     `items_delay_ms` after the container."""
     items = [{"src": proxied(f"/emojis/{e.name}"), "title": e.title} for e in emojis]
     data = json.dumps(items).replace("<", "\\u003c")  # no `</script>` from a title
-    return PAGE.format(tag=html.escape(tag), items=data, render_delay_ms=render_delay_ms,
-                       items_delay_ms=items_delay_ms).encode()
+    return PAGE.format(
+        tag=html.escape(tag), items=data, render_delay_ms=render_delay_ms, items_delay_ms=items_delay_ms
+    ).encode()
 
 
-def emoji_routes(tag: str, pages: list[list[Emoji]], flaky_pages: dict[int, int] | None = None,
-                 slow_pages: dict[int, int] | None = None, extra_empty_pages: int = 3,
-                 late_items: dict[int, int] | None = None, challenge_pages: set[int] = frozenset()
-                 ) -> dict[str, Response]:
+def emoji_routes(
+    tag: str,
+    pages: list[list[Emoji]],
+    flaky_pages: dict[int, int] | None = None,
+    slow_pages: dict[int, int] | None = None,
+    extra_empty_pages: int = 3,
+    late_items: dict[int, int] | None = None,
+    challenge_pages: set[int] = frozenset(),
+) -> dict[str, Response]:
     """Routes of one tag: its list pages (1-based; then empty pages), each emoji's original
     and `_next/image` URL. flaky_pages: page -> 500s before success; slow_pages: page -> ms
     before the list renders; late_items: page -> ms between the container and its items;
@@ -226,10 +239,14 @@ def emoji_routes(tag: str, pages: list[list[Emoji]], flaky_pages: dict[int, int]
     routes: dict[str, Response] = {}
     flaky_pages, slow_pages, late_items = flaky_pages or {}, slow_pages or {}, late_items or {}
     for number, emojis in enumerate(pages + [[]] * extra_empty_pages, start=1):
-        body = CHALLENGE if number in challenge_pages else list_page(tag, emojis, slow_pages.get(number, 0),
-                                                                        late_items.get(number, 0))
-        routes[f"/emoji-list/tag/{tag}?page={number}"] = Response(body, content_type="text/html; charset=utf-8",
-                                                                 fail_first=flaky_pages.get(number, 0))
+        body = (
+            CHALLENGE
+            if number in challenge_pages
+            else list_page(tag, emojis, slow_pages.get(number, 0), late_items.get(number, 0))
+        )
+        routes[f"/emoji-list/tag/{tag}?page={number}"] = Response(
+            body, content_type="text/html; charset=utf-8", fail_first=flaky_pages.get(number, 0)
+        )
         for emoji in (e for e in emojis if e.body is not None):
             image = Response(emoji.body, content_type=emoji.content_type)
             routes[f"/emojis/{emoji.name}"] = image

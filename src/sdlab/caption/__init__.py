@@ -8,9 +8,9 @@ per-row columns of the captions table (e.g. the model that wrote each caption).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -29,10 +29,16 @@ class CaptionResult:
 
     def pairs(self) -> list[tuple[str, str]]:
         """(caption, reason) per row."""
-        return list(zip(pa.array(self.captions, pa.string()).to_pylist(), pa.array(self.reasons, pa.string()).to_pylist()))
+        return list(
+            zip(
+                pa.array(self.captions, pa.string()).to_pylist(),
+                pa.array(self.reasons, pa.string()).to_pylist(),
+                strict=True,
+            )
+        )
 
     @classmethod
-    def of_pairs(cls, pairs: list[tuple[str, str]], **kwargs) -> "CaptionResult":
+    def of_pairs(cls, pairs: list[tuple[str, str]], **kwargs) -> CaptionResult:
         return cls([caption for caption, _ in pairs], [reason for _, reason in pairs], **kwargs)
 
 
@@ -69,16 +75,28 @@ def caption_qwen(rows: pa.Table, cfg: CaptionConfig, shards_dir: Path, cache_dir
     rows = rows.to_pylist()
 
     settings = GenerationSettings(cfg.model, cfg.prompt, cfg.max_new_tokens, cfg.min_pixels, cfg.max_pixels)
-    cache, keys, captioned_now = caption_missing(rows, settings, str(shards_dir), str(cache_dir), cfg.batch_size,
-                                                 cfg.workers, cfg.threads_per_worker, cfg.precision)
+    cache, keys, captioned_now = caption_missing(
+        rows,
+        settings,
+        str(shards_dir),
+        str(cache_dir),
+        cfg.batch_size,
+        cfg.workers,
+        cfg.threads_per_worker,
+        cfg.precision,
+    )
     out = []
     for row in rows:
         title = str(row.get("title") or "")
         caption = clean_caption(cache[keys[row["key"]]]["raw"])
         reason = validate_caption(caption, title, cfg.min_chars, cfg.max_chars, cfg.require_title)
         out.append((template.caption_record(row, cfg)[0], f"invalid_{reason}") if reason else (caption, ""))
-    stats = {"model": cfg.model, "prompt_hash": settings.prompt_hash, "captioned_now": captioned_now,
-             "cache_hits": len(rows) - captioned_now}
+    stats = {
+        "model": cfg.model,
+        "prompt_hash": settings.prompt_hash,
+        "captioned_now": captioned_now,
+        "cache_hits": len(rows) - captioned_now,
+    }
     columns = {"model": [cfg.model] * len(rows), "prompt_hash": [settings.prompt_hash] * len(rows)}
     return CaptionResult.of_pairs(out, stats=stats, columns=columns)
 

@@ -62,11 +62,21 @@ def caption_worker(slot: Slot, spec: CaptionSpec) -> None:
     # one part file per process and host: nodes that share the cache folder never append to one file
     writer = CacheWriter(spec.cache_dir, f"part-{socket.gethostname()}-{slot.rank:03d}-{os.getpid()}")
     images = ShardImages(spec.shards_dir)
-    batches = [jobs[i:i + spec.batch_size] for i in range(0, len(jobs), spec.batch_size)]
+    batches = [jobs[i : i + spec.batch_size] for i in range(0, len(jobs), spec.batch_size)]
     for batch in tqdm(batches, desc=f"caption[{slot.rank}]", unit="batch", disable=slot.rank != 0):
         raw = captioner.generate([images.get(j.shard, j.key) for j in batch], [j.title for j in batch])
-        writer.append([{"key": j.cache_key, "image": j.key, "raw": text, "model": spec.settings.model,
-                        "prompt_hash": spec.settings.prompt_hash} for j, text in zip(batch, raw)])
+        writer.append(
+            [
+                {
+                    "key": j.cache_key,
+                    "image": j.key,
+                    "raw": text,
+                    "model": spec.settings.model,
+                    "prompt_hash": spec.settings.prompt_hash,
+                }
+                for j, text in zip(batch, raw, strict=True)
+            ]
+        )
 
 
 def cache_keys(rows: list[dict], settings: GenerationSettings, shards_dir: str) -> dict[str, str]:
@@ -82,9 +92,16 @@ def cache_keys(rows: list[dict], settings: GenerationSettings, shards_dir: str) 
     return keys
 
 
-def caption_missing(rows: list[dict], settings: GenerationSettings, shards_dir: str, cache_dir: str,
-                    batch_size: int, workers: int | None, threads_per_worker: int | None,
-                    precision: str) -> tuple[dict[str, dict], dict[str, str], int]:
+def caption_missing(
+    rows: list[dict],
+    settings: GenerationSettings,
+    shards_dir: str,
+    cache_dir: str,
+    batch_size: int,
+    workers: int | None,
+    threads_per_worker: int | None,
+    precision: str,
+) -> tuple[dict[str, dict], dict[str, str], int]:
     """Caption every row whose cache key is missing; return (cache, row key -> cache key,
     number captioned now)."""
     cache = read_cache(cache_dir)
@@ -98,7 +115,10 @@ def caption_missing(rows: list[dict], settings: GenerationSettings, shards_dir: 
     if todo:
         slots = plan_slots(workers, threads_per_worker or os.cpu_count() or 1)
         log.info("captioning %d of %d images on %d worker(s)", len(todo), len(rows), len(slots))
-        run_pool(caption_worker, CaptionSpec(settings, str(shards_dir), str(cache_dir), batch_size, precision,
-                                             tuple(todo)), slots)
+        run_pool(
+            caption_worker,
+            CaptionSpec(settings, str(shards_dir), str(cache_dir), batch_size, precision, tuple(todo)),
+            slots,
+        )
         cache = read_cache(cache_dir)
     return cache, keys, len(todo)

@@ -34,9 +34,19 @@ class GenerationSettings:
         """Identifies one caption: the image (original bytes and the pixels shown), the title as
         it enters the prompt, the model, the prompt, how it was generated."""
         used_title = safe_title(title) if "{title}" in self.prompt else ""
-        blob = json.dumps({"md5": md5, "pixels": pixels, "title": used_title, "model": self.model,
-                           "prompt": self.prompt, "max_new_tokens": self.max_new_tokens,
-                           "min_pixels": self.min_pixels, "max_pixels": self.max_pixels}, sort_keys=True)
+        blob = json.dumps(
+            {
+                "md5": md5,
+                "pixels": pixels,
+                "title": used_title,
+                "model": self.model,
+                "prompt": self.prompt,
+                "max_new_tokens": self.max_new_tokens,
+                "min_pixels": self.min_pixels,
+                "max_pixels": self.max_pixels,
+            },
+            sort_keys=True,
+        )
         return hashlib.sha256(blob.encode()).hexdigest()
 
     @property
@@ -102,11 +112,12 @@ class QwenCaptioner:
         """Raw generations, one per image, from a single batched greedy `generate`."""
         from qwen_vl_utils import process_vision_info
 
-        conversations = [self.messages(image, title) for image, title in zip(images, titles)]
-        texts = [self.processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-                 for c in conversations]
+        conversations = [self.messages(image, title) for image, title in zip(images, titles, strict=True)]
+        texts = [
+            self.processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations
+        ]
         image_inputs, _ = process_vision_info(conversations)
         inputs = self.processor(text=texts, images=image_inputs, padding=True, return_tensors="pt").to(self.device)
         output = self.model.generate(**inputs, max_new_tokens=self.settings.max_new_tokens, do_sample=False)
-        generated = output[:, inputs.input_ids.shape[1]:]
+        generated = output[:, inputs.input_ids.shape[1] :]
         return self.processor.batch_decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)

@@ -34,7 +34,7 @@ def splits_for_keys(keys: pa.Array, val_fraction: float, chunk: int = 1 << 20) -
     for start in range(0, len(keys), chunk):
         part = keys.slice(start, chunk).to_pylist()
         digests = b"".join(hashlib.sha1(k.encode()).digest()[:8] for k in part)
-        is_val[start:start + len(part)] = np.frombuffer(digests, dtype=">u8") / 2**64 < val_fraction
+        is_val[start : start + len(part)] = np.frombuffer(digests, dtype=">u8") / 2**64 < val_fraction
     return pc.if_else(pa.array(is_val), "val", "train")
 
 
@@ -54,8 +54,9 @@ def _hex_words(chunk: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
     if (nibbles == 255).any():
         return None
     shifts = np.arange(60, -4, -4, dtype=np.uint64)
-    words = [(nibbles[:, half * 16:(half + 1) * 16].astype(np.uint64) << shifts).sum(1, dtype=np.uint64)
-             for half in (0, 1)]
+    words = [
+        (nibbles[:, half * 16 : (half + 1) * 16].astype(np.uint64) << shifts).sum(1, dtype=np.uint64) for half in (0, 1)
+    ]
     return words[0], words[1]
 
 
@@ -65,8 +66,11 @@ def _md5_codes(md5: pa.Array | pa.ChunkedArray, chunk_rows: int = 1 << 20) -> np
     chunks = md5.chunks if isinstance(md5, pa.ChunkedArray) else [md5]
     words = [_hex_words(c.slice(i, chunk_rows)) for c in chunks for i in range(0, len(c), chunk_rows)]
     if not words or any(w is None for w in words):
-        return pc.dictionary_encode(md5).combine_chunks().indices.to_numpy().astype(np.int64) \
-            if isinstance(md5, pa.ChunkedArray) else pc.dictionary_encode(md5).indices.to_numpy().astype(np.int64)
+        return (
+            pc.dictionary_encode(md5).combine_chunks().indices.to_numpy().astype(np.int64)
+            if isinstance(md5, pa.ChunkedArray)
+            else pc.dictionary_encode(md5).indices.to_numpy().astype(np.int64)
+        )
     high, low = np.concatenate([w[0] for w in words]), np.concatenate([w[1] for w in words])
     order = np.lexsort((low, high))
     new_group = np.r_[True, (np.diff(high[order]) != 0) | (np.diff(low[order]) != 0)]
@@ -75,8 +79,9 @@ def _md5_codes(md5: pa.Array | pa.ChunkedArray, chunk_rows: int = 1 << 20) -> np
     return codes
 
 
-def dedupe_plan(keys: pa.ChunkedArray, status: pa.ChunkedArray, md5: pa.ChunkedArray, val_fraction: float
-                ) -> tuple[np.ndarray, pa.Array, pa.Table, dict]:
+def dedupe_plan(
+    keys: pa.ChunkedArray, status: pa.ChunkedArray, md5: pa.ChunkedArray, val_fraction: float
+) -> tuple[np.ndarray, pa.Array, pa.Table, dict]:
     """(positions of kept rows in the index, their splits, the duplicates table, stats): the
     first ok row of each md5 (index order) is kept."""
     ok = np.flatnonzero(pc.equal(status, "ok").to_numpy(zero_copy_only=False))
@@ -88,25 +93,38 @@ def dedupe_plan(keys: pa.ChunkedArray, status: pa.ChunkedArray, md5: pa.ChunkedA
     first_of_code[codes[first]] = ok[first]
     kept = ok[is_first]
     repeated = ok[~is_first]
-    duplicates = pa.table({"key": keys.take(pa.array(repeated)), "md5": md5.take(pa.array(repeated)),
-                           "duplicate_of": keys.take(pa.array(first_of_code[codes[~is_first]]))},
-                          schema=DUPLICATES_SCHEMA)
+    duplicates = pa.table(
+        {
+            "key": keys.take(pa.array(repeated)),
+            "md5": md5.take(pa.array(repeated)),
+            "duplicate_of": keys.take(pa.array(first_of_code[codes[~is_first]])),
+        },
+        schema=DUPLICATES_SCHEMA,
+    )
     splits = splits_for_keys(keys.take(pa.array(kept)), val_fraction)
     val = int(pc.sum(pc.equal(splits, "val")).as_py() or 0)
-    stats = {"input": len(keys), "failed_upstream": len(keys) - len(ok), "duplicates": len(repeated),
-             "kept": len(kept), "train": len(kept) - val, "val": val}
+    stats = {
+        "input": len(keys),
+        "failed_upstream": len(keys) - len(ok),
+        "duplicates": len(repeated),
+        "kept": len(kept),
+        "train": len(kept) - val,
+        "val": val,
+    }
     return kept, splits, duplicates, stats
 
 
 def dedupe(index: pa.Table, val_fraction: float) -> tuple[pa.Table, pa.Table, dict]:
     """Keep the first ok row of each md5 (index order); return (kept, duplicates, stats)."""
-    kept, splits, duplicates, stats = dedupe_plan(*(index[c].combine_chunks() for c in ("key", "status", "md5")),
-                                                  val_fraction)
+    kept, splits, duplicates, stats = dedupe_plan(
+        *(index[c].combine_chunks() for c in ("key", "status", "md5")), val_fraction
+    )
     return index.take(pa.array(kept, pa.int64())).append_column("split", splits), duplicates, stats
 
 
-def dedupe_file(index_path: Path, kept_path: Path, duplicates_path: Path, val_fraction: float,
-                batch_rows: int = 262_144) -> dict:
+def dedupe_file(
+    index_path: Path, kept_path: Path, duplicates_path: Path, val_fraction: float, batch_rows: int = 262_144
+) -> dict:
     """`dedupe` from one parquet file to another, streaming the index's wide columns in batches."""
     parquet = pq.ParquetFile(require_table(index_path))
     columns = pq.read_table(index_path, columns=["key", "status", "md5"])

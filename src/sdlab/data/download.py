@@ -11,12 +11,12 @@ rows in the filtered records.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import multiprocessing
-import itertools
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,6 +26,7 @@ from sdlab.config import DownloadConfig
 from sdlab.data.fetch import collect, failed_row, fetch, is_fetchable
 from sdlab.data.images import ImageRejected, PreparedImage, prepare_image
 from sdlab.data.shards import shard_name, write_shard
+
 
 def prepare_local(path: str, cfg: DownloadConfig) -> PreparedImage | ImageRejected:
     """Mapper: one local file -> prepared image, or the rejection with its reason."""
@@ -56,8 +57,9 @@ def map_ordered(fn, items: Iterable, processes: int, chunk: int = 512) -> Iterat
             first = list(itertools.islice(items, chunk))
 
 
-def pack_local(records: pa.Table, cfg: DownloadConfig, shards_dir: Path,
-               first_shard: int = 0) -> tuple[list[dict], int]:
+def pack_local(
+    records: pa.Table, cfg: DownloadConfig, shards_dir: Path, first_shard: int = 0
+) -> tuple[list[dict], int]:
     """Shards for `records` that have a local `path`: (index rows in record order, shards written)."""
     rows = records.to_pylist()
     mapper = functools.partial(prepare_local, cfg=cfg)
@@ -70,13 +72,22 @@ def pack_local(records: pa.Table, cfg: DownloadConfig, shards_dir: Path,
             write_shard(shards_dir / shard_name(first_shard + written), pending)
             written, pending = written + 1, []
 
-    for row, result in tqdm(zip(rows, results), total=len(rows), desc="pack", unit="img"):
+    for row, result in tqdm(zip(rows, results, strict=True), total=len(rows), desc="pack", unit="img"):
         if isinstance(result, ImageRejected):
             index.append(failed_row(row, result.reason, str(result)))
             continue
-        index.append({**row, "shard": shard_name(first_shard + written), "md5": result.md5,
-                      "width": result.width, "height": result.height,
-                      "status": "ok", "reason": "", "error": ""})
+        index.append(
+            {
+                **row,
+                "shard": shard_name(first_shard + written),
+                "md5": result.md5,
+                "width": result.width,
+                "height": result.height,
+                "status": "ok",
+                "reason": "",
+                "error": "",
+            }
+        )
         meta = {"key": row["key"], "title": row.get("title", ""), "caption": row.get("caption", "")}
         pending.append({"key": row["key"], "png": result.png, "json": json.dumps(meta).encode()})
         if len(pending) == cfg.shard_size:
@@ -89,19 +100,27 @@ def location_kinds(records: pa.Table) -> list[str]:
     """`local` (a path), `remote` (an http(s) URL) or `unsupported` (any other URL), per record."""
     paths = records.column("path").to_pylist() if "path" in records.column_names else [""] * records.num_rows
     urls = records.column("url").to_pylist() if "url" in records.column_names else [""] * records.num_rows
-    return ["local" if path else "remote" if is_fetchable(url or "") else "unsupported"
-            for path, url in zip(paths, urls)]
+    return [
+        "local" if path else "remote" if is_fetchable(url or "") else "unsupported"
+        for path, url in zip(paths, urls, strict=True)
+    ]
 
 
 def summarize(rows: list[dict], shards: int) -> dict:
     reasons = Counter(r["reason"] for r in rows if r["status"] == "failed")
     failed = sum(reasons.values())
-    return {"input": len(rows), "ok": len(rows) - failed, "failed": failed,
-            "failed_by_reason": dict(sorted(reasons.items())), "shards": shards}
+    return {
+        "input": len(rows),
+        "ok": len(rows) - failed,
+        "failed": failed,
+        "failed_by_reason": dict(sorted(reasons.items())),
+        "shards": shards,
+    }
 
 
-def download(records: pa.Table, cfg: DownloadConfig, shards_dir: Path,
-             cache_dir: Path | None = None) -> tuple[pa.Table, dict]:
+def download(
+    records: pa.Table, cfg: DownloadConfig, shards_dir: Path, cache_dir: Path | None = None
+) -> tuple[pa.Table, dict]:
     """Every record into the index: local files packed, http(s) URLs fetched with img2dataset
     (resumable through `cache_dir`), other schemes failed as `unsupported_scheme`."""
     kinds = pa.array(location_kinds(records))

@@ -70,8 +70,13 @@ def is_fetchable(url: str) -> bool:
 
 def fetch_policy(cfg: DownloadConfig) -> FetchPolicy:
     allow_all, allowed = network_policy(cfg.allow_private_networks)
-    return FetchPolicy(allow_private_networks=allow_all, allowed_networks=allowed, max_bytes=cfg.max_bytes,
-                       timeout_s=cfg.timeout_s, deadline_s=cfg.deadline_s)
+    return FetchPolicy(
+        allow_private_networks=allow_all,
+        allowed_networks=allowed,
+        max_bytes=cfg.max_bytes,
+        timeout_s=cfg.timeout_s,
+        deadline_s=cfg.deadline_s,
+    )
 
 
 def batch_id(urls: list[str]) -> str:
@@ -85,11 +90,22 @@ def run_img2dataset(url_list: Path, output: Path, cfg: DownloadConfig) -> None:
 
     with public_fetches(fetch_policy(cfg)):
         download(
-            url_list=str(url_list), input_format="parquet", url_col="url", output_folder=str(output),
-            output_format="webdataset", disable_all_reencoding=True, compute_hash="md5", extract_exif=False,
-            processes_count=cfg.processes, thread_count=cfg.threads, timeout=cfg.timeout_s,
-            retries=cfg.retries, distributor=cfg.distributor, number_sample_per_shard=cfg.shard_size,
-            incremental_mode="incremental", user_agent_token=cfg.user_agent_token,
+            url_list=str(url_list),
+            input_format="parquet",
+            url_col="url",
+            output_folder=str(output),
+            output_format="webdataset",
+            disable_all_reencoding=True,
+            compute_hash="md5",
+            extract_exif=False,
+            processes_count=cfg.processes,
+            thread_count=cfg.threads,
+            timeout=cfg.timeout_s,
+            retries=cfg.retries,
+            distributor=cfg.distributor,
+            number_sample_per_shard=cfg.shard_size,
+            incremental_mode="incremental",
+            user_agent_token=cfg.user_agent_token,
             disallowed_header_directives=["noai", "noimageai", "noindex", "noimageindex"],
         )
 
@@ -98,7 +114,9 @@ def batch_complete(batch: Path) -> bool:
     """True once every shard of the batch has its stats file (img2dataset's own marker)."""
     urls = pq.read_metadata(batch / "urls.parquet").num_rows
     shard_size = json.loads((batch / "batch.json").read_text())["shard_size"]
-    return all((batch / "shards" / f"{i:05d}_stats.json").exists() for i in range((urls + shard_size - 1) // shard_size))
+    return all(
+        (batch / "shards" / f"{i:05d}_stats.json").exists() for i in range((urls + shard_size - 1) // shard_size)
+    )
 
 
 def cached_results(cache_dir: Path) -> pa.Table:
@@ -109,11 +127,22 @@ def cached_results(cache_dir: Path) -> pa.Table:
             continue
         for result in sorted((batch / "shards").glob("[0-9]*.parquet")):
             table = pq.read_table(result, columns=["url", "key", "status", "error_message", "md5"])
-            parts.append(table.append_column("batch", pa.repeat(batch.name, table.num_rows))
-                         .append_column("shard", pa.repeat(result.stem, table.num_rows)))
-    schema = pa.schema([("url", pa.string()), ("key", pa.string()), ("status", pa.string()),
-                        ("error_message", pa.string()), ("md5", pa.string()), ("batch", pa.string()),
-                        ("shard", pa.string())])
+            parts.append(
+                table.append_column("batch", pa.repeat(batch.name, table.num_rows)).append_column(
+                    "shard", pa.repeat(result.stem, table.num_rows)
+                )
+            )
+    schema = pa.schema(
+        [
+            ("url", pa.string()),
+            ("key", pa.string()),
+            ("status", pa.string()),
+            ("error_message", pa.string()),
+            ("md5", pa.string()),
+            ("batch", pa.string()),
+            ("shard", pa.string()),
+        ]
+    )
     return pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
 
 
@@ -144,8 +173,9 @@ def _prepare_cached(data: bytes, cfg: DownloadConfig) -> object:
         return exc
 
 
-def collect(records: pa.Table, results: pa.Table, cache_dir: Path, shards_dir: Path, cfg: DownloadConfig,
-            first_shard: int = 0) -> tuple[list[dict], int]:
+def collect(
+    records: pa.Table, results: pa.Table, cache_dir: Path, shards_dir: Path, cfg: DownloadConfig, first_shard: int = 0
+) -> tuple[list[dict], int]:
     """Index rows of `records` (order kept) from the cached results, and our shards (`<key>.png`
     + `<key>.json`, in record order) from the cached originals. Returns (rows, shards written)."""
     from sdlab.data.download import map_ordered
@@ -184,8 +214,18 @@ def collect(records: pa.Table, results: pa.Table, cache_dir: Path, shards_dir: P
             out.append(failed_row(row, result.reason, str(result)))
             continue
         name = shard_name(first_shard + written)
-        out.append({**row, "shard": name, "md5": result.md5, "width": result.width, "height": result.height,
-                    "status": "ok", "reason": "", "error": ""})
+        out.append(
+            {
+                **row,
+                "shard": name,
+                "md5": result.md5,
+                "width": result.width,
+                "height": result.height,
+                "status": "ok",
+                "reason": "",
+                "error": "",
+            }
+        )
         meta = {"key": row["key"], "title": row.get("title", ""), "caption": row.get("caption", "")}
         pending.append({"key": row["key"], "png": result.png, "json": json.dumps(meta).encode()})
         if len(pending) == cfg.shard_size:
@@ -198,4 +238,13 @@ def collect(records: pa.Table, results: pa.Table, cache_dir: Path, shards_dir: P
 
 
 def failed_row(row: dict, reason: str, error: str) -> dict:
-    return {**row, "shard": "", "md5": "", "width": 0, "height": 0, "status": "failed", "reason": reason, "error": error}
+    return {
+        **row,
+        "shard": "",
+        "md5": "",
+        "width": 0,
+        "height": 0,
+        "status": "failed",
+        "reason": reason,
+        "error": error,
+    }

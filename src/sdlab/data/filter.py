@@ -10,8 +10,8 @@ when that section is set; a null value fails a threshold (it cannot be shown to 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -66,8 +66,10 @@ def tag_not_allowed(table: pa.Table, cfg: FilterConfig) -> pa.Array:
 
 def _number(table: pa.Table, column: str, param: str) -> pa.Array:
     if column not in table.column_names:
-        raise DataError(f"filter.laion.{param} needs the metadata column {column!r}, which the records lack "
-                        f"(map it with scrape.laion.columns.{column}, or set filter.laion.{param}: null)")
+        raise DataError(
+            f"filter.laion.{param} needs the metadata column {column!r}, which the records lack "
+            f"(map it with scrape.laion.columns.{column}, or set filter.laion.{param}: null)"
+        )
     return table.column(column).cast(pa.float64())
 
 
@@ -150,8 +152,9 @@ def drop_reasons(table: pa.Table, cfg: FilterConfig) -> pa.Array:
     return reason
 
 
-def split(table: pa.Table, cfg: FilterConfig, dropped_columns: list[str] | None = None
-          ) -> tuple[pa.Table, pa.Table, Counter]:
+def split(
+    table: pa.Table, cfg: FilterConfig, dropped_columns: list[str] | None = None
+) -> tuple[pa.Table, pa.Table, Counter]:
     """(kept rows, dropped rows (`dropped_columns` of them, all by default) with `reason`,
     drops counted per reason)."""
     reason = drop_reasons(table, cfg)
@@ -159,13 +162,17 @@ def split(table: pa.Table, cfg: FilterConfig, dropped_columns: list[str] | None 
     dropped = table if dropped_columns is None else table.select(dropped_columns)
     dropped = dropped.filter(drop).append_column("reason", reason.filter(drop))
     counted = pc.value_counts(reason.filter(drop))
-    counts = Counter(dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist())))
+    counts = Counter(dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist(), strict=True)))
     return table.filter(pc.invert(drop)), dropped, counts
 
 
 def make_stats(rows: int, kept: int, counts: Counter, cfg: FilterConfig) -> dict:
-    return {"input": rows, "kept": kept, "dropped": rows - kept,
-            "dropped_by_reason": {name: counts.get(name, 0) for name in active_rules(cfg)}}
+    return {
+        "input": rows,
+        "kept": kept,
+        "dropped": rows - kept,
+        "dropped_by_reason": {name: counts.get(name, 0) for name in active_rules(cfg)},
+    }
 
 
 def filter_records(table: pa.Table, cfg: FilterConfig) -> tuple[pa.Table, pa.Table, dict]:
@@ -184,8 +191,12 @@ def filter_file(records: Path, kept_path: Path, dropped_path: Path, cfg: FilterC
     counts: Counter = Counter()
     rows = kept_rows = 0
     head: list[dict] = []
-    with atomic_path(kept_path) as kept_temp, atomic_path(dropped_path) as dropped_temp, \
-            pq.ParquetWriter(kept_temp, schema) as kept_out, pq.ParquetWriter(dropped_temp, dropped_schema) as dropped_out:
+    with (
+        atomic_path(kept_path) as kept_temp,
+        atomic_path(dropped_path) as dropped_temp,
+        pq.ParquetWriter(kept_temp, schema) as kept_out,
+        pq.ParquetWriter(dropped_temp, dropped_schema) as dropped_out,
+    ):
         for batch in source.iter_batches(batch_size=cfg.batch_rows):
             table = pa.Table.from_batches([batch])
             kept, dropped, batch_counts = split(table, cfg, dropped_columns)

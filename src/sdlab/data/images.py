@@ -75,8 +75,9 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     return image
 
 
-def prepare_image(data: bytes, image_px: int, min_side_px: int, max_aspect_ratio: float,
-                  max_pixels: int = DEFAULT_MAX_PIXELS) -> PreparedImage:
+def prepare_image(
+    data: bytes, image_px: int, min_side_px: int, max_aspect_ratio: float, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> PreparedImage:
     """Validate original bytes and return the training-resolution PNG."""
     if not data:
         raise ImageRejected("empty_file")

@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import io
 import os
-import socket
 import sys
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations calls out at import otherwise
@@ -36,7 +35,7 @@ def download_image_public(row, timeout, user_agent_token, disallowed_header_dire
         response = fetch_public(url, dataclasses.replace(policy, timeout_s=timeout, user_agent=agent))
     except FetchRefused as exc:
         return key, None, str(exc)
-    except (socket.timeout, TimeoutError) as exc:
+    except TimeoutError as exc:
         return key, None, f"timeout: {exc}"
     except OSError as exc:  # refused, reset, unresolvable: the network said no
         return key, None, f"connection_error: {type(exc).__name__}: {exc}"
@@ -44,7 +43,9 @@ def download_image_public(row, timeout, user_agent_token, disallowed_header_dire
         return key, None, f"{type(exc).__name__}: {exc}"
     if response.status >= 300:
         return key, None, f"HTTP Error {response.status}: {response.reason}"
-    if disallowed_header_directives and downloader_module.is_disallowed(response.headers, user_agent_token, disallowed_header_directives):
+    if disallowed_header_directives and downloader_module.is_disallowed(
+        response.headers, user_agent_token, disallowed_header_directives
+    ):
         return key, None, "Use of image disallowed by X-Robots-Tag directive"
     return key, io.BytesIO(response.body), None
 
@@ -62,6 +63,7 @@ class PublicDownloader(downloader_module.Downloader):
 @contextlib.contextmanager
 def public_fetches(policy: FetchPolicy):
     """While open, img2dataset.download() builds a Downloader that fetches under `policy`."""
+
     def build(*args, **kwargs):
         downloader = PublicDownloader(*args, **kwargs)
         downloader.policy = policy

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -51,8 +51,9 @@ def _stream(temp: Path, batches: Iterable[list[dict] | pa.Table], head: int) -> 
                 check_columns(batch.column_names, REQUIRED_COLUMNS, "scrape: records")
                 writer = pq.ParquetWriter(temp, batch.schema)
             elif batch.schema.names != writer.schema.names:
-                raise DataError(f"scrape: a later batch has columns {batch.schema.names}, "
-                                f"the first had {writer.schema.names}")
+                raise DataError(
+                    f"scrape: a later batch has columns {batch.schema.names}, the first had {writer.schema.names}"
+                )
             writer.write_table(batch.cast(writer.schema))
             if len(first_rows) < head:
                 first_rows += batch.slice(0, head - len(first_rows)).to_pylist()

@@ -55,8 +55,9 @@ def select_trainable(model: torch.nn.Module, mode: str, lora_rank: int) -> list[
         from peft import LoraConfig
 
         model.requires_grad_(False)
-        model.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian",
-                                     target_modules=LORA_TARGETS))
+        model.add_adapter(
+            LoraConfig(r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS)
+        )
     else:
         raise ValueError(f"unknown trainable mode {mode!r}")
     trainable = [p for p in model.parameters() if p.requires_grad]

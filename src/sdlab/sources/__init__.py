@@ -8,8 +8,8 @@ makes (images it renders), `state_dir` is a persisted folder for resumable progr
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import pyarrow as pa
 

@@ -116,17 +116,27 @@ def fetch_items(pages: Pages, url: str, cfg: DiscordConfig) -> list[dict] | None
         problem = f"no element matches scrape.discord.selectors.container {cfg.selectors.container!r}"
     if problem.startswith("no element matches"):
         return None
-    raise ScrapeError(f"{url}: failed after {cfg.retries + 1} attempt(s): {problem} "
-                      "(finished pages are kept; rerun to resume)")
+    raise ScrapeError(
+        f"{url}: failed after {cfg.retries + 1} attempt(s): {problem} (finished pages are kept; rerun to resume)"
+    )
 
 
 def stale_selectors(url: str, cfg: DiscordConfig, items: list[dict] | None) -> ScrapeError:
-    what = (f"no element matches scrape.discord.selectors.container {cfg.selectors.container!r}" if items is None
-            else f"the container holds no item matching scrape.discord.selectors.items {cfg.selectors.items!r}")
-    hint = (" (driver http sees only the HTML as served: a page that renders its list with JavaScript "
-            "needs driver: selenium)" if cfg.driver == "http" else "")
-    return ScrapeError(f"{url}: first page is empty: {what}. The site's class names probably changed "
-                       f"after a redeploy: update the selectors in params{hint}")
+    what = (
+        f"no element matches scrape.discord.selectors.container {cfg.selectors.container!r}"
+        if items is None
+        else f"the container holds no item matching scrape.discord.selectors.items {cfg.selectors.items!r}"
+    )
+    hint = (
+        " (driver http sees only the HTML as served: a page that renders its list with JavaScript "
+        "needs driver: selenium)"
+        if cfg.driver == "http"
+        else ""
+    )
+    return ScrapeError(
+        f"{url}: first page is empty: {what}. The site's class names probably changed "
+        f"after a redeploy: update the selectors in params{hint}"
+    )
 
 
 def scrape(config: ScrapeConfig, out_dir: Path, state_dir: Path, stats: dict) -> list[list[dict]]:
@@ -155,7 +165,8 @@ def scrape(config: ScrapeConfig, out_dir: Path, state_dir: Path, stats: dict) ->
                             f"{url}: page {number} of tag {tag!r} has no list: no element matches "
                             f"scrape.discord.selectors.container {cfg.selectors.container!r} after "
                             f"{cfg.retries + 1} attempt(s) (a bot check or a slow render?); the {number - 1} "
-                            "finished page(s) are kept: rerun to resume")
+                            "finished page(s) are kept: rerun to resume"
+                        )
                     progress.save(tag, number, items)
                     fetched += 1
                 else:
@@ -167,9 +178,19 @@ def scrape(config: ScrapeConfig, out_dir: Path, state_dir: Path, stats: dict) ->
                     break
                 for item in new:
                     seen.add(item["url"])
-                    records.append({"key": record_key(item["url"]), "source": "discord", "url": item["url"],
-                                    "proxy_url": item["proxy_url"], "path": "", "title": item["title"],
-                                    "caption": "", "tag": tag, "page": number})
+                    records.append(
+                        {
+                            "key": record_key(item["url"]),
+                            "source": "discord",
+                            "url": item["url"],
+                            "proxy_url": item["proxy_url"],
+                            "path": "",
+                            "title": item["title"],
+                            "caption": "",
+                            "tag": tag,
+                            "page": number,
+                        }
+                    )
     finally:
         if pages is not None:
             refused = len(pages.refused)
@@ -177,6 +198,12 @@ def scrape(config: ScrapeConfig, out_dir: Path, state_dir: Path, stats: dict) ->
                 log.warning("refused a request of the page walk: %s", what)
             pages.close()
     progress.finish()
-    stats.update({"pages_fetched": fetched, "pages_resumed": resumed, "duplicates_across_pages": duplicates,
-                  "refused_requests": refused})
+    stats.update(
+        {
+            "pages_fetched": fetched,
+            "pages_resumed": resumed,
+            "duplicates_across_pages": duplicates,
+            "refused_requests": refused,
+        }
+    )
     return [records]

@@ -28,8 +28,16 @@ METADATA_FILES = ("metadata.csv", "metadata.jsonl")
 
 def record(root: Path, path: Path, title: str, caption: str, label: str) -> dict:
     relative = path.relative_to(root).as_posix()
-    return {"key": "folder-" + hashlib.sha1(relative.encode()).hexdigest()[:16], "source": "folder", "url": "",
-            "path": str(path), "title": title, "caption": caption, "tag": label, "file_name": relative}
+    return {
+        "key": "folder-" + hashlib.sha1(relative.encode()).hexdigest()[:16],
+        "source": "folder",
+        "url": "",
+        "path": str(path),
+        "title": title,
+        "caption": caption,
+        "tag": label,
+        "file_name": relative,
+    }
 
 
 def read_metadata(path: Path) -> list[dict]:

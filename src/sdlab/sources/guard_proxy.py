@@ -20,8 +20,16 @@ from urllib.parse import urlsplit
 
 from sdlab.public_http import FetchPolicy, FetchRefused, connect_checked, resolve
 
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer",
-              "transfer-encoding", "upgrade"}
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+}
 
 
 class GuardProxy:
@@ -49,7 +57,7 @@ class GuardProxy:
                 self.refused.append(f"{host}: {exc}")
             return None
 
-    def __enter__(self) -> "GuardProxy":
+    def __enter__(self) -> GuardProxy:
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -106,8 +114,10 @@ class GuardProxy:
                     return self.send_error(502)
                 try:
                     headers = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP)
-                    upstream.sendall(f"{self.command} {target} HTTP/1.1\r\n{headers}Connection: close\r\n\r\n"
-                                     .encode("latin-1") + body)
+                    upstream.sendall(
+                        f"{self.command} {target} HTTP/1.1\r\n{headers}Connection: close\r\n\r\n".encode("latin-1")
+                        + body
+                    )
                     self.close_connection = True
                     while True:  # relay the answer as it comes; the browser parses it
                         data = upstream.recv(65536)

@@ -9,8 +9,8 @@ width, height, similarity, punsafe, pwatermark, aesthetic. url and caption are r
 from __future__ import annotations
 
 import glob
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -33,8 +33,10 @@ def map_columns(names: list[str], mapping: LaionColumns, where: str) -> dict[str
         if found is not None:
             chosen[canonical] = found
         elif canonical in REQUIRED:
-            raise DataError(f"{where}: no {canonical} column: none of {candidates} is among its columns "
-                            f"{sorted(present)[:20]}; set scrape.laion.columns.{canonical}")
+            raise DataError(
+                f"{where}: no {canonical} column: none of {candidates} is among its columns "
+                f"{sorted(present)[:20]}; set scrape.laion.columns.{canonical}"
+            )
     return chosen
 
 
@@ -78,8 +80,10 @@ def hub_batches(cfg: LaionConfig) -> Iterator[tuple[pa.Table, dict[str, str]]]:
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 (offline, unknown id, gated: all one message)
-        raise DataError(f"scrape.laion.metadata: {cfg.metadata!r} is not a local parquet file or glob, and "
-                        f"loading it as a `datasets` hub id failed: {type(exc).__name__}: {exc}") from None
+        raise DataError(
+            f"scrape.laion.metadata: {cfg.metadata!r} is not a local parquet file or glob, and "
+            f"loading it as a `datasets` hub id failed: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def to_records(table: pa.Table, columns: dict[str, str], first_row: int) -> pa.Table:
@@ -89,9 +93,14 @@ def to_records(table: pa.Table, columns: dict[str, str], first_row: int) -> pa.T
     keys = pc.binary_join_element_wise("laion-", pc.utf8_lpad(pc.cast(index, pa.string()), 10, "0"), "")
     caption = pc.fill_null(table.column(columns["caption"]).cast(pa.string()), "")
     empty = pa.array([""] * rows, pa.string())
-    data = {"key": keys, "source": pa.array(["laion"] * rows, pa.string()),
-            "url": pc.fill_null(table.column(columns["url"]).cast(pa.string()), ""),
-            "path": empty, "title": caption, "caption": caption}
+    data = {
+        "key": keys,
+        "source": pa.array(["laion"] * rows, pa.string()),
+        "url": pc.fill_null(table.column(columns["url"]).cast(pa.string()), ""),
+        "path": empty,
+        "title": caption,
+        "caption": caption,
+    }
     for name in NUMERIC:
         if name in columns:
             data[name] = table.column(columns[name]).cast(pa.float64())

@@ -26,8 +26,11 @@ def emoji_list() -> list[tuple[str, str]]:
     import emoji
 
     qualified = emoji.STATUS["fully_qualified"]
-    return sorted((char, data["en"].strip(":").replace("_", " "))
-                  for char, data in emoji.EMOJI_DATA.items() if data["status"] == qualified)
+    return sorted(
+        (char, data["en"].strip(":").replace("_", " "))
+        for char, data in emoji.EMOJI_DATA.items()
+        if data["status"] == qualified
+    )
 
 
 def render(char: str, font: ImageFont.FreeTypeFont, image_px: int) -> Image.Image | str:
@@ -53,8 +56,10 @@ def key_of(char: str) -> str:
 def scrape(config: ScrapeConfig, out_dir: Path, state_dir: Path, stats: dict) -> list[list[dict]]:
     cfg = config.noto
     if not Path(cfg.font).is_file():
-        raise DataError(f"scrape.noto.font: {cfg.font} not found; install it with "
-                        "`apt-get install fonts-noto-color-emoji` (`make install` does it)")
+        raise DataError(
+            f"scrape.noto.font: {cfg.font} not found; install it with "
+            "`apt-get install fonts-noto-color-emoji` (`make install` does it)"
+        )
     font = ImageFont.truetype(cfg.font, FONT_PX)
     images = out_dir / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -69,7 +74,17 @@ def scrape(config: ScrapeConfig, out_dir: Path, state_dir: Path, stats: dict) ->
         key = key_of(char)
         path = images / f"{key}.png"
         image.save(path)
-        records.append({"key": key, "source": "noto", "url": "", "path": str(path), "title": name,
-                        "caption": "", "tag": "", "emoji": char})
+        records.append(
+            {
+                "key": key,
+                "source": "noto",
+                "url": "",
+                "path": str(path),
+                "title": name,
+                "caption": "",
+                "tag": "",
+                "emoji": char,
+            }
+        )
     stats.update({"emoji": len(entries), "skipped_by_reason": dict(skipped)})
     return [records]

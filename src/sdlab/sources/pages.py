@@ -28,15 +28,29 @@ from sdlab.public_http import FetchPolicy, FetchRefused, check_url, fetch, netwo
 
 log = logging.getLogger(__name__)
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) sdlab-scraper (+https://github.com/sdlab)"
-CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--window-size=1280,2000", "--blink-settings=imagesEnabled=false",  # only the src is needed
-                  # no traffic of the browser's own (updates, sync, safe browsing, search preconnects)
-                  "--disable-background-networking", "--disable-component-update", "--no-first-run",
-                  "--disable-sync", "--disable-default-apps", "--disable-extensions", "--no-pings",
-                  "--disable-client-side-phishing-detection", "--disable-domain-reliability",
-                  "--no-default-browser-check", "--metrics-recording-only", "--disable-breakpad",
-                  "--disable-features=Translate,OptimizationHints,MediaRouter,AutofillServerCommunication,"
-                  "CertificateTransparencyComponentUpdater,InterestFeedContentSuggestions")
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,2000",
+    "--blink-settings=imagesEnabled=false",  # only the src is needed
+    # no traffic of the browser's own (updates, sync, safe browsing, search preconnects)
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--no-pings",
+    "--disable-client-side-phishing-detection",
+    "--disable-domain-reliability",
+    "--no-default-browser-check",
+    "--metrics-recording-only",
+    "--disable-breakpad",
+    "--disable-features=Translate,OptimizationHints,MediaRouter,AutofillServerCommunication,"
+    "CertificateTransparencyComponentUpdater,InterestFeedContentSuggestions",
+)
 
 
 class PageError(RuntimeError):
@@ -60,8 +74,14 @@ class Pages(Protocol):
 
 def page_policy(cfg: DiscordConfig) -> FetchPolicy:
     allow_all, allowed = network_policy(cfg.allow_private_networks)
-    return FetchPolicy(allow_private_networks=allow_all, allowed_networks=allowed, timeout_s=cfg.page_timeout_s,
-                       deadline_s=cfg.page_timeout_s * 2, max_bytes=cfg.max_page_bytes, user_agent=USER_AGENT)
+    return FetchPolicy(
+        allow_private_networks=allow_all,
+        allowed_networks=allowed,
+        timeout_s=cfg.page_timeout_s,
+        deadline_s=cfg.page_timeout_s * 2,
+        max_bytes=cfg.max_page_bytes,
+        user_agent=USER_AGENT,
+    )
 
 
 def refuse_page(url: str, policy: FetchPolicy) -> None:
@@ -118,10 +138,15 @@ class BrowserPages:
         self.refused: list[str] = []  # requests the proxy refused, across browser restarts
 
     def _start(self) -> None:
-        for path, what in ((self.cfg.chromium, "scrape.discord.chromium"), (self.cfg.chromedriver, "scrape.discord.chromedriver")):
+        for path, what in (
+            (self.cfg.chromium, "scrape.discord.chromium"),
+            (self.cfg.chromedriver, "scrape.discord.chromedriver"),
+        ):
             if not Path(path).exists():
-                raise BrowserMissing(f"{what}: {path} not found; install Chromium and its driver with "
-                                     "`apt-get install chromium chromium-driver` (`make install` does it)")
+                raise BrowserMissing(
+                    f"{what}: {path} not found; install Chromium and its driver with "
+                    "`apt-get install chromium chromium-driver` (`make install` does it)"
+                )
         os.environ["SE_OFFLINE"] = "true"  # selenium-manager must never download a driver
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
@@ -133,7 +158,12 @@ class BrowserPages:
         self.profile = tempfile.mkdtemp(prefix="sdlab-chromium-")
         options = webdriver.ChromeOptions()
         options.binary_location = self.cfg.chromium
-        flags = (*CHROMIUM_FLAGS, *self.proxy.browser_flags(), f"--user-data-dir={self.profile}", *self.cfg.browser_args)
+        flags = (
+            *CHROMIUM_FLAGS,
+            *self.proxy.browser_flags(),
+            f"--user-data-dir={self.profile}",
+            *self.cfg.browser_args,
+        )
         for flag in flags:
             options.add_argument(flag)
         options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # to read HTTP status
@@ -160,10 +190,15 @@ class BrowserPages:
                 raise PageError(f"HTTP {status}")
             try:
                 WebDriverWait(self.driver, self.cfg.page_timeout_s, poll_frequency=0.1).until(
-                    ListSettled(self.cfg, By.CSS_SELECTOR))
+                    ListSettled(self.cfg, By.CSS_SELECTOR)
+                )
             except TimeoutException:
-                log.warning("%s: the list (%r) did not settle within %.0f s", url, self.cfg.selectors.container,
-                            self.cfg.page_timeout_s)
+                log.warning(
+                    "%s: the list (%r) did not settle within %.0f s",
+                    url,
+                    self.cfg.selectors.container,
+                    self.cfg.page_timeout_s,
+                )
             return self.driver.page_source
         except TimeoutException as exc:
             raise PageError(f"page load timed out after {self.cfg.page_timeout_s} s") from exc

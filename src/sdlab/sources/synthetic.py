@@ -35,8 +35,12 @@ EXPRESSIONS = ("happy", "sad", "angry", "surprised", "neutral")
 ACTIONS = ("no action", "blushing", "crying", "sweating")
 ATTRIBUTES = ("skin_color", "head_shape", "eyes", "mouth", "expression", "action")
 ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {
-    "skin_color": tuple(SKIN_COLORS), "head_shape": HEAD_SHAPES, "eyes": EYES, "mouth": MOUTHS,
-    "expression": EXPRESSIONS, "action": ACTIONS,
+    "skin_color": tuple(SKIN_COLORS),
+    "head_shape": HEAD_SHAPES,
+    "eyes": EYES,
+    "mouth": MOUTHS,
+    "expression": EXPRESSIONS,
+    "action": ACTIONS,
 }
 
 INK = (30, 25, 30, 255)
@@ -123,8 +127,12 @@ def _draw_eyes(draw: ImageDraw.ImageDraw, blob: Blob, ex: list[float], ey: float
         elif blob.eyes == "closed":  # a thick ^ arc
             draw.arc((x - 1.6 * u, ey - 0.6 * u, x + 1.6 * u, ey + 2.4 * u), 200, 340, fill=INK, width=_stroke(u))
         else:  # big: white sclera with a pupil
-            draw.ellipse((x - 1.8 * u, ey - 1.8 * u, x + 1.8 * u, ey + 1.8 * u), fill=(255, 255, 255, 255),
-                         outline=INK, width=_stroke(u, 0.5))
+            draw.ellipse(
+                (x - 1.8 * u, ey - 1.8 * u, x + 1.8 * u, ey + 1.8 * u),
+                fill=(255, 255, 255, 255),
+                outline=INK,
+                width=_stroke(u, 0.5),
+            )
             draw.ellipse((x - 0.8 * u, ey - 0.8 * u, x + 0.8 * u, ey + 0.8 * u), fill=INK)
 
 
@@ -132,7 +140,7 @@ def _draw_brows(draw: ImageDraw.ImageDraw, blob: Blob, ex: list[float], ey: floa
     """The expression, drawn as thick brows: angry slants down to the nose, sad up to it,
     happy arcs low, surprised arcs high above the eyes, neutral has none."""
     width, by = _stroke(u), ey + BROW_Y * u - EYE_Y * u
-    for side, x in zip((-1, 1), ex):
+    for side, x in zip((-1, 1), ex, strict=True):
         inner, outer = x - side * 1.7 * u, x + side * 1.7 * u
         if blob.expression == "angry":
             draw.line((outer, by - 1.2 * u, inner, by + 0.9 * u), fill=INK, width=width)
@@ -163,10 +171,15 @@ def _draw_action(draw: ImageDraw.ImageDraw, blob: Blob, ex: list[float], ey: flo
         for x in ex:
             draw.ellipse((x - 1.6 * u, ey + 1.9 * u, x + 1.6 * u, ey + 3.3 * u), fill=BLUSH, outline=INK, width=outline)
     elif blob.action == "crying":  # a tear stream under the outer side of each eye
-        for side, x in zip((-1, 1), ex):
+        for side, x in zip((-1, 1), ex, strict=True):
             x += side * 0.9 * u
-            draw.rounded_rectangle((x - 0.7 * u, ey + 1.4 * u, x + 0.7 * u, ey + 3.9 * u), radius=0.7 * u,
-                                   fill=TEAR, outline=INK, width=outline)
+            draw.rounded_rectangle(
+                (x - 0.7 * u, ey + 1.4 * u, x + 0.7 * u, ey + 3.9 * u),
+                radius=0.7 * u,
+                fill=TEAR,
+                outline=INK,
+                width=outline,
+            )
     elif blob.action == "sweating":  # a big drop on the upper right of the head
         x, y = box[2] - 0.2 * (box[2] - box[0]), box[1] + 0.2 * (box[3] - box[1])
         draw.polygon([(x, y - 2.6 * u), (x - 1.3 * u, y), (x + 1.3 * u, y)], fill=TEAR)
@@ -226,10 +239,17 @@ def scrape(config: ScrapeConfig, out_dir: Path) -> list[dict]:
         path = images_dir / f"{key}.png"
         path.write_bytes(png_bytes(draw_blob(blob, cfg.image_px)))
         attributes = {name: getattr(blob, name) for name in ATTRIBUTES}
-        records.append({
-            "key": key, "source": "synthetic", "url": "", "path": str(path),
-            "title": blob.title, "caption": blob.caption(), "tag": "",
-            "background": "white", **attributes,
-        })
+        records.append(
+            {
+                "key": key,
+                "source": "synthetic",
+                "url": "",
+                "path": str(path),
+                "title": blob.title,
+                "caption": blob.caption(),
+                "tag": "",
+                "background": "white",
+                **attributes,
+            }
+        )
     return records
-
