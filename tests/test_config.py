@@ -1,7 +1,7 @@
 import pytest
 import yaml
-
 from conftest import REPO, run_stage
+
 from sdlab.config import ConfigError, load_params, parse_params
 
 
@@ -56,3 +56,24 @@ def test_stage_exits_non_zero_with_one_line_and_no_traceback(tmp_path):
 def test_missing_params_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml: params file not found"):
         load_params(tmp_path / "nope.yaml")
+
+
+def test_params_yaml_names_every_value_with_the_schemas_default():
+    """One home for every value: a key a stage reads but params.yaml lacks is invisible to
+    `dvc params diff` / `dvc exp show`, and a default that differs from params.yaml is a
+    second truth. The schema keeps types, bounds and cross-checks."""
+    from sdlab.config import Params
+
+    on_disk = yaml.safe_load((REPO / "params.yaml").read_text())
+
+    def leaves(tree: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in tree.items():
+            name = f"{prefix}{key}"
+            out.update(leaves(value, name + ".") if isinstance(value, dict) and value else {name: value})
+        return out
+
+    schema, params = leaves(Params().model_dump(mode="json")), leaves(on_disk)
+    assert sorted(set(schema) - set(params)) == [], "read by stages, missing from params.yaml"
+    assert sorted(set(params) - set(schema)) == [], "in params.yaml, unknown to the schema"
+    assert {k: (schema[k], params[k]) for k in schema if schema[k] != params[k]} == {}

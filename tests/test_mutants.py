@@ -35,112 +35,203 @@ class Mutant:
 T = "tests/"
 MUTANTS = (
     # Training (README: DDP, accumulation, bf16, resume; BENCHMARKS: streaming)
-    Mutant("ddp_gradients_not_synced", "src/sdlab/train.py",
-           "with accelerator.accumulate(unet), accelerator.autocast():",
-           "with accelerator.no_sync(unet), accelerator.autocast():",
-           (T + "test_train_scale.py::test_two_gloo_processes_follow_one_process_with_twice_the_batch",)),
-    Mutant("optimizer_steps_every_micro_batch", "src/sdlab/train.py",
-           "with accelerator.accumulate(unet), accelerator.autocast():",
-           "with accelerator.autocast():",
-           (T + "test_train_scale.py::test_bf16_accumulation_and_checkpointing_step_the_optimizer_once_per_update",)),
-    Mutant("mixed_precision_ignored", "src/sdlab/train.py",
-           "return Accelerator(mixed_precision=cfg.mixed_precision,",
-           "return Accelerator(mixed_precision=\"no\",",
-           (T + "test_train_scale.py::test_bf16_accumulation_and_checkpointing_step_the_optimizer_once_per_update",)),
-    Mutant("gradient_checkpointing_param_ignored", "src/sdlab/train.py",
-           "    if cfg.gradient_checkpointing:\n        unet.enable_gradient_checkpointing()",
-           "    if cfg.gradient_checkpointing:\n        pass",
-           (T + "test_train_scale.py::test_bf16_accumulation_and_checkpointing_step_the_optimizer_once_per_update",)),
-    Mutant("flipped_view_never_drawn", "src/sdlab/train.py",
-           "view = torch.randint(views, (size,), generator=generator)",
-           "view = torch.zeros(size, dtype=torch.long)",
-           (T + "test_train.py::test_sampled_store_with_flipped_views_draws_both_views",)),
-    Mutant("resume_ignores_checkpoints", "src/sdlab/train.py",
-           "    checkpoint = resumable_checkpoint(run_dir)\n    if checkpoint is not None:\n        accelerator.load_state",
-           "    checkpoint = None\n    if checkpoint is not None:\n        accelerator.load_state",
-           (T + "test_train_scale.py::test_kill_9_mid_epoch_resumes_to_the_exact_weights_and_step[1]",)),
-    Mutant("epoch_draws_rows_with_replacement", "src/sdlab/stream.py",
-           "permutation = _rng(self.seed, 104_729, epoch, window).permutation(count)",
-           "permutation = _rng(self.seed, 104_729, epoch, window).integers(0, count, count)",
-           (T + "test_train.py::test_each_epoch_covers_every_train_row_once_in_a_new_order",)),
-    Mutant("min_snr_weights_not_capped", "src/sdlab/diffusion.py",
-           "clipped = snr.clamp(max=gamma)",
-           "clipped = snr",
-           (T + "test_diffusion.py::test_min_snr_weights_cap_the_easy_timesteps_only",)),
+    Mutant(
+        "ddp_gradients_not_synced",
+        "src/sdlab/train.py",
+        "with accelerator.accumulate(unet), accelerator.autocast():",
+        "with accelerator.no_sync(unet), accelerator.autocast():",
+        (T + "test_train_scale.py::test_two_gloo_processes_follow_one_process_with_twice_the_batch",),
+    ),
+    Mutant(
+        "optimizer_steps_every_micro_batch",
+        "src/sdlab/train.py",
+        "with accelerator.accumulate(unet), accelerator.autocast():",
+        "with accelerator.autocast():",
+        (T + "test_train_scale.py::test_bf16_accumulation_and_checkpointing_step_the_optimizer_once_per_update",),
+    ),
+    Mutant(
+        "mixed_precision_ignored",
+        "src/sdlab/train.py",
+        "        mixed_precision=cfg.mixed_precision,",
+        '        mixed_precision="no",',
+        (T + "test_train_scale.py::test_bf16_accumulation_and_checkpointing_step_the_optimizer_once_per_update",),
+    ),
+    Mutant(
+        "gradient_checkpointing_param_ignored",
+        "src/sdlab/train.py",
+        "    if cfg.gradient_checkpointing:\n        unet.enable_gradient_checkpointing()",
+        "    if cfg.gradient_checkpointing:\n        pass",
+        (T + "test_train_scale.py::test_bf16_accumulation_and_checkpointing_step_the_optimizer_once_per_update",),
+    ),
+    Mutant(
+        "flipped_view_never_drawn",
+        "src/sdlab/train.py",
+        "view = torch.randint(views, (size,), generator=generator)",
+        "view = torch.zeros(size, dtype=torch.long)",
+        (T + "test_train.py::test_sampled_store_with_flipped_views_draws_both_views",),
+    ),
+    Mutant(
+        "resume_ignores_checkpoints",
+        "src/sdlab/train.py",
+        "    checkpoint = resumable_checkpoint(run_dir)\n"
+        "    if checkpoint is not None:\n        accelerator.load_state",
+        "    checkpoint = None\n    if checkpoint is not None:\n        accelerator.load_state",
+        (T + "test_train_scale.py::test_kill_9_mid_epoch_resumes_to_the_exact_weights_and_step[1]",),
+    ),
+    Mutant(
+        "epoch_draws_rows_with_replacement",
+        "src/sdlab/stream.py",
+        "permutation = _rng(self.seed, 104_729, epoch, window).permutation(count)",
+        "permutation = _rng(self.seed, 104_729, epoch, window).integers(0, count, count)",
+        (T + "test_train.py::test_each_epoch_covers_every_train_row_once_in_a_new_order",),
+    ),
+    Mutant(
+        "min_snr_weights_not_capped",
+        "src/sdlab/diffusion.py",
+        "clipped = snr.clamp(max=gamma)",
+        "clipped = snr",
+        (T + "test_diffusion.py::test_min_snr_weights_cap_the_easy_timesteps_only",),
+    ),
     # Evaluation (BENCHMARKS: adherence table, CLIP score, Inception FID)
-    Mutant("judge_reads_the_real_images", "src/sdlab/evaluate.py",
-           "scores = judged(generated)",
-           "scores = judged(real_val)",
-           (T + "test_attribute_classifier.py::test_judge_samples_scores_the_generated_images_against_their_own_rows",)),
-    Mutant("judge_rows_misaligned", "src/sdlab/evaluate.py",
-           "return {**adherence(images, rows), **accuracy(classifier, images, rows)}",
-           "return {**adherence(images, rows), **accuracy(classifier, images, rows[1:] + rows[:1])}",
-           (T + "test_attribute_classifier.py::test_judge_samples_scores_the_generated_images_against_their_own_rows",)),
-    Mutant("clip_score_ignores_the_prompts", "src/sdlab/evaluate.py",
-           "metric.update(to_uint8_nchw(images), prompts)",
-           "metric.update(to_uint8_nchw(images), [prompts[0]] * len(prompts))",
-           (T + "test_evaluate.py::test_clip_score_matches_the_models_own_similarity_and_reads_each_prompt",)),
-    Mutant("clip_score_prompts_misaligned", "src/sdlab/evaluate.py",
-           "metric.update(to_uint8_nchw(images), prompts)",
-           "metric.update(to_uint8_nchw(images), prompts[1:] + prompts[:1])",
-           (T + "test_evaluate.py::test_clip_score_matches_the_models_own_similarity_and_reads_each_prompt",)),
-    Mutant("inception_weights_not_from_the_file", "src/sdlab/evaluate.py",
-           "    return NoTrainInceptionV3(name=\"inception-v3-compat\", features_list=[\"2048\"],\n"
-           "                              feature_extractor_weights_path=weights_path)",
-           "    module = NoTrainInceptionV3(name=\"inception-v3-compat\", features_list=[\"2048\"],\n"
-           "                                feature_extractor_weights_path=weights_path)\n"
-           "    [torch.nn.init.normal_(p, std=0.01) for p in module.parameters()]\n"
-           "    return module",
-           (T + "test_evaluate.py::test_standard_inception_fid_loads_its_weights_from_a_local_file",)),
-    Mutant("inception_weights_unpickled_unchecked", "src/sdlab/evaluate.py",
-           "    check_weights_file(weights_path, sha256)\n    return NoTrainInceptionV3",
-           "    return NoTrainInceptionV3",
-           (T + "test_evaluate.py::test_inception_weights_are_checked_before_they_are_unpickled",)),
+    Mutant(
+        "judge_reads_the_real_images",
+        "src/sdlab/evaluate.py",
+        "scores = judged(generated)",
+        "scores = judged(real_val)",
+        (T + "test_attribute_classifier.py::test_judge_samples_scores_the_generated_images_against_their_own_rows",),
+    ),
+    Mutant(
+        "judge_rows_misaligned",
+        "src/sdlab/evaluate.py",
+        "return {**adherence(images, rows), **accuracy(classifier, images, rows)}",
+        "return {**adherence(images, rows), **accuracy(classifier, images, rows[1:] + rows[:1])}",
+        (T + "test_attribute_classifier.py::test_judge_samples_scores_the_generated_images_against_their_own_rows",),
+    ),
+    Mutant(
+        "clip_score_ignores_the_prompts",
+        "src/sdlab/evaluate.py",
+        "metric.update(to_uint8_nchw(images), prompts)",
+        "metric.update(to_uint8_nchw(images), [prompts[0]] * len(prompts))",
+        (T + "test_evaluate.py::test_clip_score_matches_the_models_own_similarity_and_reads_each_prompt",),
+    ),
+    Mutant(
+        "clip_score_prompts_misaligned",
+        "src/sdlab/evaluate.py",
+        "metric.update(to_uint8_nchw(images), prompts)",
+        "metric.update(to_uint8_nchw(images), prompts[1:] + prompts[:1])",
+        (T + "test_evaluate.py::test_clip_score_matches_the_models_own_similarity_and_reads_each_prompt",),
+    ),
+    Mutant(
+        "inception_weights_not_from_the_file",
+        "src/sdlab/evaluate.py",
+        "    return NoTrainInceptionV3(\n"
+        '        name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=weights_path\n'
+        "    )",
+        "    module = NoTrainInceptionV3(\n"
+        '        name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=weights_path\n'
+        "    )\n"
+        "    [torch.nn.init.normal_(p, std=0.01) for p in module.parameters()]\n"
+        "    return module",
+        (T + "test_evaluate.py::test_standard_inception_fid_loads_its_weights_from_a_local_file",),
+    ),
+    Mutant(
+        "inception_weights_unpickled_unchecked",
+        "src/sdlab/evaluate.py",
+        "    check_weights_file(weights_path, sha256)\n    return NoTrainInceptionV3",
+        "    return NoTrainInceptionV3",
+        (T + "test_evaluate.py::test_inception_weights_are_checked_before_they_are_unpickled",),
+    ),
     # Data (README: planted duplicate, stable splits, reasons, fetched once, caption cache)
-    Mutant("dedupe_keeps_the_last_copy", "src/sdlab/data/dedupe.py",
-           "_, first = np.unique(codes, return_index=True)",
-           "_, last = np.unique(codes[::-1], return_index=True)\n    first = len(codes) - 1 - last",
-           (T + "test_dedupe.py::test_the_planted_duplicate_is_the_one_dropped",)),
-    Mutant("split_hash_salted_per_process", "src/sdlab/data/dedupe.py",
-           "return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], \"big\") / 2**64",
-           "return int.from_bytes(hashlib.sha1((key + str(hash(\"salt\"))).encode()).digest()[:8], \"big\") / 2**64",
-           (T + "test_dedupe.py::test_split_of_named_keys_is_fixed_across_processes_and_versions",)),
-    Mutant("synthetic_draw_depends_on_the_process", "src/sdlab/sources/synthetic.py",
-           "blob = sample_blob(np.random.default_rng([config.seed, origin]))",
-           "blob = sample_blob(np.random.default_rng([config.seed, origin, hash(\"blob\") % 1000]))",
-           (T + "test_synthetic.py::test_same_seed_same_bytes_and_keys_in_any_process_and_keys_never_come_from_titles",)),
-    Mutant("http_status_not_in_the_reason", "src/sdlab/data/fetch.py",
-           "(r\"HTTP Error (\\d{3})\", \"http_{0}\"),",
-           "(r\"HTTP Error (\\d{3})\", \"download_error\"),",
-           (T + "test_fetch.py::test_every_url_ends_ok_or_failed_with_its_reason",)),
-    Mutant("fetch_cache_ignored", "src/sdlab/data/fetch.py",
-           "new = pc.filter(wanted, pc.invert(pc.is_in(wanted, known[\"url\"]))).to_pylist()",
-           "new = wanted.to_pylist()",
-           (T + "test_fetch.py::test_each_url_is_fetched_once_across_filter_changes_source_switches_and_image_px",)),
-    Mutant("caption_cache_ignored", "src/sdlab/caption/qwen_pool.py",
-           "if cache_key not in cache and cache_key not in queued:",
-           "if cache_key not in queued:",
-           (T + "test_caption_qwen.py::test_cache_hits_on_rerun_and_only_new_images_are_captioned",)),
+    Mutant(
+        "dedupe_keeps_the_last_copy",
+        "src/sdlab/data/dedupe.py",
+        "_, first = np.unique(codes, return_index=True)",
+        "_, last = np.unique(codes[::-1], return_index=True)\n    first = len(codes) - 1 - last",
+        (T + "test_dedupe.py::test_the_planted_duplicate_is_the_one_dropped",),
+    ),
+    Mutant(
+        "split_hash_salted_per_process",
+        "src/sdlab/data/dedupe.py",
+        'return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2**64',
+        'return int.from_bytes(hashlib.sha1((key + str(hash("salt"))).encode()).digest()[:8], "big") / 2**64',
+        (T + "test_dedupe.py::test_split_of_named_keys_is_fixed_across_processes_and_versions",),
+    ),
+    Mutant(
+        "synthetic_draw_depends_on_the_process",
+        "src/sdlab/sources/synthetic.py",
+        "blob = sample_blob(np.random.default_rng([config.seed, origin]))",
+        'blob = sample_blob(np.random.default_rng([config.seed, origin, hash("blob") % 1000]))',
+        (T + "test_synthetic.py::test_same_seed_same_bytes_and_keys_in_any_process_and_keys_never_come_from_titles",),
+    ),
+    Mutant(
+        "http_status_not_in_the_reason",
+        "src/sdlab/data/fetch.py",
+        '(r"HTTP Error (\\d{3})", "http_{0}"),',
+        '(r"HTTP Error (\\d{3})", "download_error"),',
+        (T + "test_fetch.py::test_every_url_ends_ok_or_failed_with_its_reason",),
+    ),
+    Mutant(
+        "fetch_cache_ignored",
+        "src/sdlab/data/fetch.py",
+        'new = pc.filter(wanted, pc.invert(pc.is_in(wanted, known["url"]))).to_pylist()',
+        "new = wanted.to_pylist()",
+        (T + "test_fetch.py::test_each_url_is_fetched_once_across_filter_changes_source_switches_and_image_px",),
+    ),
+    Mutant(
+        "caption_cache_ignored",
+        "src/sdlab/caption/qwen_pool.py",
+        "if cache_key not in cache and cache_key not in queued:",
+        "if cache_key not in queued:",
+        (T + "test_caption_qwen.py::test_cache_hits_on_rerun_and_only_new_images_are_captioned",),
+    ),
     # Encode (README: bit-identical latents whatever the worker count; corrupt files redone)
-    Mutant("encode_noise_depends_on_the_worker", "src/sdlab/encode.py",
-           "generator = torch.Generator().manual_seed(seed)",
-           "generator = torch.Generator().manual_seed(seed + os.getpid())",
-           (T + "test_encode.py::test_worker_count_never_reaches_the_bytes_even_with_random_draws_and_flips",)),
-    Mutant("stored_checksum_never_verified", "src/sdlab/latents.py",
-           "return tensors_sha256(load_file(str(path))) == header.get(\"sha256\")",
-           "return True",
-           (T + "test_encode.py::test_a_corrupt_or_truncated_shard_is_detected_and_encoded_again",)),
+    Mutant(
+        "encode_noise_depends_on_the_worker",
+        "src/sdlab/encode.py",
+        "generator = torch.Generator().manual_seed(seed)",
+        "generator = torch.Generator().manual_seed(seed + os.getpid())",
+        (T + "test_encode.py::test_worker_count_never_reaches_the_bytes_even_with_random_draws_and_flips",),
+    ),
+    Mutant(
+        "stored_checksum_never_verified",
+        "src/sdlab/latents.py",
+        'return tensors_sha256(load_file(str(path))) == header.get("sha256")',
+        "return True",
+        (T + "test_encode.py::test_a_corrupt_or_truncated_shard_is_detected_and_encoded_again",),
+    ),
+    # One home for every value (issue 16)
+    Mutant(
+        "params_yaml_lacks_a_value_a_stage_reads",
+        "params.yaml",
+        "  weight_decay: 0.01\n",
+        "",
+        (T + "test_config.py::test_params_yaml_names_every_value_with_the_schemas_default",),
+    ),
+    Mutant(
+        "schema_default_differs_from_params_yaml",
+        "src/sdlab/config.py",
+        "    max_steps: int = Field(600, gt=0)",
+        "    max_steps: int = Field(400, gt=0)",
+        (T + "test_config.py::test_params_yaml_names_every_value_with_the_schemas_default",),
+    ),
     # DVC: every stage reruns when code it imports changes
-    Mutant("a_stage_dependency_dropped", "dvc.yaml",
-           "      - src/sdlab/stream.py\n",
-           "",
-           (T + "test_dvc_deps.py::test_every_stage_depends_on_everything_its_entry_point_imports",)),
+    Mutant(
+        "a_stage_dependency_dropped",
+        "dvc.yaml",
+        "      - src/sdlab/stream.py\n",
+        "",
+        (T + "test_dvc_deps.py::test_every_stage_depends_on_everything_its_entry_point_imports",),
+    ),
 )
 
 
 def repository_files() -> list[str]:
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, check=True).stdout.decode()
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
     return [name for name in listed.split("\0") if name and (REPO / name).is_file()]
 
 
@@ -183,4 +274,6 @@ def test_the_matching_test_fails_against_the_breakage(mutant: Mutant, pristine: 
     result = run_in(copy, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutant.tests)
     assert result.returncode == 1, (  # 1: tests ran and failed (not a collection or usage error)
         f"{mutant.name}: {' '.join(mutant.tests)} exited {result.returncode} against the breakage\n"
-        + result.stdout[-3000:] + result.stderr[-2000:])
+        + result.stdout[-3000:]
+        + result.stderr[-2000:]
+    )

@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from sdlab.prompts import DEFAULT_PROMPT
 
 
-
 class ConfigError(ValueError):
     """params.yaml is unreadable or does not match the schema."""
 
@@ -69,7 +68,7 @@ class DiscordConfig(Section):
     max_page_bytes: int = Field(20_000_000, gt=0)  # driver http
 
     @model_validator(mode="after")
-    def _check(self) -> "DiscordConfig":
+    def _check(self) -> DiscordConfig:
         check_networks(self.allow_private_networks)
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError("base_url: must start with http:// or https://")
@@ -80,6 +79,7 @@ class DiscordConfig(Section):
 
 class LaionColumns(Section):
     """Where each canonical column comes from; the first name present in the metadata wins."""
+
     url: list[str] = ["URL", "url"]
     caption: list[str] = ["TEXT", "caption", "text"]
     width: list[str] = ["WIDTH", "width"]
@@ -119,7 +119,7 @@ class ScrapeConfig(Section):
     noto: NotoConfig = NotoConfig()
 
     @model_validator(mode="after")
-    def _check_source(self) -> "ScrapeConfig":
+    def _check_source(self) -> ScrapeConfig:
         if self.source == "laion" and not self.laion.metadata:
             raise ValueError("laion.metadata: required when source is laion (a parquet path, glob or hub id)")
         if self.source == "folder" and not self.folder.path:
@@ -129,6 +129,7 @@ class ScrapeConfig(Section):
 
 class LaionFilterConfig(Section):
     """Thresholds of the high-quality LAION recipes; null turns a rule off."""
+
     min_aesthetic: float | None = 6.5
     min_similarity: float | None = 0.28
     max_punsafe: float | None = 0.5
@@ -148,7 +149,7 @@ class FilterConfig(Section):
     batch_rows: int = Field(262_144, gt=0)  # rows per streamed batch
 
     @model_validator(mode="after")
-    def _check_tags(self) -> "FilterConfig":
+    def _check_tags(self) -> FilterConfig:
         if self.allowed_tags is not None and not self.allowed_tags:
             raise ValueError("allowed_tags: an empty list drops every record; use null to allow all tags")
         return self
@@ -173,9 +174,8 @@ class DownloadConfig(Section):
     max_bytes: int = Field(20_000_000, gt=0)  # a larger body fails as too_large, read no further
     deadline_s: float = Field(60.0, gt=0)  # per URL, whole fetch; a slower body fails as timeout
 
-
     @model_validator(mode="after")
-    def _check_networks(self) -> "DownloadConfig":
+    def _check_networks(self) -> DownloadConfig:
         check_networks(self.allow_private_networks)
         return self
 
@@ -207,7 +207,7 @@ class CaptionConfig(Section):
     precision: Literal["fp32", "fp16", "bf16"] = "bf16"  # on GPUs; CPUs always use fp32
 
     @model_validator(mode="after")
-    def _check_ranges(self) -> "CaptionConfig":
+    def _check_ranges(self) -> CaptionConfig:
         if self.min_chars > self.max_chars:
             raise ValueError(f"min_chars: {self.min_chars} is above max_chars {self.max_chars}")
         if self.min_pixels > self.max_pixels:
@@ -228,14 +228,14 @@ class VaeConfig(Section):
     block_out_channels: list[int] = [32, 64, 64]
     layers_per_block: int = Field(1, gt=0)
     latent_channels: int = Field(4, gt=0)
-    steps: int = Field(1500, ge=0)
+    steps: int = Field(500, ge=0)
     batch_size: int = Field(64, gt=0)
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(3e-3, gt=0)
     kl_weight: float = Field(1e-4, ge=0)
     seed: int = 0
 
     @model_validator(mode="after")
-    def _check_channels(self) -> "VaeConfig":
+    def _check_channels(self) -> VaeConfig:
         check_channels(self.block_out_channels)
         return self
 
@@ -271,7 +271,7 @@ class UnetConfig(Section):
     cross_attention_levels: list[bool] = [True, True]
 
     @model_validator(mode="after")
-    def _check_levels(self) -> "UnetConfig":
+    def _check_levels(self) -> UnetConfig:
         check_channels(self.block_out_channels)
         if len(self.cross_attention_levels) != len(self.block_out_channels):
             raise ValueError("cross_attention_levels: needs one entry per block_out_channels entry")
@@ -281,10 +281,11 @@ class UnetConfig(Section):
 class TransformerConfig(Section):
     """A PixArt-alpha style DiT (diffusers `PixArtTransformer2DModel`): patches of the latent
     as tokens, adaLN-single timestep modulation, cross-attention to the text states."""
+
     num_layers: int = Field(6, gt=0)
     num_attention_heads: int = Field(8, gt=0)
     attention_head_dim: int = Field(32, gt=0)
-    patch_size: int = Field(1, gt=0)  # must divide the latent side
+    patch_size: int = Field(2, gt=0)  # must divide the latent side
 
 
 class TrainConfig(Section):
@@ -299,7 +300,7 @@ class TrainConfig(Section):
     lora_rank: int = Field(8, gt=0)
     zero_init_output: bool = False  # scratch: zero the output conv so the first prediction is 0
     # optimisation
-    max_steps: int = Field(400, gt=0)
+    max_steps: int = Field(600, gt=0)
     batch_size: int = Field(128, gt=0)  # per process and micro-step; global = x num_processes x accumulation
     shuffle_shards: int = Field(4, gt=0)  # latent shards read and shuffled together (the shuffle window)
     gradient_accumulation_steps: int = Field(1, gt=0)
@@ -329,28 +330,32 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, gt=0)  # per run
     keep_runs: int = Field(3, gt=0)  # run folders kept (the current one included); older ones are removed
     log_every_steps: int = Field(10, gt=0)
-    validation_every_steps: int = Field(0, ge=0)  # 0: off; else sample images into the dvclive folder
+    validation_every_steps: int = Field(200, ge=0)  # 0: off; else sample images into the dvclive folder
     validation_prompts: int = Field(4, gt=0)
     validation_steps: int = Field(20, gt=0)  # sampler steps of the validation grids
     validation_guidance: float = Field(5.0, ge=1)
     seed: int = 0
 
     @model_validator(mode="after")
-    def _check_init(self) -> "TrainConfig":
+    def _check_init(self) -> TrainConfig:
         if self.init == "pretrained" and not self.pretrained:
             raise ValueError("pretrained: required when init is pretrained (a hub id or a local diffusers folder)")
         if self.trainable != "all" and self.init != "pretrained":
             raise ValueError(f"trainable: {self.trainable} fine-tunes a pretrained model; set init: pretrained")
         if self.trainable == "lora" and self.denoiser != "unet":
-            raise ValueError("trainable: lora needs denoiser: unet (diffusers' PixArt transformer takes no adapters); "
-                             "use all or cross_attention")
+            raise ValueError(
+                "trainable: lora needs denoiser: unet (diffusers' PixArt transformer takes no adapters); "
+                "use all or cross_attention"
+            )
         if self.warmup_steps > self.max_steps:
             raise ValueError(f"warmup_steps: {self.warmup_steps} is above max_steps {self.max_steps}")
         return self
 
 
 class EvaluateConfig(Section):
-    scheduler: Literal["dpm_solver_multistep", "ddim", "euler", "euler_ancestral", "pndm", "unipc"] = "dpm_solver_multistep"
+    scheduler: Literal["dpm_solver_multistep", "ddim", "euler", "euler_ancestral", "pndm", "unipc"] = (
+        "dpm_solver_multistep"
+    )
     num_samples: int = Field(64, ge=2)  # FID/KID need at least two samples
     num_inference_steps: int = Field(20, gt=0)
     guidance_scale: float = Field(5.0, ge=1)
@@ -368,7 +373,7 @@ class EvaluateConfig(Section):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _check_sweep(self) -> "EvaluateConfig":
+    def _check_sweep(self) -> EvaluateConfig:
         if any(scale < 1 for scale in self.guidance_sweep):
             raise ValueError(f"guidance_sweep: every scale must be >= 1 (1 = no guidance), got {self.guidance_sweep}")
         return self
@@ -395,8 +400,12 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{key}: unknown key"
     if kind == "missing":
         return f"{key}: required key is missing"
-    bounds = {"greater_than": "> {gt}", "greater_than_equal": ">= {ge}",
-              "less_than": "< {lt}", "less_than_equal": "<= {le}"}
+    bounds = {
+        "greater_than": "> {gt}",
+        "greater_than_equal": ">= {ge}",
+        "less_than": "< {lt}",
+        "less_than_equal": "<= {le}",
+    }
     if kind in bounds:
         limits = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in ctx.items()}
         return f"{key}: must be {bounds[kind].format(**limits)}, got {got!r}"
