@@ -199,6 +199,21 @@ MUTANTS = (
         "return True",
         (T + "test_encode.py::test_a_corrupt_or_truncated_shard_is_detected_and_encoded_again",),
     ),
+    # sdlab generate (README: the snippet and the command line draw the same image; bad numbers are errors)
+    Mutant(
+        "cli_default_sampler_differs_from_the_readme",
+        "src/sdlab/cli.py",
+        'DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_GUIDANCE = "dpm_solver_multistep", 20, 5.0',
+        'DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_GUIDANCE = "ddim", 20, 5.0',
+        (T + "test_evaluate.py::test_the_readme_snippet_and_the_command_line_draw_the_same_image",),
+    ),
+    Mutant(
+        "cli_accepts_zero_steps",
+        "src/sdlab/cli.py",
+        "    if args.steps < 1:",
+        "    if args.steps < 0:",
+        (T + "test_evaluate.py::test_bad_generate_options_are_one_line_errors_and_write_nothing",),
+    ),
     # One home for every value (issue 16)
     Mutant(
         "params_yaml_lacks_a_value_a_stage_reads",

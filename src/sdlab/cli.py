@@ -1,5 +1,9 @@
 """`sdlab` command line: `sdlab generate` samples images from a trained pipeline folder
-(SD-1.x layout or PixArt-alpha)."""
+(SD-1.x layout or PixArt-alpha).
+
+The defaults are the evaluate stage's (`evaluate.scheduler`, `num_inference_steps`,
+`guidance_scale` in params.yaml), so `sdlab generate` draws what report.html shows for the
+same prompt and seed; README's Python snippet spells out the same settings."""
 
 from __future__ import annotations
 
@@ -9,16 +13,50 @@ from pathlib import Path
 
 from PIL import Image
 
+from sdlab.sampling import SCHEDULERS
+
+DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_GUIDANCE = "dpm_solver_multistep", 20, 5.0
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+
+
+def _fail(message: str) -> int:
+    print(f"sdlab generate: error: {message}", file=sys.stderr)
+    return 2
+
 
 def _generate(args: argparse.Namespace) -> int:
-    from sdlab.models.pipeline import load_pipeline
-    from sdlab.sampling import generate
+    if args.steps < 1:
+        return _fail(f"--steps must be at least 1, got {args.steps}")
+    if args.num_images < 1:
+        return _fail(f"--num-images must be at least 1, got {args.num_images}")
+    if args.guidance < 0:
+        return _fail(
+            f"--guidance must be 0 or more (1 or less turns classifier-free guidance off), got {args.guidance}"
+        )
+    if Path(args.out).suffix.lower() not in IMAGE_SUFFIXES:
+        return _fail(f"--out {args.out}: name an image file ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if not (Path(args.model) / "model_index.json").is_file():
+        hint = (
+            " (run `dvc repro` to train one, or `dvc checkout models/pipeline` to restore it)"
+            if (Path(args.model).resolve() == Path("models/pipeline").resolve())
+            else ""
+        )
+        return _fail(f"--model {args.model}: not a diffusers pipeline folder (no model_index.json){hint}")
 
+    import torch
+
+    from sdlab.models.pipeline import load_pipeline
+    from sdlab.sampling import generate, use_scheduler
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return _fail(f"--device {device}: no CUDA device is visible")
     try:
-        pipeline = load_pipeline(args.model)
+        pipeline = load_pipeline(args.model, device=device)
     except (FileNotFoundError, OSError, ValueError) as exc:
         print(f"sdlab generate: cannot load {args.model}: {exc}", file=sys.stderr)
         return 1
+    use_scheduler(pipeline, args.scheduler)
     pipeline.set_progress_bar_config(disable=False, desc="denoise")  # one bar over the sampling steps
     seeds = [args.seed + i for i in range(args.num_images)]
     images = generate(
@@ -43,15 +81,23 @@ def _generate(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdlab")
     commands = parser.add_subparsers(dest="command", required=True)
-    gen = commands.add_parser("generate", help="sample images from a diffusers pipeline folder")
-    gen.add_argument("--model", default="models/pipeline")
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--negative-prompt", default=None)
-    gen.add_argument("--steps", type=int, default=20)
-    gen.add_argument("--guidance", type=float, default=5.0)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--num-images", type=int, default=1)
-    gen.add_argument("--out", default="out.png")
+    gen = commands.add_parser(
+        "generate",
+        help="sample images from a diffusers pipeline folder",
+        description="Sample images from a trained pipeline folder. Each seed fixes its image: the same "
+        "model, prompt, seed, scheduler, steps and guidance give the same pixels.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    gen.add_argument("--model", default="models/pipeline", help="the pipeline folder the train stage exported")
+    gen.add_argument("--prompt", required=True, help="what to draw (the caption form the model was trained on)")
+    gen.add_argument("--negative-prompt", default=None, help="what to steer away from (default: the empty prompt)")
+    gen.add_argument("--scheduler", default=DEFAULT_SCHEDULER, choices=sorted(SCHEDULERS), help="sampler")
+    gen.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="denoising steps")
+    gen.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="classifier-free guidance scale")
+    gen.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
+    gen.add_argument("--num-images", type=int, default=1, help="images to draw (OUT-0.png, OUT-1.png, ... when > 1)")
+    gen.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when visible, else cpu)")
+    gen.add_argument("--out", default="out.png", help="image file to write")
     gen.set_defaults(run=_generate)
     return parser
 

@@ -10,7 +10,7 @@ import torch
 from sdlab.config import ConfigError
 from sdlab.data.records import DataError
 from sdlab.diffusion import denoising_loss
-from sdlab.sampling import generate
+from sdlab.sampling import SCHEDULERS, generate, use_scheduler  # noqa: F401 (re-exported)
 
 
 def timestep_grid(num_train_timesteps: int, count: int) -> list[int]:
@@ -90,23 +90,6 @@ def heldout_latents(
     if not means:
         raise DataError("the val split is empty (raise dedupe.val_fraction)")
     return torch.cat(means), torch.cat(hidden), torch.cat(masks) if masked else None
-
-
-SCHEDULERS = {
-    "dpm_solver_multistep": "DPMSolverMultistepScheduler",
-    "ddim": "DDIMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler_ancestral": "EulerAncestralDiscreteScheduler",
-    "pndm": "PNDMScheduler",
-    "unipc": "UniPCMultistepScheduler",
-}
-
-
-def use_scheduler(pipeline, name: str) -> None:
-    """Swap the pipeline's sampler for `name`, keeping the trained noise schedule."""
-    import diffusers
-
-    pipeline.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(pipeline.scheduler.config)
 
 
 def to_uint8_nchw(images: np.ndarray) -> torch.Tensor:

@@ -7,6 +7,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+# `evaluate.scheduler` / `sdlab generate --scheduler` -> diffusers class; each keeps the trained noise schedule
+SCHEDULERS = {
+    "dpm_solver_multistep": "DPMSolverMultistepScheduler",
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_ancestral": "EulerAncestralDiscreteScheduler",
+    "pndm": "PNDMScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}
+
+
+def use_scheduler(pipeline, name: str) -> None:
+    """Swap the pipeline's sampler for `name`, keeping the trained noise schedule."""
+    import diffusers
+
+    pipeline.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(pipeline.scheduler.config)
+
 
 def generate(
     pipeline,
