@@ -193,6 +193,13 @@ MUTANTS = (
         (T + "test_encode.py::test_worker_count_never_reaches_the_bytes_even_with_random_draws_and_flips",),
     ),
     Mutant(
+        "encode_redoes_finished_shards",
+        "src/sdlab/encode.py",
+        "        if not is_complete(latent_path(out, job.stem), fingerprint, shape=spec.latent_shape):",
+        "        if True:",
+        (T + "test_encode.py::test_kill_mid_shard_then_rerun_is_bit_exact_and_skips_finished_shards",),
+    ),
+    Mutant(
         "stored_checksum_never_verified",
         "src/sdlab/latents.py",
         'return tensors_sha256(load_file(str(path))) == header.get("sha256")',

@@ -304,7 +304,7 @@ class TrainConfig(Section):
     batch_size: int = Field(128, gt=0)  # per process and micro-step; global = x num_processes x accumulation
     shuffle_shards: int = Field(4, gt=0)  # latent shards read and shuffled together (the shuffle window)
     gradient_accumulation_steps: int = Field(1, gt=0)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-2, ge=0)
     warmup_steps: int = Field(100, ge=0)
     lr_schedule: Literal["cosine", "constant_with_warmup", "linear"] = "cosine"
@@ -314,7 +314,7 @@ class TrainConfig(Section):
     max_grad_norm: float = Field(1.0, gt=0)
     caption_dropout: float = Field(0.1, ge=0, lt=1)
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
-    snr_gamma: float | None = Field(None, gt=0)  # min-SNR-gamma loss weighting; 5 is the paper's choice
+    snr_gamma: float | None = Field(5.0, gt=0)  # min-SNR-gamma loss weighting; 5 is the paper's choice
     noise_offset: float = Field(0.0, ge=0)  # offset noise; ~0.05-0.1 helps very dark/bright images
     num_train_timesteps: int = Field(1000, gt=0)
     beta_schedule: Literal["scaled_linear", "linear", "squaredcos_cap_v2"] = "scaled_linear"
