@@ -38,6 +38,19 @@ def copy_repo(params: Path, work: Path) -> None:
         subprocess.run(["git", *command], cwd=work, check=True)
 
 
+def run_dvc_repro(work: Path, log_name: str) -> tuple[str, float]:
+    """`dvc repro` in `work` with this venv's python and `work/src` first on the path; returns
+    (its output, seconds). The output goes to `work/log_name`; a failure exits naming it."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", PYTHONPATH=str(work / "src"))
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=work, env=env, capture_output=True, text=True)
+    total = time.perf_counter() - started
+    (work / log_name).write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        sys.exit(f"dvc repro failed, see {work / log_name}")
+    return result.stdout + result.stderr, total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default=str(REPO / "params.yaml"))
@@ -46,14 +59,8 @@ def main() -> None:
     work = Path(args.keep or tempfile.mkdtemp(prefix="sdlab-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     copy_repo(Path(args.params), work)
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", PYTHONPATH=str(work / "src"))
-    started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=work, env=env, capture_output=True, text=True)
-    total = time.perf_counter() - started
-    (work / "repro.log").write_text(result.stdout + result.stderr)
-    if result.returncode != 0:
-        sys.exit(f"dvc repro failed, see {work / 'repro.log'}")
-    stage_times = {name: float(seconds) for name, seconds in DONE.findall(result.stdout + result.stderr)}
+    output, total = run_dvc_repro(work, "repro.log")
+    stage_times = {name: float(seconds) for name, seconds in DONE.findall(output)}
     metrics = json.loads((work / "reports/evaluate/metrics.json").read_text())
     live = json.loads((work / "reports/train/live/metrics.json").read_text())
     vae = json.loads((work / "reports/vae/stats.json").read_text())

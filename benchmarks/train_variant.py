@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from repro_default import DONE  # noqa: E402
+from repro_default import DONE, run_dvc_repro  # noqa: E402
 
 
 def set_values(params: dict, assignments: list[str]) -> dict:
@@ -53,15 +50,9 @@ def main() -> None:
         run = args.copy
     params = set_values(yaml.safe_load((run / "params.yaml").read_text()), args.set)
     (run / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", PYTHONPATH=str(run / "src"))
-    started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=run, env=env, capture_output=True, text=True)
-    total = time.perf_counter() - started
-    (run / "repro-variant.log").write_text(result.stdout + result.stderr)
-    if result.returncode != 0:
-        sys.exit(f"dvc repro failed, see {run / 'repro-variant.log'}")
+    output, total = run_dvc_repro(run, "repro-variant.log")
     print(f"{run} with {' '.join(args.set) or 'nothing changed'}\n\n| stage | wall time (s) |\n|---|---|")
-    for name, seconds in DONE.findall(result.stdout + result.stderr):
+    for name, seconds in DONE.findall(output):
         print(f"| {name} | {float(seconds):.1f} |")
     print(f"| **total** | **{total:.1f}** |\n")
     metrics = json.loads((run / "reports/evaluate/metrics.json").read_text())

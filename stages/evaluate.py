@@ -14,7 +14,6 @@ from sdlab.evaluate import (
     attribute_rows,
     clip_score,
     fid_kid,
-    generate,
     guidance_sweep,
     heldout_latents,
     heldout_loss,
@@ -22,11 +21,11 @@ from sdlab.evaluate import (
     judge_samples,
     overview_lines,
     timestep_grid,
-    use_scheduler,
 )
 from sdlab.io import first_rows, write_json
 from sdlab.models.pipeline import denoiser_of, load_pipeline
 from sdlab.reports import Overview, read_curve, report_html, sample_grid
+from sdlab.sampling import generate, use_scheduler
 from sdlab.stage import parse_args, stage
 
 

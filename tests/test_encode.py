@@ -254,27 +254,11 @@ def test_read_rows_returns_the_rows_of_one_split(dataset, tmp_path):
 
 
 def test_pretrained_clip_text_encoder_loads_from_a_local_folder(tmp_path):
-    from transformers import CLIPConfig, CLIPModel, CLIPTextModel
+    from support.tiny_clip import tiny_clip_config
+    from transformers import CLIPModel, CLIPTextModel
 
     tokenizer, _ = load_text_encoder(None, 77)
-    config = CLIPConfig(
-        text_config=dict(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=16,
-        ),
-    )
+    config = tiny_clip_config(tokenizer)
     CLIPModel(config).save_pretrained(tmp_path / "repo" / "text_encoder")
     tokenizer.save_pretrained(tmp_path / "repo" / "tokenizer")
     loaded_tokenizer, model = load_text_encoder(

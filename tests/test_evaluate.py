@@ -1,11 +1,11 @@
 import hashlib
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from PIL import Image
 
 from sdlab.config import TrainConfig, UnetConfig, VaeConfig
@@ -65,7 +65,7 @@ def test_same_seed_same_image_other_seed_other_image(tiny_pipeline_dir):
 def test_scheduler_is_a_param_and_keeps_the_noise_schedule(tiny_pipeline_dir):
     from diffusers import DDIMScheduler
 
-    from sdlab.evaluate import use_scheduler
+    from sdlab.sampling import use_scheduler
 
     pipeline = load_pipeline(tiny_pipeline_dir)
     betas = pipeline.scheduler.betas.clone()
@@ -169,7 +169,7 @@ def test_the_readme_snippet_and_the_command_line_draw_the_same_image(tiny_pipeli
     with its defaults: the same pixels for the same prompt and seed."""
     import re
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     snippet = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
     assert "models/pipeline" in snippet and "out.png" in snippet
     snippet = snippet.replace("models/pipeline", str(tiny_pipeline_dir)).replace("out.png", str(tmp_path / "py.png"))
@@ -211,35 +211,13 @@ def test_sample_grid_has_one_cell_per_image():
 
 
 def test_clip_score_matches_the_models_own_similarity_and_reads_each_prompt(tmp_path):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+    from support.tiny_clip import tiny_clip_config
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     from sdlab.evaluate import clip_score
 
     tokenizer, _ = load_text_encoder(None, 77)
-    # CLIP pools the text at the end-of-text id: make it the tokenizer's own [SEP], so each
-    # prompt pools its last position (with CLIP's causal mask, the one that has read it all).
-    config = CLIPConfig(
-        text_config=dict(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            eos_token_id=tokenizer.sep_token_id,
-            bos_token_id=tokenizer.cls_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=16,
-        ),
-        projection_dim=16,
-    )
+    config = tiny_clip_config(tokenizer)
     torch.manual_seed(0)
     model = CLIPModel(config).eval()
     model.save_pretrained(tmp_path / "clip")

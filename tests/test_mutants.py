@@ -221,6 +221,20 @@ MUTANTS = (
         "    if args.steps < 0:",
         (T + "test_evaluate.py::test_bad_generate_options_are_one_line_errors_and_write_nothing",),
     ),
+    Mutant(
+        "cli_help_without_defaults",
+        "src/sdlab/cli.py",
+        "formatter_class=argparse.ArgumentDefaultsHelpFormatter,",
+        "formatter_class=argparse.HelpFormatter,",
+        (T + "test_evaluate.py::test_generate_help_describes_every_option_with_its_default",),
+    ),
+    Mutant(
+        "cli_missing_pipeline_without_a_hint",
+        "src/sdlab/cli.py",
+        '        if Path(args.model).resolve() == Path("models/pipeline").resolve():',
+        "        if False:",
+        (T + "test_evaluate.py::test_generate_command_names_a_folder_that_is_not_a_pipeline",),
+    ),
     # One home for every value (issue 16)
     Mutant(
         "params_yaml_lacks_a_value_a_stage_reads",

@@ -13,6 +13,23 @@ def write_records(path, rows):
     return str(path)
 
 
+def run_download(records, tmp_path):
+    """The download stage on `records` with the tiny profile, outputs under `tmp_path`."""
+    return run_stage(
+        "download.py",
+        "--params",
+        str(REPO / "configs" / "tiny.yaml"),
+        "--records",
+        records,
+        "--out",
+        str(tmp_path / "images"),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--report",
+        str(tmp_path / "report"),
+    )
+
+
 def test_empty_dataset_after_filtering_is_a_clear_error_with_the_counts(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("filter:\n  blocklist: [blob]\n")
@@ -65,19 +82,7 @@ def test_corrupt_image_is_counted_and_the_rest_are_packed(tmp_path):
             },
         ],
     )
-    result = run_stage(
-        "download.py",
-        "--params",
-        str(REPO / "configs" / "tiny.yaml"),
-        "--records",
-        records,
-        "--out",
-        str(tmp_path / "images"),
-        "--cache",
-        str(tmp_path / "cache"),
-        "--report",
-        str(tmp_path / "report"),
-    )
+    result = run_download(records, tmp_path)
     assert result.returncode == 0, result.stderr
     stats = json.loads((tmp_path / "report" / "stats.json").read_text())
     assert stats["ok"] == 1 and stats["failed_by_reason"] == {"decode_error": 1}
@@ -94,19 +99,7 @@ def test_all_images_unusable_is_a_clear_error(tmp_path):
         tmp_path / "records.parquet",
         [{"key": "bad", "source": "folder", "url": "", "path": str(tmp_path / "bad.png"), "title": "b", "caption": ""}],
     )
-    result = run_stage(
-        "download.py",
-        "--params",
-        str(REPO / "configs" / "tiny.yaml"),
-        "--records",
-        records,
-        "--out",
-        str(tmp_path / "images"),
-        "--cache",
-        str(tmp_path / "cache"),
-        "--report",
-        str(tmp_path / "report"),
-    )
+    result = run_download(records, tmp_path)
     assert result.returncode == 1
     assert "no image could be used: {'decode_error': 1}" in result.stderr and "Traceback" not in result.stderr
 

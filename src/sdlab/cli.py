@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from sdlab.sampling import SCHEDULERS
+from sdlab.config import SCHEDULERS  # light: --help does not import torch
 
 DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_GUIDANCE = "dpm_solver_multistep", 20, 5.0
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
@@ -36,11 +36,9 @@ def _generate(args: argparse.Namespace) -> int:
     if Path(args.out).suffix.lower() not in IMAGE_SUFFIXES:
         return _fail(f"--out {args.out}: name an image file ({', '.join(sorted(IMAGE_SUFFIXES))})")
     if not (Path(args.model) / "model_index.json").is_file():
-        hint = (
-            " (run `dvc repro` to train one, or `dvc checkout models/pipeline` to restore it)"
-            if (Path(args.model).resolve() == Path("models/pipeline").resolve())
-            else ""
-        )
+        hint = ""
+        if Path(args.model).resolve() == Path("models/pipeline").resolve():
+            hint = " (run `dvc repro` to train one, or `dvc checkout models/pipeline` to restore it)"
         return _fail(f"--model {args.model}: not a diffusers pipeline folder (no model_index.json){hint}")
 
     import torch

@@ -15,6 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from sdlab.prompts import DEFAULT_PROMPT
 
+# `evaluate.scheduler` / `sdlab generate --scheduler` -> diffusers class; each keeps the trained noise schedule
+SCHEDULERS = {
+    "dpm_solver_multistep": "DPMSolverMultistepScheduler",
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_ancestral": "EulerAncestralDiscreteScheduler",
+    "pndm": "PNDMScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}
+
 
 class ConfigError(ValueError):
     """params.yaml is unreadable or does not match the schema."""
@@ -353,9 +363,7 @@ class TrainConfig(Section):
 
 
 class EvaluateConfig(Section):
-    scheduler: Literal["dpm_solver_multistep", "ddim", "euler", "euler_ancestral", "pndm", "unipc"] = (
-        "dpm_solver_multistep"
-    )
+    scheduler: Literal[tuple(SCHEDULERS)] = "dpm_solver_multistep"
     num_samples: int = Field(64, ge=2)  # FID/KID need at least two samples
     num_inference_steps: int = Field(20, gt=0)
     guidance_scale: float = Field(5.0, ge=1)

@@ -10,7 +10,7 @@ import torch
 from sdlab.config import ConfigError
 from sdlab.data.records import DataError
 from sdlab.diffusion import denoising_loss
-from sdlab.sampling import SCHEDULERS, generate, use_scheduler  # noqa: F401 (re-exported)
+from sdlab.sampling import generate
 
 
 def timestep_grid(num_train_timesteps: int, count: int) -> list[int]:

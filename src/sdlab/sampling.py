@@ -7,15 +7,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-# `evaluate.scheduler` / `sdlab generate --scheduler` -> diffusers class; each keeps the trained noise schedule
-SCHEDULERS = {
-    "dpm_solver_multistep": "DPMSolverMultistepScheduler",
-    "ddim": "DDIMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler_ancestral": "EulerAncestralDiscreteScheduler",
-    "pndm": "PNDMScheduler",
-    "unipc": "UniPCMultistepScheduler",
-}
+from sdlab.config import SCHEDULERS
 
 
 def use_scheduler(pipeline, name: str) -> None:
