@@ -9,12 +9,12 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 
 install: $(STAMP) browser
 
-# Debian packages, as root: Chromium + its driver (scraping, report.html in the tests) and
-# the Noto Color Emoji font (the `noto` source).
-SYSTEM_FILES := /usr/bin/chromium /usr/bin/chromedriver /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
+# Debian packages, as root: Chromium + its driver (scraping, report.html in the tests), the
+# Noto Color Emoji font (the `noto` source) and Java (Spark's JVM: `download.distributor: pyspark`).
+SYSTEM_FILES := /usr/bin/chromium /usr/bin/chromedriver /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf /usr/bin/java
 browser:
 	@ls $(SYSTEM_FILES) >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-noto-color-emoji >/dev/null; }
+		apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-noto-color-emoji default-jre-headless >/dev/null; }
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

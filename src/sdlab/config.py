@@ -177,6 +177,8 @@ class DownloadConfig(Section):
     timeout_s: float = Field(10.0, gt=0)
     retries: int = Field(2, ge=0)
     distributor: Literal["multiprocessing", "pyspark", "ray"] = "multiprocessing"
+    # where pyspark/ray run (sdlab.data.engines): a Spark master URL or a Ray address; null: this machine
+    cluster: str | None = None
     user_agent_token: str | None = None  # honours X-Robots-Tag noai for this token (and for all)
     # hostile URLs: only public addresses are fetched (checked per redirect hop, at most 5 hops);
     # true lets loopback/private hosts through (tests' local servers), a list of CIDRs only those
@@ -187,6 +189,8 @@ class DownloadConfig(Section):
     @model_validator(mode="after")
     def _check_networks(self) -> DownloadConfig:
         check_networks(self.allow_private_networks)
+        if self.cluster is not None and self.distributor == "multiprocessing":
+            raise ValueError(f"cluster: {self.cluster!r} needs distributor pyspark or ray, not multiprocessing")
         return self
 
 

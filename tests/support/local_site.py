@@ -38,10 +38,16 @@ class LocalSite:
     """`with LocalSite(routes) as site:` serves `routes` (path with query -> Response) at `site.url`.
     `host` is any loopback address (127.0.0.2 for a second, separately allowed host)."""
 
-    def __init__(self, routes: dict[str, Response] | None = None, latency_s: float = 0.0, host: str = "127.0.0.1"):
+    def __init__(
+        self,
+        routes: dict[str, Response] | None = None,
+        latency_s: float = 0.0,
+        host: str = "127.0.0.1",
+        port: int = 0,  # 0: any free port
+    ):
         self.routes: dict[str, Response] = dict(routes or {})
         self.latency_s = latency_s
-        self.host = host
+        self.host, self.port = host, port
         self.requests: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -118,7 +124,7 @@ class LocalSite:
             request_queue_size = 1024  # the default backlog of 5 drops bursts of connections
             daemon_threads = True
 
-        self._server = Server((self.host, 0), Handler)
+        self._server = Server((self.host, self.port), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 

@@ -1,6 +1,6 @@
 """Fetch http(s) images with img2dataset into a cache keyed by URL, and map results onto our index.
 
-img2dataset downloads (threads x processes, or a pyspark/ray cluster), honours
+img2dataset downloads (threads x processes, or a Spark session / Ray cluster: `engines`), honours
 X-Robots-Tag, and hashes the original bytes (md5). It keeps the *original* bytes here (no
 re-encoding), in batches under `cache_dir/batches/<id>/`: one tar + one parquet (every URL
 with `status`/`error_message`) + one `_stats.json` per shard. A batch holds only URLs no
@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from sdlab.config import DownloadConfig
+from sdlab.data.engines import engine
 from sdlab.data.images import ImageRejected, prepare_image
 from sdlab.data.records import DataError
 from sdlab.data.shards import read_shard, shard_name, write_shard
@@ -148,22 +149,32 @@ def cached_results(cache_dir: Path) -> pa.Table:
 
 def fetch(records: pa.Table, cfg: DownloadConfig, cache_dir: Path) -> pa.Table:
     """Fetch the URLs of `records` that no finished batch holds (resuming an unfinished batch
-    first); return the cached result of every URL."""
-    for batch in sorted((cache_dir / "batches").glob("*")) if (cache_dir / "batches").is_dir() else []:
-        if (batch / "batch.json").exists() and not batch_complete(batch):  # a killed run's batch: finish it
-            run_img2dataset(batch / "urls.parquet", batch / "shards", cfg)
+    first) on the engine `cfg` names; return the cached result of every URL."""
+    batches = cache_dir / "batches"
+    unfinished = [b for b in sorted(batches.glob("*")) if (b / "batch.json").exists() and not batch_complete(b)]
     known = cached_results(cache_dir)
+    pending = pa.concat_arrays(
+        [known["url"].combine_chunks().cast(pa.string())]
+        + [pq.read_table(b / "urls.parquet")["url"].combine_chunks().cast(pa.string()) for b in unfinished]
+    )
     wanted = pc.unique(records["url"].combine_chunks())
-    new = pc.filter(wanted, pc.invert(pc.is_in(wanted, known["url"]))).to_pylist()
+    new = pc.filter(wanted, pc.invert(pc.is_in(wanted, pending))).to_pylist()
     if new:
-        batch = cache_dir / "batches" / batch_id(new)
+        batch = batches / batch_id(new)
         write_table(batch / "urls.parquet", pa.table({"url": new}))
         (batch / "batch.json").write_text(json.dumps({"shard_size": cfg.shard_size, "urls": len(new)}))
-        run_img2dataset(batch / "urls.parquet", batch / "shards", cfg)
-        if not batch_complete(batch):
-            raise DataError(f"download: img2dataset did not finish {batch}; rerun the stage to fetch the rest")
-        known = cached_results(cache_dir)
-    return known
+        unfinished.append(batch)
+    if not unfinished:
+        return known
+    with engine(cfg):  # one Spark session / Ray connection for every batch
+        for batch in unfinished:  # a killed run's batch first: img2dataset fetches only its missing shards
+            for _ in range(2):  # a second pass for shards that failed (ray's distributor never retries)
+                run_img2dataset(batch / "urls.parquet", batch / "shards", cfg)
+                if batch_complete(batch):
+                    break
+            else:
+                raise DataError(f"download: img2dataset did not finish {batch}; rerun the stage to fetch the rest")
+    return cached_results(cache_dir)
 
 
 def _prepare_cached(data: bytes, cfg: DownloadConfig) -> object:

@@ -70,6 +70,8 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
             image.load()
     except ImageRejected:
         raise
+    except Image.UnidentifiedImageError:  # its message names the buffer's address: not reproducible
+        raise ImageRejected("decode_error", "UnidentifiedImageError: not an image PIL can open") from None
     except Exception as exc:  # PIL raises many types for bad bytes; each becomes a reason
         raise ImageRejected("decode_error", f"{type(exc).__name__}: {exc}") from None
     return image
