@@ -258,6 +258,20 @@ MUTANTS = (
         "",
         (T + "test_dvc_deps.py::test_every_stage_depends_on_everything_its_entry_point_imports",),
     ),
+    Mutant(
+        "spark_cluster_ignored",
+        "src/sdlab/data/engines.py",
+        '.master(master or f"local[{processes}]")',
+        '.master(f"local[{processes}]")',
+        (T + "test_engines.py::test_a_cluster_engine_downloads_what_multiprocessing_does[pyspark-started-cluster]",),
+    ),
+    Mutant(
+        "every_machine_exports",
+        "stages/train.py",
+        "    if main_process:\n        (live_dir",
+        "    if accelerator.is_local_main_process:\n        (live_dir",
+        (T + "test_train_scale.py::test_two_machines_train_as_one_machine_of_two_and_resume_after_a_kill",),
+    ),
 )
 
 

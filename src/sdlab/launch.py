@@ -2,8 +2,9 @@
 
 The DVC command stays `python stages/train.py ...`; with `train.num_processes > 1` or an
 `train.accelerate_config` file, the stage re-runs itself through `accelerate launch`
-(DDP: NCCL on GPUs, gloo on CPUs; several nodes through the config file) and exits with
-its status. The launched processes see `SDLAB_LAUNCHED=1` and do not launch again.
+(DDP: NCCL on GPUs, gloo on CPUs; several machines through the config file, each started
+with `NODE_RANK` = its machine rank, as for `encode`) and exits with its status. The
+launched processes see `SDLAB_LAUNCHED=1` and do not launch again.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def launch_command(cfg: TrainConfig, script: str, argv: list[str], cuda: bool) -
     command = [sys.executable, "-m", "accelerate.commands.launch"]
     if cfg.accelerate_config:
         command += ["--config_file", cfg.accelerate_config]
+        if os.environ.get("NODE_RANK"):  # one config file for every machine; each says which one it is
+            command += ["--machine_rank", os.environ["NODE_RANK"]]
     else:
         command += [
             "--num_processes",
