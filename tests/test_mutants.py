@@ -259,6 +259,13 @@ MUTANTS = (
         (T + "test_dvc_deps.py::test_every_stage_depends_on_everything_its_entry_point_imports",),
     ),
     Mutant(
+        "unfinished_batch_fetched_again_as_new",
+        "src/sdlab/data/fetch.py",
+        "pc.is_in(wanted, pending)",
+        'pc.is_in(wanted, known["url"])',
+        (T + "test_fetch.py::test_killed_download_resumes_without_fetching_finished_shards_again",),
+    ),
+    Mutant(
         "spark_cluster_ignored",
         "src/sdlab/data/engines.py",
         '.master(master or f"local[{processes}]")',
