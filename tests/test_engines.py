@@ -4,7 +4,8 @@ multiprocessing gives, row for row and byte for byte (issue 17).
 Each run is `tests/support/sealed_download.py` in a network namespace of its own (`unshare --net`):
 a JVM or Ray's C++ servers are out of reach of the tests' Python socket guard (and Ray's core
 looks for 8.8.8.8:53 at every start), so the namespace, which has loopback alone, is what keeps
-their packets on this machine. `pytest -m engines` runs these alone.
+their packets on this machine. `pytest -m scale_out` runs these (and the 2-machine training
+test) alone.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from sdlab.config import DownloadConfig
 from sdlab.data.shards import read_shard
 from sdlab.io import read_table
 
-pytestmark = pytest.mark.engines
+pytestmark = pytest.mark.scale_out
 SCRIPT = REPO / "tests" / "support" / "sealed_download.py"
 # Ray's head (its dashboard process, which runs even without the dashboard) asks the cloud metadata
 # servers which cloud it is on at every start, and a `ray start` cluster with usage stats off tells
@@ -45,11 +46,11 @@ def reference(tmp_path_factory) -> Path:
 
 
 def shard_contents(out: Path) -> dict[str, dict]:
-    return {path.name: read_shard(path) for path in sorted((out / "shards").glob("*.tar"))}
+    return {path.name: read_shard(path) for path in sorted((out / "images" / "shards").glob("*.tar"))}
 
 
 def test_the_reference_run_fetches_every_url_once_and_keeps_each_reason(reference):
-    index = read_table(reference / "index.parquet")
+    index = read_table(reference / "images" / "index.parquet")
     reasons = dict(zip(index["title"].to_pylist(), index["reason"].to_pylist(), strict=True))
     assert reasons == {
         **{f"/e{i}.png": "" for i in range(18)},
@@ -67,7 +68,7 @@ def test_the_reference_run_fetches_every_url_once_and_keeps_each_reason(referenc
 def test_a_cluster_engine_downloads_what_multiprocessing_does(reference, tmp_path, distributor, started, netguard):
     out = sealed_download(tmp_path / distributor, distributor, started)
     # the same index: rows, order, statuses, reasons, md5 of the prepared images, shard of each row
-    assert read_table(out / "index.parquet").equals(read_table(reference / "index.parquet"))
+    assert read_table(out / "images" / "index.parquet").equals(read_table(reference / "images" / "index.parquet"))
     assert shard_contents(out) == shard_contents(reference)  # the same image bytes in the same shards
     requests = json.loads((out / "requests.json").read_text())
     assert requests == json.loads((reference / "requests.json").read_text())  # each URL fetched once
@@ -77,8 +78,9 @@ def test_a_cluster_engine_downloads_what_multiprocessing_does(reference, tmp_pat
         assert host.is_loopback, f"{distributor} listened on {address}"
     probes = {attempt["target"] for attempt in netguard.attempts()}
     assert probes <= (RAY_OWN_PROBES if distributor == "ray" else set()), probes
-    if distributor == "pyspark" and started:  # the stage's session ran on the standalone cluster's worker
-        assert "Asked to launch executor" in (out / "worker.log").read_text()
+    if distributor == "pyspark" and started:  # the stage's session ran on the standalone cluster's workers
+        for worker in ("worker0", "worker1"):
+            assert "Asked to launch executor" in (out / f"{worker}.log").read_text(), worker
 
 
 def test_cluster_needs_a_cluster_engine():

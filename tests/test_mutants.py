@@ -173,7 +173,7 @@ MUTANTS = (
     Mutant(
         "fetch_cache_ignored",
         "src/sdlab/data/fetch.py",
-        'new = pc.filter(wanted, pc.invert(pc.is_in(wanted, pending))).to_pylist()',
+        "new = pc.filter(wanted, pc.invert(pc.is_in(wanted, pending))).to_pylist()",
         "new = wanted.to_pylist()",
         (T + "test_fetch.py::test_each_url_is_fetched_once_across_filter_changes_source_switches_and_image_px",),
     ),

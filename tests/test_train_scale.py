@@ -261,6 +261,7 @@ def finish(machines: list[subprocess.Popen], timeout_s: float = 600) -> list[int
     return codes
 
 
+@pytest.mark.scale_out
 def test_two_machines_train_as_one_machine_of_two_and_resume_after_a_kill(latents, tmp_path):
     reference = run_train(latents, tmp_path / "one-machine", max_steps=40, num_processes=2)
     shared = tmp_path / "shared" / "checkpoints"
@@ -268,7 +269,8 @@ def test_two_machines_train_as_one_machine_of_two_and_resume_after_a_kill(latent
     runs = [tmp_path / f"machine{rank}" for rank in (0, 1)]
     machines = [start_machine(latents, runs[rank], shared, config, rank, max_steps=40) for rank in (0, 1)]
     kill_when(machines[1], lambda: any(p.name == "step-0000020" for p in shared.glob("run-*/step-*")))
-    finish(machines[:1], timeout_s=180)  # machine 0 loses its peer: it fails (or is killed at the limit)
+    (code,) = finish(machines[:1], timeout_s=180)
+    assert code not in (0, None)  # machine 0 lost its peer: it failed on its own at the next collective
     assert not (runs[0] / "pipeline").exists()
 
     machines = [start_machine(latents, runs[rank], shared, config, rank, max_steps=40) for rank in (0, 1)]
