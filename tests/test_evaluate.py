@@ -115,6 +115,11 @@ def test_generate_command_writes_a_reproducible_png(tiny_pipeline_dir, tmp_path)
     assert result.returncode == 0, result.stderr
     first, second = (np.asarray(Image.open(tmp_path / f"many-{i}.png")) for i in (0, 1))
     assert not np.array_equal(first, second)  # seeds 0 and 1
+    for size, name in ((["--height", "16", "--width", "16"], "trained.png"), (["--height", "24"], "tall.png")):
+        result = subprocess.run(command + size + ["--out", str(tmp_path / name)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "trained.png")), a)  # the default is the trained size
+    assert np.asarray(Image.open(tmp_path / "tall.png")).shape == (24, 16, 3)
 
 
 def sdlab(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -138,6 +143,8 @@ def test_generate_command_names_a_folder_that_is_not_a_pipeline(tmp_path):
         (["--guidance", "-1"], "--guidance must be 0 or more"),
         (["--out", "picture.txt"], "--out picture.txt: name an image file"),
         (["--device", "cuda:7"], "--device cuda:7: no CUDA device is visible"),
+        (["--height", "17"], "--height 17: must be a positive multiple of 4 (trained at 16)"),
+        (["--width", "0"], "--width 0: must be a positive multiple of 4 (trained at 16)"),
     ],
 )
 def test_bad_generate_options_are_one_line_errors_and_write_nothing(tiny_pipeline_dir, tmp_path, args, message):
@@ -159,6 +166,8 @@ def test_generate_help_describes_every_option_with_its_default():
         ("--seed", "0"),
         ("--num-images", "1"),
         ("--out", "out.png"),
+        ("--height", "None"),
+        ("--width", "None"),
     ]:
         assert option in text and f"(default: {default})" in text, option
     assert "--device" in text and "--negative-prompt" in text

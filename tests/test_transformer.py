@@ -8,6 +8,7 @@ import torch
 from latent_fixtures import LossRecorder, write_latents
 from pydantic import ValidationError
 
+from sdlab.cli import size_rules
 from sdlab.config import ConfigError, TrainConfig, TransformerConfig, VaeConfig
 from sdlab.diffusion import make_noise_scheduler
 from sdlab.evaluate import generate, heldout_loss
@@ -107,6 +108,10 @@ def test_exported_folder_is_a_pixart_pipeline_that_diffusers_loads_and_samples(p
     a = generate(ours, PROMPTS, [0, 1], 3, 4.0, 2, progress=False)
     b = generate(ours, PROMPTS, [0, 1], 3, 4.0, 1, progress=False)
     assert a.shape == (2, 8, 8, 3) and (a == b).all()  # a seed fixes its image, whatever the batch
+    multiple, trained = size_rules(pipeline_dir)  # what `sdlab generate --height/--width` accepts
+    assert (multiple, trained) == (2 * ours.transformer.config.patch_size, 8)
+    tall = generate(ours, PROMPTS[:1], [0], 2, 4.0, 1, progress=False, height=2 * trained, width=trained)
+    assert tall.shape == (1, 16, 8, 3)
 
 
 def test_heldout_loss_of_the_loaded_pipeline_is_the_trained_models(pipeline_dir, text):

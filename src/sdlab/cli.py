@@ -8,6 +8,7 @@ same prompt and seed; README's Python snippet spells out the same settings."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -22,6 +23,21 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 def _fail(message: str) -> int:
     print(f"sdlab generate: error: {message}", file=sys.stderr)
     return 2
+
+
+def size_rules(model: Path) -> tuple[int, int]:
+    """(the multiple an image side must be, the side the model was trained at), from the pipeline
+    folder's configs: the VAE halves each side per level but the last, and so does the UNet
+    (PixArt's transformer cuts patches of `patch_size` latents instead)."""
+    read = lambda part: json.loads((model / part / "config.json").read_text())  # noqa: E731
+    vae_factor = 2 ** (len(read("vae")["block_out_channels"]) - 1)
+    if (model / "transformer").is_dir():
+        denoiser = read("transformer")
+        own = denoiser["patch_size"]
+    else:
+        denoiser = read("unet")
+        own = 2 ** (len(denoiser["block_out_channels"]) - 1)
+    return vae_factor * own, denoiser["sample_size"] * vae_factor
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -40,6 +56,12 @@ def _generate(args: argparse.Namespace) -> int:
         if Path(args.model).resolve() == Path("models/pipeline").resolve():
             hint = " (run `dvc repro` to train one, or `dvc checkout models/pipeline` to restore it)"
         return _fail(f"--model {args.model}: not a diffusers pipeline folder (no model_index.json){hint}")
+
+    multiple, trained = size_rules(Path(args.model))
+    for name in ("height", "width"):
+        value = getattr(args, name)
+        if value is not None and (value < 1 or value % multiple):
+            return _fail(f"--{name} {value}: must be a positive multiple of {multiple} (trained at {trained})")
 
     import torch
 
@@ -66,6 +88,8 @@ def _generate(args: argparse.Namespace) -> int:
         batch_size=args.num_images,
         negative_prompt=args.negative_prompt,
         progress=False,
+        height=args.height or trained,  # diffusers drops both when one is missing
+        width=args.width or trained,
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -94,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="classifier-free guidance scale")
     gen.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
     gen.add_argument("--num-images", type=int, default=1, help="images to draw (OUT-0.png, OUT-1.png, ... when > 1)")
+    gen.add_argument("--height", type=int, default=None, help="image height in pixels (default: the trained size)")
+    gen.add_argument("--width", type=int, default=None, help="image width in pixels (default: the trained size)")
     gen.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when visible, else cpu)")
     gen.add_argument("--out", default="out.png", help="image file to write")
     gen.set_defaults(run=_generate)

@@ -26,8 +26,11 @@ def generate(
     batch_size: int,
     negative_prompt: str | None = None,
     progress: bool = True,
+    height: int | None = None,
+    width: int | None = None,
 ) -> np.ndarray:
-    """uint8 (N, H, W, 3) images, one per (prompt, seed); each seed fixes its image."""
+    """uint8 (N, H, W, 3) images, one per (prompt, seed); each seed fixes its image. `height` /
+    `width` default to the size the model was trained at."""
     from sdlab.models.pipeline import call_kwargs
 
     extra = call_kwargs(pipeline)
@@ -45,6 +48,8 @@ def generate(
             guidance_scale=guidance,
             generator=generators,
             output_type="np",
+            height=height,
+            width=width,
             **extra,
         ).images
         images.append((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
