@@ -322,7 +322,7 @@ def test_cross_attention_mode_trains_only_attn2(latents, pretrained, tmp_path):
     assert any(".attn2." in name for name in changed)
 
 
-def test_lora_export_merges_and_the_saved_adapter_loads_with_load_lora_weights(latents, pretrained, tmp_path):
+def test_lora_export_merges_and_the_saved_adapters_load_with_load_lora_weights(latents, pretrained, tmp_path):
     from diffusers import StableDiffusionPipeline
 
     stats = run_train(
@@ -354,6 +354,20 @@ def test_lora_export_merges_and_the_saved_adapter_loads_with_load_lora_weights(l
     ).images
     assert np.abs(images["merged"] - images["base+lora"]).max() < 1e-3
     assert np.abs(images["merged"] - images["base"]).max() > 1e-3  # the adapter changed the model
+    # the kohya/A1111 file: its own key layout, the same adapter when diffusers loads it back
+    kohya = load_file(str(out / "lora" / "lora_kohya.safetensors"))
+    assert kohya and all(name.startswith("lora_unet_") for name in kohya)
+    assert {name.rsplit(".", 2)[-2] if name.endswith("weight") else "alpha" for name in kohya} == {
+        "lora_down",
+        "lora_up",
+        "alpha",
+    }
+    base.unload_lora_weights()
+    base.load_lora_weights(str(out / "lora"), weight_name="lora_kohya.safetensors")
+    images["base+kohya"] = base(
+        "a blob", num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
+    assert np.abs(images["merged"] - images["base+kohya"]).max() < 1e-3
 
 
 def test_a_pretrained_unet_that_does_not_fit_is_a_clear_error(latents, tmp_path):

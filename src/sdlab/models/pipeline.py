@@ -24,6 +24,7 @@ from sdlab.models.transformer import as_denoiser, plain_transformer
 
 log = logging.getLogger(__name__)
 LORA_FOLDER = "lora"
+KOHYA_LORA = "lora_kohya.safetensors"  # the same adapters, keys as kohya's sd-scripts name them
 
 
 def build_pipeline(model, vae: AutoencoderKL, tokenizer, text_encoder, noise_scheduler: DDPMScheduler):
@@ -50,26 +51,37 @@ def build_pipeline(model, vae: AutoencoderKL, tokenizer, text_encoder, noise_sch
 
 
 def export_pipeline(model, cfg: TrainConfig, vae: AutoencoderKL, tokenizer, text_encoder, out_dir: Path) -> None:
-    """The trained pipeline folder. LoRA runs (UNet) also keep their adapters as diffusers LoRA
-    weights in `out_dir/lora` (for `pipeline.load_lora_weights`) and ship the UNet with
-    them merged, so `from_pretrained(out_dir)` is the fine-tuned model in every mode."""
-    lora = None
+    """The trained pipeline folder. LoRA runs (UNet) also keep their adapters in `out_dir/lora`,
+    as diffusers LoRA weights (for `pipeline.load_lora_weights`) and in kohya's key layout
+    (`KOHYA_LORA`, the file AUTOMATIC1111 and ComfyUI load), and ship the UNet with them merged,
+    so `from_pretrained(out_dir)` is the fine-tuned model in every mode."""
+    lora = kohya = None
     if cfg.trainable == "lora":
-        from diffusers.utils import convert_state_dict_to_diffusers
+        from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
         from peft.utils import get_peft_model_state_dict
 
-        lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+        adapters = get_peft_model_state_dict(model)
+        lora = convert_state_dict_to_diffusers(adapters)
+        kohya = convert_state_dict_to_kohya({f"unet.{name}": tensor for name, tensor in adapters.items()})
         model.fuse_lora()  # merge the adapters into the base weights, then drop them
         model.unload_lora()
-    save_pipeline(build_pipeline(model, vae, tokenizer, text_encoder, make_noise_scheduler(cfg)), out_dir, lora)
+    pipeline = build_pipeline(model, vae, tokenizer, text_encoder, make_noise_scheduler(cfg))
+    save_pipeline(pipeline, out_dir, lora, kohya)
 
 
-def save_pipeline(pipeline: DiffusionPipeline, out_dir: Path, lora: dict | None = None) -> None:
+def save_pipeline(
+    pipeline: DiffusionPipeline, out_dir: Path, lora: dict | None = None, kohya: dict | None = None
+) -> None:
     """The pipeline folder (and LoRA weights in `lora/`), written atomically."""
     with atomic_dir(out_dir) as temp:
         pipeline.save_pretrained(temp)
         if lora is not None:
             StableDiffusionPipeline.save_lora_weights(temp / LORA_FOLDER, unet_lora_layers=lora)
+        if kohya is not None:
+            from safetensors.torch import save_file
+
+            tensors = {name: tensor.detach().contiguous() for name, tensor in kohya.items()}
+            save_file(tensors, str(temp / LORA_FOLDER / KOHYA_LORA), metadata={"ss_network_module": "networks.lora"})
 
 
 def load_pipeline(path: str | Path, device: str = "cpu") -> DiffusionPipeline:
