@@ -266,6 +266,20 @@ MUTANTS = (
         (T + "test_fetch.py::test_killed_download_resumes_without_fetching_finished_shards_again",),
     ),
     Mutant(
+        "kohya_lora_keys_without_their_prefix",
+        "src/sdlab/models/pipeline.py",
+        '{f"unet.{name}": tensor for name, tensor in adapters.items()}',
+        "dict(adapters)",
+        (T + "test_train_scale.py::test_lora_export_merges_and_the_saved_adapters_load_with_load_lora_weights",),
+    ),
+    Mutant(
+        "cli_height_ignored",
+        "src/sdlab/cli.py",
+        "height=args.height or trained,",
+        "height=trained,",
+        (T + "test_evaluate.py::test_generate_command_writes_a_reproducible_png",),
+    ),
+    Mutant(
         "spark_cluster_ignored",
         "src/sdlab/data/engines.py",
         '.master(master or f"local[{processes}]")',
