@@ -108,7 +108,7 @@ def main(args, params):
             unet_parameters=sum(p.numel() for p in unet.parameters()),
             trainable_parameters=sum(p.numel() for p in unet.parameters() if p.requires_grad),
         )
-        export_pipeline(unet, cfg, vae, tokenizer, text_encoder, Path(args.out))  # merges LoRA into unet
+        summary["single_file"] = export_pipeline(unet, cfg, vae, tokenizer, text_encoder, Path(args.out))
         write_json(Path(args.report) / "stats.json", summary)
         print(f"train: {summary}")
     accelerator.wait_for_everyone()

@@ -280,6 +280,13 @@ MUTANTS = (
         (T + "test_evaluate.py::test_generate_command_writes_a_reproducible_png",),
     ),
     Mutant(
+        "single_file_resnets_miscounted",
+        "src/sdlab/models/single_file.py",
+        'f"input_blocks.{(layers + 1) * i + j + 1}.0."',
+        'f"input_blocks.{layers * i + j + 1}.0."',
+        (T + "test_single_file.py::test_the_ldm_layout_is_what_diffusers_converts_back_to_the_same_weights",),
+    ),
+    Mutant(
         "spark_cluster_ignored",
         "src/sdlab/data/engines.py",
         '.master(master or f"local[{processes}]")',

@@ -20,11 +20,13 @@ from diffusers import (
 from sdlab.config import TrainConfig
 from sdlab.diffusion import make_noise_scheduler
 from sdlab.io import atomic_dir
+from sdlab.models.single_file import SingleFileUnsupported, pipeline_to_ldm
 from sdlab.models.transformer import as_denoiser, plain_transformer
 
 log = logging.getLogger(__name__)
 LORA_FOLDER = "lora"
 KOHYA_LORA = "lora_kohya.safetensors"  # the same adapters, keys as kohya's sd-scripts name them
+SINGLE_FILE = "sdlab.safetensors"  # the whole model in the original Stable Diffusion layout
 
 
 def build_pipeline(model, vae: AutoencoderKL, tokenizer, text_encoder, noise_scheduler: DDPMScheduler):
@@ -50,8 +52,9 @@ def build_pipeline(model, vae: AutoencoderKL, tokenizer, text_encoder, noise_sch
     )
 
 
-def export_pipeline(model, cfg: TrainConfig, vae: AutoencoderKL, tokenizer, text_encoder, out_dir: Path) -> None:
-    """The trained pipeline folder. LoRA runs (UNet) also keep their adapters in `out_dir/lora`,
+def export_pipeline(model, cfg: TrainConfig, vae: AutoencoderKL, tokenizer, text_encoder, out_dir: Path) -> str:
+    """The trained pipeline folder, with `SINGLE_FILE` when the components have a Stable Diffusion
+    layout (returns what happened to it, in words). LoRA runs (UNet) also keep their adapters in `out_dir/lora`,
     as diffusers LoRA weights (for `pipeline.load_lora_weights`) and in kohya's key layout
     (`KOHYA_LORA`, the file AUTOMATIC1111 and ComfyUI load), and ship the UNet with them merged,
     so `from_pretrained(out_dir)` is the fine-tuned model in every mode."""
@@ -66,15 +69,32 @@ def export_pipeline(model, cfg: TrainConfig, vae: AutoencoderKL, tokenizer, text
         model.fuse_lora()  # merge the adapters into the base weights, then drop them
         model.unload_lora()
     pipeline = build_pipeline(model, vae, tokenizer, text_encoder, make_noise_scheduler(cfg))
-    save_pipeline(pipeline, out_dir, lora, kohya)
+    return save_pipeline(pipeline, out_dir, lora, kohya, single_file=True)
 
 
 def save_pipeline(
-    pipeline: DiffusionPipeline, out_dir: Path, lora: dict | None = None, kohya: dict | None = None
-) -> None:
-    """The pipeline folder (and LoRA weights in `lora/`), written atomically."""
+    pipeline: DiffusionPipeline,
+    out_dir: Path,
+    lora: dict | None = None,
+    kohya: dict | None = None,
+    single_file: bool = False,
+) -> str:
+    """The pipeline folder (and LoRA weights in `lora/`), written atomically. With `single_file`,
+    also `SINGLE_FILE`, the Stable Diffusion checkpoint layout, when the components have one.
+    Returns what happened to the single file, in words."""
     with atomic_dir(out_dir) as temp:
         pipeline.save_pretrained(temp)
+        single = "not asked"
+        if single_file:
+            try:
+                ldm = pipeline_to_ldm(pipeline)
+            except SingleFileUnsupported as exc:
+                single = f"not written: {exc}"
+            else:
+                from safetensors.torch import save_file
+
+                save_file({k: v.detach().contiguous() for k, v in ldm.items()}, str(temp / SINGLE_FILE))
+                single = f"written: {SINGLE_FILE} ({len(ldm)} tensors, Stable Diffusion layout)"
         if lora is not None:
             StableDiffusionPipeline.save_lora_weights(temp / LORA_FOLDER, unet_lora_layers=lora)
         if kohya is not None:
@@ -82,6 +102,7 @@ def save_pipeline(
 
             tensors = {name: tensor.detach().contiguous() for name, tensor in kohya.items()}
             save_file(tensors, str(temp / LORA_FOLDER / KOHYA_LORA), metadata={"ss_network_module": "networks.lora"})
+    return single
 
 
 def load_pipeline(path: str | Path, device: str = "cpu") -> DiffusionPipeline:
