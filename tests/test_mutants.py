@@ -287,6 +287,13 @@ MUTANTS = (
         (T + "test_single_file.py::test_the_ldm_layout_is_what_diffusers_converts_back_to_the_same_weights",),
     ),
     Mutant(
+        "playground_ignores_the_scheduler",
+        "src/sdlab/serve.py",
+        'use_scheduler(self.pipeline, settings["scheduler"])',
+        'use_scheduler(self.pipeline, self.defaults["scheduler"])',
+        (T + "test_playground.py::test_the_page_draws_what_sdlab_generate_draws_with_the_command_it_shows",),
+    ),
+    Mutant(
         "spark_cluster_ignored",
         "src/sdlab/data/engines.py",
         '.master(master or f"local[{processes}]")',

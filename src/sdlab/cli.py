@@ -20,8 +20,8 @@ DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_GUIDANCE = "dpm_solver_multistep", 20,
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 
 
-def _fail(message: str) -> int:
-    print(f"sdlab generate: error: {message}", file=sys.stderr)
+def _fail(message: str, command: str = "generate") -> int:
+    print(f"sdlab {command}: error: {message}", file=sys.stderr)
     return 2
 
 
@@ -100,6 +100,26 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    if not (Path(args.model) / "model_index.json").is_file():
+        return _fail(f"--model {args.model}: not a diffusers pipeline folder (no model_index.json)", "serve")
+    import torch
+
+    from sdlab.serve import Playground, make_server
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    server = make_server(Playground(args.model, device=device), args.host, args.port)
+    host, port = server.server_address[:2]
+    print(f"sdlab playground on http://{host}:{port}/ (Ctrl-C stops it)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdlab")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when visible, else cpu)")
     gen.add_argument("--out", default="out.png", help="image file to write")
     gen.set_defaults(run=_generate)
+    serve = commands.add_parser(
+        "serve",
+        help="a local web page to try prompts",
+        description="Serve a page with prompt, negative prompt, seed, steps, guidance, scheduler and size; "
+        "each image comes with the `sdlab generate` command that draws the same pixels.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    serve.add_argument("--model", default="models/pipeline", help="the pipeline folder the train stage exported")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=7860, help="port to listen on (0: any free one)")
+    serve.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when visible, else cpu)")
+    serve.set_defaults(run=_serve)
     return parser
 
 
