@@ -224,8 +224,8 @@ MUTANTS = (
     Mutant(
         "cli_help_without_defaults",
         "src/sdlab/cli.py",
-        "formatter_class=argparse.ArgumentDefaultsHelpFormatter,",
-        "formatter_class=argparse.HelpFormatter,",
+        'give the same pixels.",\n        formatter_class=argparse.ArgumentDefaultsHelpFormatter,',
+        'give the same pixels.",\n        formatter_class=argparse.HelpFormatter,',
         (T + "test_evaluate.py::test_generate_help_describes_every_option_with_its_default",),
     ),
     Mutant(
