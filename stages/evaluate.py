@@ -68,7 +68,12 @@ def main(args, params):
     metrics["vae_reconstruction_psnr_db"] = psnr(real, reconstructed)
     metrics.update(distribution_metrics(pipeline.vae, real, images))
     overview = Overview()
-    if "skin_color" in rows[0]:  # the synthetic source: attributes are ground truth, judge adherence
+    if cfg.judge == "blob_attributes":  # the synthetic source: attributes are ground truth, judge adherence
+        if "skin_color" not in rows[0]:
+            raise DataError(
+                "evaluate.judge: blob_attributes needs the synthetic source's attribute columns "
+                "(skin_color, head_shape, ...); these val rows have none (set evaluate.judge: null)"
+            )
         train_rows = first_rows(latents_dir / "index.parquet", 4000, "split", "train").to_pylist()
         metrics.update(
             judge_samples(

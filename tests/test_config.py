@@ -39,6 +39,16 @@ def test_bad_choice_names_the_key():
         parse_params({"scrape": {"source": "myspace"}})
 
 
+def test_the_attribute_judge_is_asked_for_only_where_the_attributes_exist():
+    with pytest.raises(
+        ConfigError,
+        match="evaluate.judge: blob_attributes judges the synthetic source's attributes, but scrape.source is noto",
+    ):
+        parse_params({"scrape": {"source": "noto"}})
+    assert parse_params({"scrape": {"source": "noto"}, "evaluate": {"judge": None}}).evaluate.judge is None
+    assert parse_params({}).evaluate.judge == "blob_attributes"
+
+
 def test_inconsistent_unet_levels_are_rejected():
     with pytest.raises(ConfigError, match=r"train\.unet.*cross_attention_levels"):
         parse_params({"train": {"unet": {"block_out_channels": [8, 16, 32]}}})

@@ -241,6 +241,7 @@ def discord_params(base_url: str, page_delay_s: float = 0.0) -> str:
         {"image_px": 16, "processes": 1, "threads": 8, "timeout_s": 5, "retries": 0, "allow_private_networks": True}
     )
     params["caption"]["backend"] = "template"
+    params["evaluate"]["judge"] = None  # discord images carry no blob attributes
     return yaml.safe_dump(params, allow_unicode=True)
 
 

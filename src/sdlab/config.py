@@ -377,6 +377,9 @@ class EvaluateConfig(Section):
     grid_columns: int = Field(8, gt=0)
     guidance_sweep: list[float] = [1.0, 3.0, 5.0, 7.5]  # report: the same prompts at each scale
     sweep_prompts: int = Field(4, ge=0)
+    # blob_attributes: adherence per attribute of the synthetic source's prompts (skin color from the
+    # pixels, a CNN for the rest); null for every other source
+    judge: Literal["blob_attributes"] | None = "blob_attributes"
     judge_steps: int = Field(300, ge=1)  # training steps of the attribute classifier (synthetic source)
     clip_model: str | None = None  # hub id or local folder of a CLIP model: adds clip_score
     inception_weights: str | None = None  # torch-fidelity's pt_inception-2015-12-05 file: adds fid/kid_inception
@@ -402,6 +405,15 @@ class Params(Section):
     encode: EncodeConfig = EncodeConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+
+    @model_validator(mode="after")
+    def _check_judge(self) -> Params:
+        if self.evaluate.judge == "blob_attributes" and self.scrape.source != "synthetic":
+            raise ValueError(
+                f"evaluate.judge: blob_attributes judges the synthetic source's attributes, but scrape.source "
+                f"is {self.scrape.source} (set evaluate.judge: null)"
+            )
+        return self
 
 
 def _describe(error: dict[str, Any]) -> str:
