@@ -294,6 +294,13 @@ MUTANTS = (
         (T + "test_playground.py::test_the_page_draws_what_sdlab_generate_draws_with_the_command_it_shows",),
     ),
     Mutant(
+        "attribute_judge_allowed_for_any_source",
+        "src/sdlab/config.py",
+        'if self.evaluate.judge == "blob_attributes" and self.scrape.source != "synthetic":',
+        "if False:",
+        (T + "test_config.py::test_the_attribute_judge_is_asked_for_only_where_the_attributes_exist",),
+    ),
+    Mutant(
         "spark_cluster_ignored",
         "src/sdlab/data/engines.py",
         '.master(master or f"local[{processes}]")',
