@@ -231,8 +231,8 @@ MUTANTS = (
     Mutant(
         "cli_missing_pipeline_without_a_hint",
         "src/sdlab/cli.py",
-        '        if Path(args.model).resolve() == Path("models/pipeline").resolve():',
-        "        if False:",
+        '    if Path(model).resolve() == Path("models/pipeline").resolve():',
+        "    if False:",
         (T + "test_evaluate.py::test_generate_command_names_a_folder_that_is_not_a_pipeline",),
     ),
     # One home for every value (issue 16)

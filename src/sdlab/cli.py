@@ -40,6 +40,31 @@ def size_rules(model: Path) -> tuple[int, int]:
     return vae_factor * own, denoiser["sample_size"] * vae_factor
 
 
+def fits(value: int, multiple: int) -> bool:
+    """Whether an image side of `value` pixels is one the model can draw (see `size_rules`)."""
+    return value >= 1 and value % multiple == 0
+
+
+def _model_error(model: str) -> str | None:
+    """Why `model` is not a pipeline folder (checked before torch is imported), or None."""
+    if (Path(model) / "model_index.json").is_file():
+        return None
+    hint = ""
+    if Path(model).resolve() == Path("models/pipeline").resolve():
+        hint = " (run `dvc repro` to train one, or `dvc checkout models/pipeline` to restore it)"
+    return f"--model {model}: not a diffusers pipeline folder (no model_index.json){hint}"
+
+
+def _device(requested: str | None) -> tuple[str, str | None]:
+    """(the device to use, or why it cannot be used): default cuda when visible, else cpu."""
+    import torch
+
+    device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return device, f"--device {device}: no CUDA device is visible"
+    return device, None
+
+
 def _generate(args: argparse.Namespace) -> int:
     if args.steps < 1:
         return _fail(f"--steps must be at least 1, got {args.steps}")
@@ -51,26 +76,20 @@ def _generate(args: argparse.Namespace) -> int:
         )
     if Path(args.out).suffix.lower() not in IMAGE_SUFFIXES:
         return _fail(f"--out {args.out}: name an image file ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    if not (Path(args.model) / "model_index.json").is_file():
-        hint = ""
-        if Path(args.model).resolve() == Path("models/pipeline").resolve():
-            hint = " (run `dvc repro` to train one, or `dvc checkout models/pipeline` to restore it)"
-        return _fail(f"--model {args.model}: not a diffusers pipeline folder (no model_index.json){hint}")
-
+    if error := _model_error(args.model):
+        return _fail(error)
     multiple, trained = size_rules(Path(args.model))
     for name in ("height", "width"):
         value = getattr(args, name)
-        if value is not None and (value < 1 or value % multiple):
+        if value is not None and not fits(value, multiple):
             return _fail(f"--{name} {value}: must be a positive multiple of {multiple} (trained at {trained})")
-
-    import torch
+    device, error = _device(args.device)
+    if error:
+        return _fail(error)
 
     from sdlab.models.pipeline import load_pipeline
     from sdlab.sampling import generate, use_scheduler
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        return _fail(f"--device {device}: no CUDA device is visible")
     try:
         pipeline = load_pipeline(args.model, device=device)
     except (FileNotFoundError, OSError, ValueError) as exc:
@@ -101,13 +120,13 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    if not (Path(args.model) / "model_index.json").is_file():
-        return _fail(f"--model {args.model}: not a diffusers pipeline folder (no model_index.json)", "serve")
-    import torch
-
+    if error := _model_error(args.model):
+        return _fail(error, "serve")
+    device, error = _device(args.device)
+    if error:
+        return _fail(error, "serve")
     from sdlab.serve import Playground, make_server
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     server = make_server(Playground(args.model, device=device), args.host, args.port)
     host, port = server.server_address[:2]
     print(f"sdlab playground on http://{host}:{port}/ (Ctrl-C stops it)", flush=True)
@@ -120,6 +139,11 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_model_and_device(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--model", default="models/pipeline", help="the pipeline folder the train stage exported")
+    command.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when visible, else cpu)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdlab")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -130,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         "model, prompt, seed, scheduler, steps and guidance give the same pixels.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    gen.add_argument("--model", default="models/pipeline", help="the pipeline folder the train stage exported")
+    add_model_and_device(gen)
     gen.add_argument("--prompt", required=True, help="what to draw (the caption form the model was trained on)")
     gen.add_argument("--negative-prompt", default=None, help="what to steer away from (default: the empty prompt)")
     gen.add_argument("--scheduler", default=DEFAULT_SCHEDULER, choices=sorted(SCHEDULERS), help="sampler")
@@ -140,7 +164,6 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-images", type=int, default=1, help="images to draw (OUT-0.png, OUT-1.png, ... when > 1)")
     gen.add_argument("--height", type=int, default=None, help="image height in pixels (default: the trained size)")
     gen.add_argument("--width", type=int, default=None, help="image width in pixels (default: the trained size)")
-    gen.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when visible, else cpu)")
     gen.add_argument("--out", default="out.png", help="image file to write")
     gen.set_defaults(run=_generate)
     serve = commands.add_parser(
@@ -150,10 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
         "each image comes with the `sdlab generate` command that draws the same pixels.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    serve.add_argument("--model", default="models/pipeline", help="the pipeline folder the train stage exported")
+    add_model_and_device(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     serve.add_argument("--port", type=int, default=7860, help="port to listen on (0: any free one)")
-    serve.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when visible, else cpu)")
     serve.set_defaults(run=_serve)
     return parser
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from sdlab.cli import fits
 from sdlab.config import SCHEDULERS
 
 FIELDS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "scheduler", "height", "width")
@@ -133,7 +134,7 @@ class Playground:
         if numbers["guidance"] < 0:
             raise ValueError(f"guidance: must be 0 or more, got {numbers['guidance']}")
         for name in ("height", "width"):
-            if numbers[name] < 1 or numbers[name] % self.multiple:
+            if not fits(numbers[name], self.multiple):
                 raise ValueError(f"{name}: must be a positive multiple of {self.multiple}, got {numbers[name]}")
         scheduler = str(raw.get("scheduler") or self.defaults["scheduler"])
         if scheduler not in SCHEDULERS:

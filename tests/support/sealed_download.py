@@ -177,7 +177,6 @@ def main() -> None:
     if args.replace:
         shutil.rmtree(args.out, ignore_errors=True)
     bring_up_loopback()
-    os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"  # the runbook's per-node setting: this node's address
     args.out.mkdir(parents=True)
     listening: set[str] = set()
     with contextlib.ExitStack() as stack:
@@ -185,7 +184,8 @@ def main() -> None:
         routes = site_routes(args.images)
         site = stack.enter_context(LocalSite(routes, latency_s=args.latency_ms / 1000, port=SITE_PORT))
         cluster = None
-        if args.started:
+        if args.started:  # the runbook's per-node setting (a local engine binds to loopback by itself)
+            os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
             engine = spark_standalone(args.out) if args.distributor == "pyspark" else ray_head_and_worker()
             cluster = stack.enter_context(engine)
         download = {

@@ -79,12 +79,13 @@ def unet_prefixes(config) -> dict[str, str]:
 
 def unet_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
     prefixes = unet_prefixes(config)
+    longest_first = sorted(prefixes, key=len, reverse=True)
     out = {}
     for name, tensor in state.items():
         new = rename(name, UNET_TOP)
         if "resnets" in name:
             new = rename(new, UNET_RESNET)
-        block = next((p for p in sorted(prefixes, key=len, reverse=True) if new.startswith(p)), None)
+        block = next((p for p in longest_first if new.startswith(p)), None)
         if block is not None:
             new = prefixes[block] + new[len(block) :]
         out[UNET_PREFIX + new] = tensor
@@ -103,10 +104,11 @@ def vae_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor
         for j in range(layers + 1):
             prefixes[f"decoder.up_blocks.{i}.resnets.{j}."] = f"decoder.up.{levels - 1 - i}.block.{j}."
         prefixes[f"decoder.up_blocks.{i}.upsamplers.0."] = f"decoder.up.{levels - 1 - i}.upsample."
+    longest_first = sorted(prefixes, key=len, reverse=True)
     out = {}
     for name, tensor in state.items():
         new = rename(name, VAE_RESNET)
-        for old in sorted(prefixes, key=len, reverse=True):
+        for old in longest_first:
             if old in new:
                 new = new.replace(old, prefixes[old])
                 break
