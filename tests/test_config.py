@@ -11,12 +11,17 @@ def test_shipped_profiles_validate(path):
     assert params.train.lr > 0
 
 
-def test_every_stage_section_is_spelled_out_in_the_default_profile():
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+@pytest.mark.parametrize("path", ["params.yaml", *[f"configs/{p.name}" for p in (REPO / "configs").glob("*.yaml")]])
+def test_every_param_a_stage_declares_is_in_each_profile(path):
+    """DVC refuses to run a stage whose declared params the params file lacks."""
+    raw = yaml.safe_load((REPO / path).read_text())
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     for name, stage in dvc["stages"].items():
-        for section in stage.get("params", []):
-            assert section.split(".")[0] in raw, f"stage {name} reads params section {section}"
+        for key in stage.get("params", []):
+            value = raw
+            for part in key.split("."):
+                assert isinstance(value, dict) and part in value, f"{path}: stage {name} reads {key}"
+                value = value[part]
 
 
 def test_bad_value_names_the_key_and_the_value():

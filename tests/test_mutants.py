@@ -314,6 +314,21 @@ MUTANTS = (
         "    if accelerator.is_local_main_process:\n        (live_dir",
         (T + "test_train_scale.py::test_two_machines_train_as_one_machine_of_two_and_resume_after_a_kill",),
     ),
+    # The model card (issue 18): its how-to and counts are the run's own
+    Mutant(
+        "card_command_with_the_cli_default_steps",
+        "src/sdlab/card.py",
+        'f"  --seed 0 --steps {steps} --guidance',
+        'f"  --seed 0 --steps 20 --guidance',
+        (T + "test_card.py::test_the_how_to_carries_the_prompt_and_evaluates_settings_exactly",),
+    ),
+    Mutant(
+        "card_counts_dedupe_input_as_kept",
+        "src/sdlab/card.py",
+        """                f"{d['kept']:,}",""",
+        """                f"{d['input']:,}",""",
+        (T + "test_card.py::test_counts_reasons_and_metrics_are_the_runs_own",),
+    ),
 )
 
 

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import REPO, dvc, project_copy
+from huggingface_hub import ModelCard
+from PIL import Image
 
-STAGES = ["scrape", "filter", "download", "dedupe", "caption", "vae", "encode", "train", "evaluate"]
+STAGES = ["scrape", "filter", "download", "dedupe", "caption", "vae", "encode", "train", "evaluate", "publish"]
 pytestmark = pytest.mark.e2e
 
 
@@ -112,6 +117,51 @@ def test_evaluation_metrics_and_grid(repo):
     assert "heldout_loss" in shown and "dropped_by_reason" in shown
 
 
+def card_draws_like_the_cli(published: Path, tmp_path: Path) -> None:
+    """The card's how-to, as written: its Python snippet and its `sdlab generate` command (the
+    folder path put in) draw the same pixels."""
+    text = (published / "README.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    snippet = snippet.replace("path/to/this/folder", str(published)).replace("out.png", str(tmp_path / "py.png"))
+    command = re.search(r"```bash\n(.*?)```", text, re.S).group(1).replace("\\\n", " ")
+    command = command.replace("path/to/this/folder", str(published)).replace("out.png", str(tmp_path / "cli.png"))
+    words = shlex.split(command)
+    assert words[:2] == ["sdlab", "generate"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    for argv in ([sys.executable, "-c", snippet], [sys.executable, "-m", "sdlab.cli", *words[1:]]):
+        result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+    from_python, from_cli = (np.asarray(Image.open(tmp_path / name)) for name in ("py.png", "cli.png"))
+    assert from_python.shape == from_cli.shape == (16, 16, 3) and from_python.std() > 0
+    assert np.array_equal(from_python, from_cli)
+
+
+def test_published_model_is_the_trained_folder_with_a_card_of_this_run(repo, tmp_path):
+    trained, published = repo / "models/trained", repo / "models/pipeline"
+    weights = {p.relative_to(trained): p.read_bytes() for p in trained.rglob("*") if p.is_file()}
+    assert weights and all((published / name).read_bytes() == data for name, data in weights.items())
+    assert (published / "samples.png").read_bytes() == (repo / "reports/evaluate/samples.png").read_bytes()
+    assert {p.relative_to(published) for p in published.rglob("*") if p.is_file()} == {
+        *weights,
+        Path("README.md"),
+        Path("samples.png"),
+    }
+    card = ModelCard.load(published / "README.md")
+    assert card.data.library_name == "diffusers" and card.data.pipeline_tag == "text-to-image"
+    assert "trained-from-scratch" in card.data.tags and card.data.base_model is None
+    stats = {s: json.loads((repo / f"reports/{s}/stats.json").read_text()) for s in ("scrape", "dedupe", "train")}
+    metrics = json.loads((repo / "reports/evaluate/metrics.json").read_text())
+    rows = {line.split("|")[1].strip(): line for line in card.text.splitlines() if line.startswith("| ")}
+    assert f"{stats['scrape']['records']:,} records" in rows["scrape"]
+    assert f"| {stats['dedupe']['kept']:,} |" in rows["dedupe"]
+    assert f"{stats['dedupe']['duplicates']:,} exact duplicates" in rows["dedupe"]
+    assert f"{stats['train']['final_step']:,} of global batch {stats['train']['global_batch']}" in rows["steps"]
+    assert f"{metrics['heldout_loss']:.4f}" in rows["held-out denoising loss"]
+    for attribute, value in metrics["adherence"].items():
+        assert f"| {attribute} | {value:.3f} | {metrics['judge_accuracy_on_real'][attribute]:.3f} |" in card.text
+    card_draws_like_the_cli(published, tmp_path)
+
+
 def test_second_repro_reruns_nothing(repo):
     assert ran(dvc(repo, "repro").stdout) == []
 
@@ -130,10 +180,19 @@ def test_more_encode_workers_change_no_byte_and_rerun_nothing_downstream(repo):
     assert after == before
 
 
+def test_changing_only_the_guidance_reruns_evaluate_and_the_card(repo):
+    trained = {p: p.stat().st_mtime_ns for p in (repo / "models/trained").rglob("*")}
+    edit_params(repo, "evaluate", guidance_scale=3.0)
+    assert ran(dvc(repo, "repro").stdout) == ["evaluate", "publish"]
+    assert {p: p.stat().st_mtime_ns for p in (repo / "models/trained").rglob("*")} == trained
+    card = (repo / "models/pipeline/README.md").read_text()
+    assert "guidance_scale=3," in card and "--guidance 3 " in card
+
+
 def test_raising_max_steps_continues_the_run_with_one_curve(repo):
     first = json.loads((repo / "reports/train/stats.json").read_text())
     edit_params(repo, "train", max_steps=30)
-    assert ran(dvc(repo, "repro").stdout) == ["train", "evaluate"]
+    assert ran(dvc(repo, "repro").stdout) == ["train", "evaluate", "publish"]
     stats = json.loads((repo / "reports/train/stats.json").read_text())
     assert stats["run"] == first["run"] and stats["start_step"] == 20 and stats["final_step"] == 30
     steps = [
@@ -147,17 +206,17 @@ def test_changing_only_train_lr_reruns_only_train_and_evaluate(repo):
     first = json.loads((repo / "reports/train/stats.json").read_text())
     edit_params(repo, "train", lr=5e-4)
     output = dvc(repo, "repro").stdout
-    assert ran(output) == ["train", "evaluate"]
+    assert ran(output) == ["train", "evaluate", "publish"]
     stats = json.loads((repo / "reports/train/stats.json").read_text())
     assert stats["start_step"] == 0 and stats["run"] != first["run"]  # a new run, not resumed
     assert (repo / "models/checkpoints" / first["run"]).is_dir()  # and the old run is kept
 
 
-def test_switching_to_the_transformer_rewrites_only_text_states_and_exports_pixart(repo):
+def test_switching_to_the_transformer_rewrites_only_text_states_and_exports_pixart(repo, tmp_path):
     latents = {p: p.read_bytes() for p in sorted((repo / "data/latents/shards").glob("*")) if p.is_file()}
     text = {p: p.read_bytes() for p in sorted((repo / "data/latents/text").glob("*")) if p.is_file()}
     edit_params(repo, "train", denoiser="transformer")
-    assert ran(dvc(repo, "repro").stdout) == ["encode", "train", "evaluate"]
+    assert ran(dvc(repo, "repro").stdout) == ["encode", "train", "evaluate", "publish"]
     assert {p: p.read_bytes() for p in latents} == latents  # the VAE latents are kept
     assert all(p.read_bytes() != before for p, before in text.items())  # states re-encoded with the mask
     assert json.loads((repo / "data/latents/meta.json").read_text())["text_mask"] is True
@@ -167,3 +226,8 @@ def test_switching_to_the_transformer_rewrites_only_text_states_and_exports_pixa
     assert stats["denoiser"] == "transformer" and stats["start_step"] == 0 and stats["final_step"] == 30
     metrics = json.loads((repo / "reports/evaluate/metrics.json").read_text())
     assert metrics["heldout_loss"] > 0 and set(metrics["adherence"]) == set(metrics["judge_accuracy_on_real"])
+    assert (
+        "from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline"
+        in (repo / "models/pipeline/README.md").read_text()
+    )
+    card_draws_like_the_cli(repo / "models/pipeline", tmp_path)

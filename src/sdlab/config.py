@@ -394,6 +394,11 @@ class EvaluateConfig(Section):
         return self
 
 
+class PublishConfig(Section):
+    license: str = "other"  # the card's licence id (huggingface.co/docs/hub/repositories-licenses)
+    datasets: list[str] = []  # hub dataset ids the model was trained on, named in the card's front matter
+
+
 class Params(Section):
     scrape: ScrapeConfig = ScrapeConfig()
     filter: FilterConfig = FilterConfig()
@@ -405,6 +410,7 @@ class Params(Section):
     encode: EncodeConfig = EncodeConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    publish: PublishConfig = PublishConfig()
 
     @model_validator(mode="after")
     def _check_judge(self) -> Params:
