@@ -23,8 +23,14 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# `make repro PROFILE=noto`: configs/noto.yaml laid over params.yaml, run as a DVC experiment
+# (`sdlab profile`; no tracked file changes). Without PROFILE: `dvc repro` of params.yaml.
 repro: $(STAMP)
+ifdef PROFILE
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/sdlab profile $(PROFILE)
+else
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+endif
 
 lint: $(STAMP)
 	$(BIN)/ruff check src stages tests benchmarks
@@ -37,6 +43,5 @@ test: install lint
 mutants: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -v -m mutants tests/test_mutants.py
 
-tiny: $(STAMP)
-	cp configs/tiny.yaml params.yaml
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+tiny:
+	$(MAKE) repro PROFILE=tiny

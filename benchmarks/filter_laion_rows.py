@@ -27,6 +27,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
+from sdlab.profiles import load_profile
+
 REPO = Path(__file__).resolve().parents[1]
 CHUNK = 1_000_000
 
@@ -114,7 +116,7 @@ def main() -> None:
             f"metadata: {args.rows:,} rows, {(work / 'metadata.parquet').stat().st_size / 2**20:.0f} MiB "
             f"written in {time.perf_counter() - started:.0f} s"
         )
-        params = yaml.safe_load((REPO / "configs" / "laion.yaml").read_text())
+        params = load_profile("laion", REPO)[1]  # configs/laion.yaml over params.yaml
         params["scrape"]["laion"]["metadata"] = str(work / "metadata.parquet")
         (work / "params.yaml").write_text(yaml.safe_dump(params))
         python = sys.executable

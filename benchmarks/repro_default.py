@@ -1,7 +1,7 @@
 """Run `dvc repro` of a params file in a fresh temp copy of the repo and report, per
 stage, its wall time, plus training samples/s and the evaluation metrics.
 
-    .venv/bin/python benchmarks/repro_default.py [--params params.yaml] [--keep DIR]
+    .venv/bin/python benchmarks/repro_default.py [--params params.yaml] [--profile noto] [--keep DIR]
 
 Prints a markdown table for BENCHMARKS.md. Absolute times on a shared 2-core machine are
 noisy; run it with nothing else on the machine.
@@ -24,12 +24,18 @@ REPO = Path(__file__).resolve().parents[1]
 DONE = re.compile(r"^\S+ \S+ (\w+) INFO: done in ([\d.]+) s$", re.M)
 
 
-def copy_repo(params: Path, work: Path) -> None:
+def copy_repo(params: Path, work: Path, profile: str | None = None) -> None:
     for name in ["dvc.yaml", "stages", "src", "configs", ".dvc", ".gitignore"]:
         source = REPO / name
         (shutil.copytree if source.is_dir() else shutil.copy)(source, work / name)
     shutil.rmtree(work / ".dvc" / "cache", ignore_errors=True)
     shutil.copy(params, work / "params.yaml")
+    if profile:  # configs/<profile>.yaml over it, as `sdlab profile --workspace` would run it
+        import yaml
+
+        from sdlab.profiles import load_profile
+
+        (work / "params.yaml").write_text(yaml.safe_dump(load_profile(profile, work)[1], sort_keys=False))
     for command in (
         ["init", "-q"],
         ["add", "-A"],
@@ -54,11 +60,12 @@ def run_dvc_repro(work: Path, log_name: str) -> tuple[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", default=str(REPO / "params.yaml"))
+    parser.add_argument("--profile", default=None, help="a profile in configs/ laid over --params (e.g. noto)")
     parser.add_argument("--keep", default=None, help="run in this folder and keep it")
     args = parser.parse_args()
     work = Path(args.keep or tempfile.mkdtemp(prefix="sdlab-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    copy_repo(Path(args.params), work)
+    copy_repo(Path(args.params), work, args.profile)
     output, total = run_dvc_repro(work, "repro.log")
     stage_times = {name: float(seconds) for name, seconds in DONE.findall(output)}
     metrics = json.loads((work / "reports/evaluate/metrics.json").read_text())

@@ -76,11 +76,25 @@ def png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture
-def tiny_params() -> Params:
+def profile(name: str) -> dict:
+    """configs/<name>.yaml laid over params.yaml: the params that profile runs with."""
+    from sdlab.profiles import load_profile
+
+    return load_profile(name, REPO)[1]
+
+
+def profile_file(name: str, folder: Path) -> Path:
+    """`profile(name)` written as a params file in `folder`, for a stage's --params."""
     import yaml
 
-    return parse_params(yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text()))
+    path = folder / f"params-{name}.yaml"
+    path.write_text(yaml.safe_dump(profile(name), sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_params() -> Params:
+    return parse_params(profile("tiny"))
 
 
 @pytest.fixture

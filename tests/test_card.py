@@ -8,7 +8,7 @@ import re
 import shlex
 
 import yaml
-from conftest import REPO
+from conftest import REPO, profile
 from huggingface_hub import ModelCard
 
 from sdlab.card import Facts, model_card
@@ -44,7 +44,7 @@ PROMPT = """a "quoted" cat's $HOME, `tick` and \\ backslash"""
 
 
 def laion(**train) -> Facts:
-    raw = yaml.safe_load((REPO / "configs/laion.yaml").read_text())
+    raw = profile("laion")
     raw["train"].update(train)
     files = {"model_index.json", "unet/diffusion_pytorch_model.safetensors"}
     if train.get("trainable") == "lora":

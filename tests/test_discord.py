@@ -15,10 +15,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import REPO, dvc, dvc_env, project_copy
+from conftest import dvc, dvc_env, profile, project_copy
 from support.local_site import Emoji, LocalSite, animated_gif, emoji_routes, image_bytes
 
-from sdlab.config import DiscordConfig, DiscordSelectors, ScrapeConfig, load_params
+from sdlab.config import DiscordConfig, DiscordSelectors, ScrapeConfig, parse_params
 from sdlab.data.records import DataError
 from sdlab.sources import discord
 from sdlab.sources.discord import image_urls, parse_items
@@ -224,7 +224,7 @@ def test_a_crashed_browser_is_restarted(tmp_path):
 
 
 def discord_params(base_url: str, page_delay_s: float = 0.0) -> str:
-    params = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+    params = profile("tiny")
     params["scrape"] = {
         "source": "discord",
         "discord": {
@@ -291,7 +291,7 @@ def load_stats(work: Path, stage: str) -> dict:
 
 
 def test_the_discord_profile_validates():
-    params = load_params(REPO / "configs" / "discord-blobs.yaml")
+    params = parse_params(profile("discord-blobs"))
     assert params.scrape.source == "discord" and params.scrape.discord.tags == ["Blobs"]
     assert params.caption.backend == "qwen2.5-vl" and params.caption.model == "Qwen/Qwen2.5-VL-3B-Instruct"
     assert params.vae.pretrained == "stabilityai/sd-vae-ft-mse"

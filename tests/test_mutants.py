@@ -329,6 +329,21 @@ MUTANTS = (
         """                f"{d['input']:,}",""",
         (T + "test_card.py::test_counts_reasons_and_metrics_are_the_runs_own",),
     ),
+    # Profiles (issue 16): deltas run as DVC experiments; params read as DVC writes them
+    Mutant(
+        "params_read_as_yaml_1_1",
+        "src/sdlab/config.py",
+        'return YAML(typ="safe", pure=True).load(path.read_text())',
+        'return __import__("yaml").safe_load(path.read_text())',
+        (T + "test_config.py::test_params_rewritten_by_dvc_exp_run_read_the_same",),
+    ),
+    Mutant(
+        "profile_run_in_the_workspace",
+        "src/sdlab/cli.py",
+        'where = [] if args.workspace else ["--temp"]',
+        "where = []",
+        (T + "test_profiles.py::test_a_profile_runs_as_an_experiment_outside_the_workspace",),
+    ),
 )
 
 

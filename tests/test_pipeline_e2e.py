@@ -1,4 +1,4 @@
-"""`dvc repro` on configs/tiny.yaml in a temp copy of the repo: the whole DAG, for real."""
+"""The tiny profile run in a temp copy of the repo, then `dvc repro` after edits: the whole DAG, for real."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import REPO, dvc, project_copy
+from conftest import REPO, dvc, dvc_env, project_copy
 from huggingface_hub import ModelCard
 from PIL import Image
+
+from sdlab.config import read_yaml
 
 STAGES = ["scrape", "filter", "download", "dedupe", "caption", "vae", "encode", "train", "evaluate", "publish"]
 pytestmark = pytest.mark.e2e
@@ -28,9 +30,18 @@ def ran(output: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    """A fresh git+dvc copy of the project with the tiny profile as params.yaml, reproduced once."""
-    work = project_copy(tmp_path_factory.mktemp("e2e") / "sdlab", (REPO / "configs" / "tiny.yaml").read_text())
-    first = dvc(work, "repro")
+    """A fresh git+dvc copy of the project (params.yaml as shipped), reproduced once with the tiny
+    profile as a user runs it: `sdlab profile tiny --workspace` (a DVC experiment in the workspace)."""
+    work = project_copy(tmp_path_factory.mktemp("e2e") / "sdlab", (REPO / "params.yaml").read_text())
+    first = subprocess.run(
+        [sys.executable, "-m", "sdlab.cli", "profile", "tiny", "--workspace"],
+        cwd=work,
+        env=dvc_env(work),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     (work / "first_run.log").write_text(first.stdout)
     return work
 
@@ -167,7 +178,7 @@ def test_second_repro_reruns_nothing(repo):
 
 
 def edit_params(repo: Path, section: str, **values) -> None:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params = read_yaml(repo / "params.yaml")  # as DVC wrote it (YAML 1.2)
     params[section].update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 

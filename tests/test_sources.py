@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import REPO, png, run_stage
+from conftest import png, profile, run_stage
 from PIL import Image
 
-from sdlab.config import FolderConfig, LaionColumns, LaionConfig, NotoConfig, ScrapeConfig, load_params
+from sdlab.config import FolderConfig, LaionColumns, LaionConfig, NotoConfig, ScrapeConfig, parse_params
 from sdlab.data.records import DataError, write_records
 from sdlab.sources import SOURCES
 
@@ -104,7 +104,7 @@ def test_a_hub_id_goes_through_datasets_and_fails_clearly_offline(tmp_path, monk
 def test_laion_profile_filters_end_to_end_through_the_stages(tmp_path):
     meta = laion_metadata(4000, seed=1)
     pq.write_table(meta, tmp_path / "meta.parquet", row_group_size=1000)
-    params = yaml.safe_load((REPO / "configs" / "laion.yaml").read_text())
+    params = profile("laion")
     params["scrape"]["laion"]["metadata"] = str(tmp_path / "meta.parquet")
     params["filter"]["batch_rows"] = 700
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -232,7 +232,7 @@ def test_noto_without_the_font_says_how_to_install_it(tmp_path):
         scrape(ScrapeConfig(source="noto", noto=NotoConfig(font=str(tmp_path / "none.ttf"))), tmp_path)
 
 
-@pytest.mark.parametrize("profile", ["laion.yaml", "noto.yaml"])
-def test_profiles_validate(profile):
-    params = load_params(REPO / "configs" / profile)
-    assert params.scrape.source == profile.split(".")[0]
+@pytest.mark.parametrize("name", ["laion", "noto"])
+def test_profiles_validate(name):
+    params = parse_params(profile(name))
+    assert params.scrape.source == name

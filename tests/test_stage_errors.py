@@ -4,7 +4,7 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from conftest import REPO, png, run_stage
+from conftest import png, profile_file, run_stage
 from PIL import Image
 
 
@@ -18,7 +18,7 @@ def run_download(records, tmp_path):
     return run_stage(
         "download.py",
         "--params",
-        str(REPO / "configs" / "tiny.yaml"),
+        str(profile_file("tiny", tmp_path)),
         "--records",
         records,
         "--out",
@@ -108,7 +108,7 @@ def test_missing_input_table_names_the_path(tmp_path):
     result = run_stage(
         "dedupe.py",
         "--params",
-        str(REPO / "configs" / "tiny.yaml"),
+        str(profile_file("tiny", tmp_path)),
         "--index",
         str(tmp_path / "none.parquet"),
         "--shards",

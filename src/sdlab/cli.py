@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -139,6 +140,34 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile(args: argparse.Namespace) -> int:
+    import shlex
+    import subprocess
+
+    import yaml
+
+    from sdlab.config import ConfigError
+    from sdlab.profiles import load_profile, set_param_args
+
+    try:
+        delta, composed, _ = load_profile(args.name)
+        overrides = set_param_args(delta, composed)
+    except ConfigError as exc:
+        return _fail(str(exc), "profile")
+    if args.show:
+        print(yaml.safe_dump(composed, sort_keys=False, width=100), end="")
+        return 0
+    name = args.exp_name or args.name
+    where = [] if args.workspace else ["--temp"]
+    command = ["dvc", "exp", "run", *where, "-n", name, *overrides, *args.targets]
+    print(shlex.join(command), flush=True)
+    if args.dry_run:
+        return 0
+    bin_dir = str(Path(sys.executable).parent)  # the stages call `python`: this environment's
+    env = dict(os.environ, PATH=os.pathsep.join([bin_dir, os.environ.get("PATH", "")]))
+    return subprocess.run([sys.executable, "-m", *command], env=env).returncode
+
+
 def add_model_and_device(command: argparse.ArgumentParser) -> None:
     command.add_argument("--model", default="models/pipeline", help="the pipeline folder the train stage exported")
     command.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when visible, else cpu)")
@@ -177,6 +206,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     serve.add_argument("--port", type=int, default=7860, help="port to listen on (0: any free one)")
     serve.set_defaults(run=_serve)
+    profile = commands.add_parser(
+        "profile",
+        help="run a profile (configs/NAME.yaml) as a DVC experiment",
+        description="Run the pipeline on a profile: configs/NAME.yaml states only what differs from "
+        "params.yaml, and runs as `dvc exp run --temp -n NAME -S key=value ...` (one override per value it "
+        "sets) in a temporary copy: no tracked file changes, `dvc exp show` lists the profile's values and "
+        "metrics, `dvc exp apply NAME` brings its params and outputs into the workspace. Runs that must "
+        "resume after a kill (checkpoints, the download cache) need --workspace.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    profile.add_argument("name", help="a profile in configs/ (tiny, noto, discord-blobs, laion) or a YAML path")
+    profile.add_argument("targets", nargs="*", help="stages to run up to (default: all)")
+    profile.add_argument("--exp-name", default=None, help="the experiment's name (default: the profile's)")
+    profile.add_argument(
+        "--workspace",
+        action="store_true",
+        help="run in the workspace, not a temporary copy: params.yaml then holds the profile's values (as after "
+        "any `dvc exp run -S`) and the persisted outputs (checkpoints, download cache) stay for a resumed run",
+    )
+    profile.add_argument("--show", action="store_true", help="print params.yaml with the profile applied, run nothing")
+    profile.add_argument("--dry-run", action="store_true", help="print the dvc command, run nothing")
+    profile.set_defaults(run=_profile)
     return parser
 
 

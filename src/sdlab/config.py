@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sdlab.prompts import DEFAULT_PROMPT
@@ -458,12 +457,20 @@ def parse_params(raw: Any) -> Params:
         raise ConfigError("invalid params:\n  " + "\n  ".join(lines)) from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file read as DVC reads and writes params (YAML 1.2, ruamel): `dvc exp run -S`
+    rewrites params.yaml with `mixed_precision: no`, a string in YAML 1.2 but False in PyYAML's 1.1."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
+        return YAML(typ="safe", pure=True).load(path.read_text())
+    except YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_params(raw)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    return parse_params(read_yaml(path))
