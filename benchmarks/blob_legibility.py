@@ -24,10 +24,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from sdlab.attribute_classifier import accuracy, train_classifier  # noqa: E402
 from sdlab.data.images import composite_on_white, fit_square  # noqa: E402
 from sdlab.distribution import psnr, reconstruct  # noqa: E402
-from sdlab.judge import adherence  # noqa: E402
+from sdlab.judge import accuracy, adherence, train_classifier  # noqa: E402
 from sdlab.sources.synthetic import ATTRIBUTES, draw_blob, sample_blob  # noqa: E402
 
 

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sdlab.evaluation_files import read_evaluation
+
 REPO = Path(__file__).resolve().parents[1]
 DONE = re.compile(r"^\S+ \S+ (\w+) INFO: done in ([\d.]+) s$", re.M)
 
@@ -68,7 +70,7 @@ def main() -> None:
     copy_repo(Path(args.params), work, args.profile)
     output, total = run_dvc_repro(work, "repro.log")
     stage_times = {name: float(seconds) for name, seconds in DONE.findall(output)}
-    metrics = json.loads((work / "reports/evaluate/metrics.json").read_text())
+    metrics = read_evaluation(work / "reports/evaluate")
     live = json.loads((work / "reports/train/live/metrics.json").read_text())
     vae = json.loads((work / "reports/vae/stats.json").read_text())
     print("| stage | wall time (s) |\n|---|---|")

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from sdlab.evaluation_files import read_evaluation
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from repro_default import DONE, run_dvc_repro  # noqa: E402
 
@@ -55,7 +57,7 @@ def main() -> None:
     for name, seconds in DONE.findall(output):
         print(f"| {name} | {float(seconds):.1f} |")
     print(f"| **total** | **{total:.1f}** |\n")
-    metrics = json.loads((run / "reports/evaluate/metrics.json").read_text())
+    metrics = read_evaluation(run / "reports/evaluate")
     live = json.loads((run / "reports/train/live/metrics.json").read_text())
     print(
         f"- samples/s (last window): {live['train']['samples_per_s']:.0f}; held-out loss {metrics['heldout_loss']:.4f}"

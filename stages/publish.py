@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 from sdlab.card import DATA_STAGES, SAMPLES, Facts, model_card
+from sdlab.evaluation_files import read_evaluation
 from sdlab.io import atomic_dir, first_rows, read_json
 from sdlab.stage import parse_args, stage
 
@@ -32,13 +33,12 @@ def main(args, params):
         for name in (*DATA_STAGES, "vae", "train")
         if (reports / name / "stats.json").is_file()
     }
-    metrics_path, samples = reports / "evaluate" / "metrics.json", reports / "evaluate" / SAMPLES
-    for path in (metrics_path, samples):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: not found (run the evaluate stage)")
+    samples = reports / "evaluate" / SAMPLES
+    if not samples.is_file():
+        raise FileNotFoundError(f"{samples}: not found (run the evaluate stage)")
     files = {p.relative_to(trained).as_posix() for p in trained.rglob("*") if p.is_file()}
     val = first_rows(args.index, 1, "split", "val", ["caption"])["caption"].to_pylist()
-    card = model_card(Facts(params, stats, read_json(metrics_path), files, *val[:1]))
+    card = model_card(Facts(params, stats, read_evaluation(reports / "evaluate"), files, *val[:1]))
     with atomic_dir(args.out) as temp:
         shutil.copytree(trained, temp, dirs_exist_ok=True, copy_function=link_or_copy)
         shutil.copy2(samples, temp / SAMPLES)

@@ -65,5 +65,21 @@ def test_every_stage_depends_on_everything_its_entry_point_imports():
     assert not missing, f"dvc.yaml deps miss imported files: {missing}"
 
 
+def test_no_stage_depends_on_code_it_does_not_import():
+    """A code dep the stage never imports reruns it for nothing: an edit of the judges must not
+    retrain the model."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    extra = {}
+    for name, stage in stages.items():
+        entry = REPO / "stages" / f"{name}.py"
+        reached = transitive_imports(entry) | {entry}
+        for dep in stage["deps"]:
+            if dep.startswith(("src/", "stages/")):
+                path = REPO / dep
+                if not any(file == path or path in file.parents for file in reached):
+                    extra.setdefault(name, []).append(dep)
+    assert not extra, f"dvc.yaml deps on code the stage does not import: {extra}"
+
+
 def test_the_import_walk_sees_imports_inside_functions(tmp_path):
     assert module_file("sdlab.judge") in transitive_imports(REPO / "stages" / "evaluate.py")

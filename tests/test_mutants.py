@@ -95,17 +95,17 @@ MUTANTS = (
     # Evaluation (BENCHMARKS: adherence table, CLIP score, Inception FID)
     Mutant(
         "judge_reads_the_real_images",
-        "src/sdlab/evaluate.py",
+        "src/sdlab/judge.py",
         "scores = judged(generated)",
         "scores = judged(real_val)",
-        (T + "test_attribute_classifier.py::test_judge_samples_scores_the_generated_images_against_their_own_rows",),
+        (T + "test_judge.py::test_judge_samples_scores_the_generated_images_against_their_own_rows",),
     ),
     Mutant(
         "judge_rows_misaligned",
-        "src/sdlab/evaluate.py",
+        "src/sdlab/judge.py",
         "return {**adherence(images, rows), **accuracy(classifier, images, rows)}",
         "return {**adherence(images, rows), **accuracy(classifier, images, rows[1:] + rows[:1])}",
-        (T + "test_attribute_classifier.py::test_judge_samples_scores_the_generated_images_against_their_own_rows",),
+        (T + "test_judge.py::test_judge_samples_scores_the_generated_images_against_their_own_rows",),
     ),
     Mutant(
         "clip_score_ignores_the_prompts",
@@ -309,9 +309,9 @@ MUTANTS = (
     ),
     Mutant(
         "every_machine_exports",
-        "stages/train.py",
-        "    if main_process:\n        (live_dir",
-        "    if accelerator.is_local_main_process:\n        (live_dir",
+        "src/sdlab/train.py",
+        "    if accelerator.is_main_process:\n        resuming = prepare_run",
+        "    if accelerator.is_local_main_process:\n        resuming = prepare_run",
         (T + "test_train_scale.py::test_two_machines_train_as_one_machine_of_two_and_resume_after_a_kill",),
     ),
     # The model card (issue 18): its how-to and counts are the run's own

@@ -19,6 +19,7 @@ from huggingface_hub import ModelCard
 from PIL import Image
 
 from sdlab.config import read_yaml
+from sdlab.evaluation_files import DETAIL_KEYS, read_evaluation
 
 STAGES = ["scrape", "filter", "download", "dedupe", "caption", "vae", "encode", "train", "evaluate", "publish"]
 pytestmark = pytest.mark.e2e
@@ -101,7 +102,10 @@ def test_training_checkpointed_and_exported_a_loadable_pipeline(repo):
 
 
 def test_evaluation_metrics_and_grid(repo):
-    metrics = json.loads((repo / "reports/evaluate/metrics.json").read_text())
+    metrics = read_evaluation(repo / "reports/evaluate")
+    headline = json.loads((repo / "reports/evaluate/metrics.json").read_text())  # what dvc exp show lists
+    assert not set(headline) & set(DETAIL_KEYS) and set(DETAIL_KEYS) <= set(metrics)
+    assert headline["adherence_mean"] == pytest.approx(sum(headline["adherence"].values()) / 6)
     assert metrics["num_samples"] == 8 and metrics["heldout_loss"] > 0
     assert len(metrics["heldout_loss_by_t"]) == 4
     assert set(metrics["adherence"]) == {"skin_color", "head_shape", "expression", "eyes", "mouth", "action"}
@@ -161,7 +165,7 @@ def test_published_model_is_the_trained_folder_with_a_card_of_this_run(repo, tmp
     assert card.data.library_name == "diffusers" and card.data.pipeline_tag == "text-to-image"
     assert "trained-from-scratch" in card.data.tags and card.data.base_model is None
     stats = {s: json.loads((repo / f"reports/{s}/stats.json").read_text()) for s in ("scrape", "dedupe", "train")}
-    metrics = json.loads((repo / "reports/evaluate/metrics.json").read_text())
+    metrics = read_evaluation(repo / "reports/evaluate")
     rows = {line.split("|")[1].strip(): line for line in card.text.splitlines() if line.startswith("| ")}
     assert f"{stats['scrape']['records']:,} records" in rows["scrape"]
     assert f"| {stats['dedupe']['kept']:,} |" in rows["dedupe"]
@@ -235,7 +239,7 @@ def test_switching_to_the_transformer_rewrites_only_text_states_and_exports_pixa
     assert index["_class_name"] == "PixArtAlphaPipeline"
     stats = json.loads((repo / "reports/train/stats.json").read_text())
     assert stats["denoiser"] == "transformer" and stats["start_step"] == 0 and stats["final_step"] == 30
-    metrics = json.loads((repo / "reports/evaluate/metrics.json").read_text())
+    metrics = read_evaluation(repo / "reports/evaluate")
     assert metrics["heldout_loss"] > 0 and set(metrics["adherence"]) == set(metrics["judge_accuracy_on_real"])
     assert (
         "from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline"

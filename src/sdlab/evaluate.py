@@ -1,16 +1,29 @@
-"""Evaluation: held-out denoising loss, sampling with fixed seeds, adherence, grid."""
+"""The evaluation run, in one file: `run` at the bottom is what `dvc repro evaluate` does, top
+to bottom; the functions above it are its metrics (held-out denoising loss, FID/KID, CLIP
+score), the report's strips and sweeps. The judges of the synthetic attributes are
+`sdlab.judge`, the distribution metrics `sdlab.distribution`."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import DDPMScheduler
 
-from sdlab.config import ConfigError
+from sdlab.config import ConfigError, Params
 from sdlab.data.records import DataError
+from sdlab.data.shards import load_images
 from sdlab.diffusion import denoising_loss
-from sdlab.sampling import generate
+from sdlab.distribution import distribution_metrics, psnr, reconstruct
+from sdlab.evaluation_files import write_evaluation
+from sdlab.io import first_rows
+from sdlab.judge import judge_samples
+from sdlab.models.pipeline import denoiser_of, load_pipeline
+from sdlab.reports import Overview, read_curve, report_html, sample_grid
+from sdlab.sampling import generate, use_scheduler
 
 
 def timestep_grid(num_train_timesteps: int, count: int) -> list[int]:
@@ -112,58 +125,9 @@ def fid_kid(extractor: torch.nn.Module, real: np.ndarray, generated: np.ndarray)
     return float(fid.compute()), float(kid.compute()[0])
 
 
-def judge_samples(
-    generated: np.ndarray,
-    rows: list[dict],
-    real_val: np.ndarray,
-    real_train: np.ndarray,
-    train_rows: list[dict],
-    judge_steps: int,
-    seed: int,
-    vae=None,
-    reconstructed_val: np.ndarray | None = None,
-) -> dict:
-    """Adherence per attribute (a pixel judge for skin color, a classifier for the rest), each
-    judge's accuracy on the real val images (and on their VAE reconstructions: the most a
-    model that samples through this VAE can reach), chance, and FID/KID in the classifier's
-    feature space (named as the substitute they are).
-
-    The classifier is trained on the real train images and, given the `vae`, on their VAE
-    reconstructions too: every generated image is a VAE decode, and a judge that has only
-    seen sharp drawings misreads the VAE's softer strokes."""
-    from sdlab.attribute_classifier import FeatureExtractor, accuracy, train_classifier
-    from sdlab.distribution import reconstruct
-    from sdlab.judge import adherence
-    from sdlab.sources.synthetic import ATTRIBUTE_VALUES
-
-    images, labels = real_train, train_rows
-    if vae is not None:
-        images, labels = np.concatenate([real_train, reconstruct(vae, real_train)]), train_rows + train_rows
-    classifier = train_classifier(images, labels, judge_steps, seed)
-
-    def judged(images: np.ndarray) -> dict[str, float]:
-        return {**adherence(images, rows), **accuracy(classifier, images, rows)}
-
-    fid, kid = fid_kid(FeatureExtractor(classifier), real_val, generated)
-    scores = judged(generated)
-    out = {
-        "adherence": scores,
-        "judge_accuracy_on_real": judged(real_val),
-        "chance": {name: 1 / len(ATTRIBUTE_VALUES[name]) for name in scores},
-        "fid_blob_judge": fid,
-        "kid_blob_judge": kid,
-    }
-    if vae is not None:
-        out["judge_accuracy_on_vae_reconstructions"] = judged(
-            reconstruct(vae, real_val) if reconstructed_val is None else reconstructed_val
-        )
-    return out
-
-
 def attribute_rows(pipeline, base: dict, steps: int, guidance: float, seed: int) -> list:
     """Per attribute, a labelled strip of samples of one seed in which only that attribute of
     the `base` row's prompt changes."""
-    from sdlab.reports import sample_grid
     from sdlab.sources.synthetic import ATTRIBUTES, variations
 
     strips = []
@@ -201,8 +165,6 @@ def overview_lines(train: dict, metrics: dict, sampling: dict) -> list[str]:
 
 def guidance_sweep(pipeline, prompts: list[str], scales: list[float], seed: int, steps: int):
     """The same prompts and seeds across guidance scales: a grid, one row per prompt."""
-    from sdlab.reports import sample_grid
-
     if not prompts or not scales:
         return None, ""
     seeds = [seed + i for i in range(len(prompts))]
@@ -284,3 +246,121 @@ def inception_extractor(weights_path: str, sha256: str | None = None) -> torch.n
     return NoTrainInceptionV3(
         name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=weights_path
     )
+
+
+# -- the run, top to bottom: what `dvc repro evaluate` does ---------------------------------------
+
+
+@dataclass
+class EvaluatePaths:
+    latents: Path  # data/latents: val latents, captions and the attribute columns
+    shards: Path  # data/images/shards: the real val (and train) images
+    pipeline: Path  # models/trained: the pipeline folder under evaluation
+    curves: Path  # reports/train/live/plots/metrics: the training curves for the report
+    train_stats: Path  # reports/train/stats.json
+    out: Path  # reports/evaluate
+
+
+def run(params: Params, paths: EvaluatePaths) -> None:
+    """Held-out loss, samples for val prompts, adherence (with a judge), distribution metrics,
+    VAE reconstructions; metrics.json + details.json, samples.png and report.html."""
+    cfg, latents_dir = params.evaluate, paths.latents
+    pipeline = load_pipeline(paths.pipeline)
+    rows = first_rows(latents_dir / "index.parquet", cfg.num_samples, "split", "val").to_pylist()
+    if not rows:
+        raise DataError("the val split is empty (raise dedupe.val_fraction)")
+    mean, hidden, mask = heldout_latents(latents_dir, cfg.heldout_samples, pipeline.text_encoder)
+    scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)  # the training noise schedule
+    losses = heldout_loss(
+        denoiser_of(pipeline),
+        scheduler,
+        mean,
+        hidden,
+        timestep_grid(scheduler.config.num_train_timesteps, cfg.loss_timesteps),
+        cfg.seed,
+        mask=mask,
+    )
+    use_scheduler(pipeline, cfg.scheduler)
+    prompts = [r["caption"] for r in rows]
+    images = generate(
+        pipeline,
+        prompts,
+        [cfg.seed + i for i in range(len(rows))],
+        cfg.num_inference_steps,
+        cfg.guidance_scale,
+        cfg.batch_size,
+    )
+    metrics = {
+        "heldout_loss": float(np.mean(list(losses.values()))),
+        "heldout_loss_by_t": {str(t): v for t, v in losses.items()},
+        "num_samples": len(rows),
+    }
+    max_pixels = params.download.max_image_pixels
+    real = load_images(paths.shards, rows, max_pixels)  # the real val images behind the prompts
+    reconstructed = reconstruct(pipeline.vae, real)
+    metrics["vae_reconstruction_psnr_db"] = psnr(real, reconstructed)
+    metrics.update(distribution_metrics(pipeline.vae, real, images))
+    overview = Overview()
+    if cfg.judge == "blob_attributes":  # the synthetic source: attributes are ground truth, judge adherence
+        if "skin_color" not in rows[0]:
+            raise DataError(
+                "evaluate.judge: blob_attributes needs the synthetic source's attribute columns "
+                "(skin_color, head_shape, ...); these val rows have none (set evaluate.judge: null)"
+            )
+        train_rows = first_rows(latents_dir / "index.parquet", 4000, "split", "train").to_pylist()
+        metrics.update(
+            judge_samples(
+                images,
+                rows,
+                real,
+                load_images(paths.shards, train_rows, max_pixels),
+                train_rows,
+                cfg.judge_steps,
+                cfg.seed,
+                pipeline.vae,
+                reconstructed,
+            )
+        )
+        overview.adherence = [
+            (name, value, metrics["judge_accuracy_on_real"][name], metrics["chance"][name])
+            for name, value in metrics["adherence"].items()
+        ]
+        overview.attribute_rows = attribute_rows(
+            pipeline, rows[0], cfg.num_inference_steps, cfg.guidance_scale, cfg.seed
+        )
+    if cfg.inception_weights:  # the standard features: only then the standard names
+        metrics["fid_inception"], metrics["kid_inception"] = fid_kid(
+            inception_extractor(cfg.inception_weights, cfg.inception_sha256), real, images
+        )
+    if cfg.clip_model:
+        metrics["clip_score"] = clip_score(cfg.clip_model, images, prompts)
+    out = paths.out
+    out.mkdir(parents=True, exist_ok=True)
+    grid = sample_grid(images, prompts, cfg.grid_columns)
+    grid.save(out / "samples.png")
+    pairs = min(cfg.grid_columns, len(rows))
+    overview.real_vs_generated = sample_grid(
+        np.concatenate([real[:pairs], images[:pairs]]), ["real"] * pairs + ["generated"] * pairs, pairs, label_px=16
+    )
+    overview.reconstructions = sample_grid(
+        np.concatenate([real[:pairs], reconstructed[:pairs]]), ["real"] * pairs + ["VAE"] * pairs, pairs, label_px=16
+    )
+    overview.reconstruction_note = (
+        f"decode(encode(x)) of real val images: PSNR "
+        f"{metrics['vae_reconstruction_psnr_db']:.1f} dB on {len(real)} images"
+    )
+    sweep, note = guidance_sweep(
+        pipeline, prompts[: cfg.sweep_prompts], cfg.guidance_sweep, cfg.seed, cfg.num_inference_steps
+    )
+    curves = {
+        f"train/{name}": read_curve(paths.curves / "train" / f"{name}.tsv", name)
+        for name in ("loss", "lr", "grad_norm", "samples_per_s")
+    }
+    sampling = {
+        k: getattr(cfg, k) for k in ("scheduler", "num_inference_steps", "guidance_scale", "num_samples", "seed")
+    }
+    train_stats = json.loads(paths.train_stats.read_text())
+    overview.lines = overview_lines(train_stats, metrics, sampling)
+    (out / "report.html").write_text(report_html(metrics, grid, sweep, note, curves, sampling, prompts, overview))
+    write_evaluation(out, metrics)
+    print(f"evaluate: {metrics}")

@@ -1,4 +1,7 @@
-"""Train the UNet on cached latents with accelerate; checkpoint, resume, export.
+"""The training run, in one file: `run` at the bottom is what `dvc repro train` does, top to
+bottom (setup, data, model, resume, loop, export); the loop is `train_unet`, the helpers above
+it are each one step of the run. The denoiser (UNet or Transformer) trains on cached latents
+with accelerate.
 
 One loop for 1 CPU process and N GPUs on M nodes: `accelerate launch` starts the
 processes (see `sdlab.launch`), each rank streams its own share of the latent shards from
@@ -16,11 +19,14 @@ continues the same run; older runs are removed only beyond `train.keep_runs`, lo
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,16 +35,23 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
+from diffusers import AutoencoderKL
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
+from dvclive import Live
 from tqdm import tqdm
 
 from sdlab.config import ConfigError, TrainConfig
+from sdlab.data.records import DataError
 from sdlab.diffusion import drop_captions, make_noise_scheduler, sample_latents, training_loss
-from sdlab.latents import LATENT_FIELDS, read_uncond
-from sdlab.models.denoiser import select_trainable
-from sdlab.models.text_encoder import encode_tokens
-from sdlab.stream import LatentStream
+from sdlab.io import first_rows, write_json
+from sdlab.latents import LATENT_FIELDS, read_meta, read_uncond
+from sdlab.models.denoiser import make_denoiser, select_trainable
+from sdlab.models.pipeline import build_pipeline, export_pipeline
+from sdlab.models.text_encoder import encode_tokens, load_text_encoder
+from sdlab.reports import sample_grid
+from sdlab.sampling import generate
+from sdlab.stream import LatentStream, rank_parts
 
 log = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "step-"
@@ -248,6 +261,14 @@ class Metrics:
     def reset(self) -> None:
         self.losses, self.norms, self.samples, self.tick = [], [], 0, time.perf_counter()
 
+    def add_micro_step(self, loss: float, samples: int) -> None:
+        """One micro-step: its loss (the mean over ranks) and the samples every rank saw."""
+        self.losses.append(loss)
+        self.samples += samples
+
+    def add_grad_norm(self, norm: float) -> None:
+        self.norms.append(norm)
+
     def summary(self, lr: float) -> dict:
         loss = sum(self.losses) / len(self.losses)
         self.smoothed = loss if self.smoothed is None else LOSS_SMOOTHING * self.smoothed + (1 - LOSS_SMOOTHING) * loss
@@ -331,11 +352,10 @@ def train_unet(
                     )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    metrics.norms.append(float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)))
+                    metrics.add_grad_norm(float(accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            metrics.losses.append(losses.mean().item())
-            metrics.samples += len(latents) * world
+            metrics.add_micro_step(losses.mean().item(), len(latents) * world)
         lr_schedule.step()
         ema.step(trainable)
         done = step + 1
@@ -402,3 +422,127 @@ def weights_sha256(module: torch.nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+# -- the run, top to bottom: what `dvc repro train` does -----------------------------------------
+
+
+@dataclass
+class RunPaths:
+    latents: Path  # data/latents: the encode stage's shards, index and meta.json
+    vae: Path  # models/vae: exported with the denoiser
+    checkpoints: Path  # models/checkpoints: one folder per run (`run_identity`)
+    live: Path  # reports/train/live: dvclive curves and validation grids
+    out: Path  # models/trained: the exported pipeline folder
+    report: Path  # reports/train: stats.json
+
+
+@dataclass
+class MainProcess:
+    """What only the main process holds, built in one place: the VAE (validation grids and the
+    export), the dvclive logger and the val prompts the grids draw."""
+
+    vae: AutoencoderKL
+    live: Live
+    prompts: list[str]
+
+
+def validation_grid(model, step: int, cfg: TrainConfig, main: MainProcess, tokenizer, text_encoder) -> None:
+    """`train.validation_prompts` val prompts sampled with the current weights (the sampler at
+    `validation_steps` / `validation_guidance`), into the dvclive folder."""
+    if not main.prompts:
+        return
+    pipeline = build_pipeline(model, main.vae, tokenizer, text_encoder, make_noise_scheduler(cfg))
+    pipeline.set_progress_bar_config(disable=True)
+    prompts = main.prompts
+    images = generate(
+        pipeline,
+        prompts,
+        list(range(len(prompts))),
+        cfg.validation_steps,
+        cfg.validation_guidance,
+        len(prompts),
+        progress=False,
+    )
+    main.live.log_image(f"validation/step-{step:07d}.png", sample_grid(images, prompts, len(prompts)))
+    model.train()
+
+
+def run(cfg: TrainConfig, paths: RunPaths) -> None:
+    """Train the denoiser on the latents folder and export the pipeline; every process of an
+    `accelerate launch` runs this, and only the main process logs, samples and writes."""
+    # setup: processes and ranks
+    accelerator = make_accelerator(cfg)
+    rank, world = accelerator.process_index, accelerator.num_processes
+
+    # data: this rank's share of the latent shards, streamed
+    meta = read_meta(paths.latents)
+    per_rank = [sum(p.rows for p in rank_parts(meta["shards"], r, world)) for r in range(world)]
+    if min(per_rank) == 0:
+        raise DataError(
+            f"train: the train split has {sum(per_rank)} image(s), too few for {world} process(es) "
+            "(lower dedupe.val_fraction or add data)"
+        )
+    batch_size = min(cfg.batch_size, min(per_rank))
+    if batch_size < cfg.batch_size and accelerator.is_main_process:
+        print(
+            f"train: train.batch_size {cfg.batch_size} is above the {min(per_rank)} train images a process "
+            f"has; using batch {batch_size}",
+            file=sys.stderr,
+        )
+    stream = LatentStream(
+        paths.latents, rank_parts(meta["shards"], rank, world), batch_size, cfg.seed, cfg.shuffle_shards
+    )
+    masked = cfg.denoiser == "transformer"
+    if masked != meta.get("text_mask", False):
+        raise DataError(
+            f"train.denoiser: {cfg.denoiser} needs text states encoded {'with' if masked else 'without'} "
+            f"the attention mask; {paths.latents} has them {'with' if not masked else 'without'} (rerun encode)"
+        )
+
+    # model: the text side (frozen) and the denoiser
+    tokenizer, text_encoder = load_text_encoder(
+        **meta["text_encoder"], load_model=accelerator.is_main_process or meta["text"] == "tokens"
+    )
+    conditioning = conditioning_for(paths.latents, meta["text"], text_encoder, masked)
+    denoiser = make_denoiser(cfg, meta["latent_shape"][1], meta["latent_shape"][0], meta["text_dim"])
+
+    # the run's folder: a new run, or the checkpoints of this recipe to resume
+    run_dir = paths.checkpoints / run_identity(cfg, data_fingerprint(paths.latents), world)
+    main = None
+    if accelerator.is_main_process:
+        resuming = prepare_run(run_dir, cfg.keep_runs, paths.live)
+        prompts = first_rows(paths.latents / "index.parquet", cfg.validation_prompts, "split", "val", ["caption"])
+        main = MainProcess(
+            vae=AutoencoderKL.from_pretrained(paths.vae),
+            live=Live(dir=str(paths.live), dvcyaml=None, save_dvc_exp=False, resume=resuming),
+            prompts=prompts["caption"].to_pylist(),
+        )
+    accelerator.wait_for_everyone()
+
+    # resume + loop
+    validate = None
+    if main is not None:
+        validate = functools.partial(
+            validation_grid, cfg=cfg, main=main, tokenizer=tokenizer, text_encoder=text_encoder
+        )
+    with main.live if main is not None else contextlib.nullcontext():
+        denoiser, summary = train_unet(
+            denoiser, stream, conditioning, cfg, run_dir, main and main.live, validate, accelerator
+        )
+    stream.close()
+
+    # export: the pipeline folder and the run's stats
+    if main is not None:
+        (paths.live / "plots" / "images").mkdir(parents=True, exist_ok=True)  # a DVC plots out
+        summary.update(
+            train_samples=sum(per_rank),
+            denoiser=cfg.denoiser,
+            unet_parameters=sum(p.numel() for p in denoiser.parameters()),
+            trainable_parameters=sum(p.numel() for p in denoiser.parameters() if p.requires_grad),
+        )
+        summary["single_file"] = export_pipeline(denoiser, cfg, main.vae, tokenizer, text_encoder, paths.out)
+        write_json(paths.report / "stats.json", summary)
+        print(f"train: {summary}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()

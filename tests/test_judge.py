@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from sdlab.attribute_classifier import FeatureExtractor, accuracy, train_classifier
 from sdlab.data.images import composite_on_white, fit_square
 from sdlab.evaluate import fid_kid
+from sdlab.judge import FeatureExtractor, accuracy, judge_samples, train_classifier
 from sdlab.sources.synthetic import ATTRIBUTES, draw_blob, sample_blob
 
 
@@ -47,7 +47,6 @@ def test_judge_samples_scores_the_generated_images_against_their_own_rows():
     """The adherence table rests on this: judging the real images instead of the generated
     ones, or pairing images with the wrong rows, must show. Here the "generated" images are
     the real val images rolled by one, each beside another image's prompt."""
-    from sdlab.evaluate import judge_samples
 
     train, train_rows = blobs(1, 600)
     val, rows = blobs(2, 64)
