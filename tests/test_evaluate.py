@@ -101,11 +101,10 @@ def test_generate_command_writes_a_reproducible_png(tiny_pipeline_dir, tmp_path)
         "--steps",
         "3",
     ]
-    for name in ("a.png", "b.png"):
-        result = subprocess.run(command + ["--out", str(tmp_path / name)], capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr
-    a, b = (np.asarray(Image.open(tmp_path / n)) for n in ("a.png", "b.png"))
-    assert a.shape == (16, 16, 3) and np.array_equal(a, b)
+    result = subprocess.run(command + ["--out", str(tmp_path / "a.png")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    a = np.asarray(Image.open(tmp_path / "a.png"))
+    assert a.shape == (16, 16, 3)
     result = subprocess.run(
         command + ["--num-images", "2", "--out", str(tmp_path / "many.png")],
         capture_output=True,
@@ -118,7 +117,8 @@ def test_generate_command_writes_a_reproducible_png(tiny_pipeline_dir, tmp_path)
     for size, name in ((["--height", "16", "--width", "16"], "trained.png"), (["--height", "24"], "tall.png")):
         result = subprocess.run(command + size + ["--out", str(tmp_path / name)], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "trained.png")), a)  # the default is the trained size
+    # another process, the trained size spelt out: the same pixels (reproducible; the default is the trained size)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "trained.png")), a)
     assert np.asarray(Image.open(tmp_path / "tall.png")).shape == (24, 16, 3)
 
 
