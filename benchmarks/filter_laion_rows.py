@@ -116,7 +116,7 @@ def main() -> None:
             f"metadata: {args.rows:,} rows, {(work / 'metadata.parquet').stat().st_size / 2**20:.0f} MiB "
             f"written in {time.perf_counter() - started:.0f} s"
         )
-        params = load_profile("laion", REPO)[1]  # configs/laion.yaml over params.yaml
+        params = load_profile("laion", REPO).composed  # configs/laion.yaml over params.yaml
         params["scrape"]["laion"]["metadata"] = str(work / "metadata.parquet")
         (work / "params.yaml").write_text(yaml.safe_dump(params))
         python = sys.executable

@@ -37,7 +37,7 @@ def copy_repo(params: Path, work: Path, profile: str | None = None) -> None:
 
         from sdlab.profiles import load_profile
 
-        (work / "params.yaml").write_text(yaml.safe_dump(load_profile(profile, work)[1], sort_keys=False))
+        (work / "params.yaml").write_text(yaml.safe_dump(load_profile(profile, work).composed, sort_keys=False))
     for command in (
         ["init", "-q"],
         ["add", "-A"],

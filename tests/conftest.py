@@ -80,7 +80,7 @@ def profile(name: str) -> dict:
     """configs/<name>.yaml laid over params.yaml: the params that profile runs with."""
     from sdlab.profiles import load_profile
 
-    return load_profile(name, REPO)[1]
+    return load_profile(name, REPO).composed
 
 
 def profile_file(name: str, folder: Path) -> Path:
@@ -157,6 +157,20 @@ def dvc_env(workdir: Path) -> dict:
         HF_HUB_OFFLINE="1",
         PYTHONPATH=os.pathsep.join([str(workdir / "src"), str(GUARD_DIR)]),
     )  # the copy runs its own code
+
+
+def sdlab_in(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """`sdlab ARGS` in a project copy, as `dvc` runs its stages there; must succeed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "sdlab.cli", *args],
+        cwd=workdir,
+        env=dvc_env(workdir),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, f"sdlab {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
 
 
 def dvc(workdir: Path, *args: str) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import REPO, dvc, dvc_env, project_copy
+from conftest import REPO, dvc, project_copy, sdlab_in
 from huggingface_hub import ModelCard
 from PIL import Image
 
@@ -34,15 +34,7 @@ def repo(tmp_path_factory) -> Path:
     """A fresh git+dvc copy of the project (params.yaml as shipped), reproduced once with the tiny
     profile as a user runs it: `sdlab profile tiny --workspace` (a DVC experiment in the workspace)."""
     work = project_copy(tmp_path_factory.mktemp("e2e") / "sdlab", (REPO / "params.yaml").read_text())
-    first = subprocess.run(
-        [sys.executable, "-m", "sdlab.cli", "profile", "tiny", "--workspace"],
-        cwd=work,
-        env=dvc_env(work),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    first = sdlab_in(work, "profile", "tiny", "--workspace")
     (work / "first_run.log").write_text(first.stdout)
     return work
 

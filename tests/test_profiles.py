@@ -13,7 +13,7 @@ import yaml
 from conftest import REPO
 
 from sdlab.config import ConfigError, load_params, parse_params
-from sdlab.profiles import compose, leaves, load_profile, set_param_args
+from sdlab.profiles import compose, leaves, load_profile
 
 PROFILES = sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
 
@@ -24,11 +24,10 @@ def test_dvcs_own_overrides_turn_params_yaml_into_the_profile(name, tmp_path):
     code to params.yaml, give the params `compose` gives (and that validate)."""
     from dvc.utils.hydra import apply_overrides
 
-    delta, composed, params = load_profile(name, REPO)
+    delta, composed, params, overrides = load_profile(name, REPO)  # the arguments `sdlab profile` passes
     path = tmp_path / "params.yaml"
     path.write_text((REPO / "params.yaml").read_text())
     base = yaml.safe_load(path.read_text())
-    overrides = set_param_args(delta, base)
     assert overrides[::2] == ["-S"] * len(leaves(delta, base))
     apply_overrides(path, overrides[1::2])
     assert load_params(path) == params == parse_params(composed)
@@ -89,18 +88,10 @@ def test_a_profile_runs_as_an_experiment_outside_the_workspace(tmp_path):
     and the stage's metrics."""
     import json
 
-    from conftest import dvc, dvc_env, project_copy
+    from conftest import dvc, project_copy, sdlab_in
 
     work = project_copy(tmp_path / "sdlab", (REPO / "params.yaml").read_text())
-    result = subprocess.run(
-        [sys.executable, "-m", "sdlab.cli", "profile", "tiny", "filter"],
-        cwd=work,
-        env=dvc_env(work),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = sdlab_in(work, "profile", "tiny", "filter")
     assert "Running stage 'filter'" in result.stdout and "Running stage 'download'" not in result.stdout
     status = subprocess.run(["git", "status", "--porcelain"], cwd=work, capture_output=True, text=True)
     assert status.stdout == "" and not (work / "data").exists()

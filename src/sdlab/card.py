@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from huggingface_hub import ModelCard, ModelCardData
 
 from sdlab.config import SCHEDULERS, Params
+from sdlab.models.files import KOHYA_LORA, LORA_FOLDER, SINGLE_FILE
 
 SAMPLES = "samples.png"  # evaluate's grid, shipped beside the card
 DATA_STAGES = ("scrape", "filter", "download", "dedupe", "caption", "encode")
@@ -195,18 +196,19 @@ def usage(facts: Facts) -> str:
         f"  --seed 0 --steps {steps} --guidance {guidance:g} --scheduler {p.evaluate.scheduler} --out out.png",
         "```",
     ]
-    if "sdlab.safetensors" in facts.files:
+    if SINGLE_FILE in facts.files:
         lines += [
             "",
-            "`sdlab.safetensors` holds the same weights in the original Stable Diffusion checkpoint layout "
+            f"`{SINGLE_FILE}` holds the same weights in the original Stable Diffusion checkpoint layout "
             "(for AUTOMATIC1111, ComfyUI, or `StableDiffusionPipeline.from_single_file`).",
         ]
-    if "lora/lora_kohya.safetensors" in facts.files:
+    kohya = f"{LORA_FOLDER}/{KOHYA_LORA}"
+    if kohya in facts.files:
         lines += [
             "",
             f"The UNet ships with its LoRA merged. The adapters alone, for `{p.train.pretrained}`: "
-            "`lora/pytorch_lora_weights.safetensors` (diffusers, `pipe.load_lora_weights(...)`) and "
-            "`lora/lora_kohya.safetensors` (kohya / AUTOMATIC1111 key layout).",
+            f"`{LORA_FOLDER}/pytorch_lora_weights.safetensors` (diffusers, `pipe.load_lora_weights(...)`) and "
+            f"`{kohya}` (kohya / AUTOMATIC1111 key layout).",
         ]
     return "\n".join(lines)
 

@@ -147,19 +147,18 @@ def _profile(args: argparse.Namespace) -> int:
     import yaml
 
     from sdlab.config import ConfigError
-    from sdlab.profiles import load_profile, set_param_args
+    from sdlab.profiles import load_profile
 
     try:
-        delta, composed, _ = load_profile(args.name)
-        overrides = set_param_args(delta, composed)
+        profile = load_profile(args.name)
     except ConfigError as exc:
         return _fail(str(exc), "profile")
     if args.show:
-        print(yaml.safe_dump(composed, sort_keys=False, width=100), end="")
+        print(yaml.safe_dump(profile.composed, sort_keys=False, width=100), end="")
         return 0
     name = args.exp_name or args.name
     where = [] if args.workspace else ["--temp"]
-    command = ["dvc", "exp", "run", *where, "-n", name, *overrides, *args.targets]
+    command = ["dvc", "exp", "run", *where, "-n", name, *profile.overrides, *args.targets]
     print(shlex.join(command), flush=True)
     if args.dry_run:
         return 0

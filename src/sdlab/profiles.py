@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sdlab.config import ConfigError, Params, parse_params, read_yaml
 
@@ -90,14 +90,21 @@ def set_param_args(delta: dict, base: dict) -> list[str]:
     return args
 
 
-def load_profile(name: str, root: str | Path = ".") -> tuple[dict, dict, Params]:
-    """(the profile's delta, params.yaml with it applied, the validated Params)."""
+class Profile(NamedTuple):
+    delta: dict  # what configs/<name>.yaml sets
+    composed: dict  # params.yaml with it applied
+    params: Params  # the same, validated
+    overrides: list[str]  # `-S key=value` arguments of `dvc exp run` (against params.yaml, not `composed`)
+
+
+def load_profile(name: str, root: str | Path = ".") -> Profile:
+    """A profile read, checked against params.yaml and composed with it."""
     root = Path(root)
     path = profile_path(name, root)
     delta, base = read_mapping(path), read_mapping(root / "params.yaml")
     try:
-        leaves(delta, base)
+        overrides = set_param_args(delta, base)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     composed = compose(base, delta)
-    return delta, composed, parse_params(composed)
+    return Profile(delta, composed, parse_params(composed), overrides)

@@ -20,13 +20,11 @@ from diffusers import (
 from sdlab.config import TrainConfig
 from sdlab.diffusion import make_noise_scheduler
 from sdlab.io import atomic_dir
+from sdlab.models.files import KOHYA_LORA, LORA_FOLDER, SINGLE_FILE
 from sdlab.models.single_file import SingleFileUnsupported, pipeline_to_ldm
 from sdlab.models.transformer import as_denoiser, plain_transformer
 
 log = logging.getLogger(__name__)
-LORA_FOLDER = "lora"
-KOHYA_LORA = "lora_kohya.safetensors"  # the same adapters, keys as kohya's sd-scripts name them
-SINGLE_FILE = "sdlab.safetensors"  # the whole model in the original Stable Diffusion layout
 
 
 def build_pipeline(model, vae: AutoencoderKL, tokenizer, text_encoder, noise_scheduler: DDPMScheduler):
