@@ -5,9 +5,19 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install repro lint test mutants tiny browser
+.PHONY: install repro lint test mutants tiny browser emoji-tarballs
 
-install: $(STAMP) browser
+install: $(STAMP) browser emoji-tarballs
+
+# The real emoji packages the tests build their tiny corpus from (Twitter's and Google's sets,
+# ~130 MB, pinned by sha512 in sdlab.sources.emoji_sets); the tests read them from here and send
+# no packet off the machine. The `emoji_sets` source fetches what it needs itself (`npm pack`).
+EMOJI_TARBALLS := .cache/emoji-tarballs
+EMOJI_PACKAGES := emoji-datasource-twitter-16.0.0.tgz emoji-datasource-google-16.0.0.tgz
+emoji-tarballs: $(addprefix $(EMOJI_TARBALLS)/,$(EMOJI_PACKAGES))
+$(EMOJI_TARBALLS)/%.tgz:
+	mkdir -p $(EMOJI_TARBALLS)
+	cd $(EMOJI_TARBALLS) && npm pack --silent $$(echo $* | sed -E 's/-([0-9][^-]*)$$/@\1/') >/dev/null
 
 # Debian packages, as root: Chromium + its driver (scraping, report.html in the tests), the
 # Noto Color Emoji font (the `noto` source) and Java (Spark's JVM: `download.distributor: pyspark`).

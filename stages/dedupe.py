@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from sdlab.data.dedupe import dedupe_file
+from sdlab.data.dedupe import SplitRule, dedupe_file
 from sdlab.data.records import DataError
 from sdlab.io import write_json
 from sdlab.reports import sheet_of_shards
@@ -12,7 +12,8 @@ from sdlab.stage import parse_args, stage
 @stage("dedupe")
 def main(args, params):
     out = Path(args.out)
-    stats = dedupe_file(Path(args.index), out / "index.parquet", out / "duplicates.parquet", params.dedupe.val_fraction)
+    rule = SplitRule(**params.dedupe.model_dump())
+    stats = dedupe_file(Path(args.index), out / "index.parquet", out / "duplicates.parquet", rule)
     stats["sheet_unreadable"] = sheet_of_shards(
         Path(args.report) / "sheet.png",
         out / "index.parquet",

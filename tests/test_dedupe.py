@@ -17,7 +17,7 @@ def test_the_planted_duplicate_is_the_one_dropped():
             {"key": "broken", "md5": "", "status": "failed"},
         ]
     )
-    kept, duplicates, stats = dedupe(table, val_fraction=0.5)
+    kept, duplicates, stats = dedupe(table, 0.5)
     assert kept["key"].to_pylist() == ["first", "other"]
     assert duplicates.to_pylist() == [{"key": "copy", "md5": "aaa", "duplicate_of": "first"}]
     assert stats == {

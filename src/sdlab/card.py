@@ -49,6 +49,8 @@ def _source(params: Params) -> str:
         "laion": f"LAION metadata `{params.scrape.laion.metadata}`",
         "folder": f"the image folder `{params.scrape.folder.path}`",
         "noto": "the Noto Color Emoji font's glyphs",
+        "emoji_sets": f"the {', '.join(params.scrape.emoji_sets.vendors)} emoji sets (npm "
+        f"emoji-datasource-<vendor>@{params.scrape.emoji_sets.version}), captions from their names",
     }[source]
     return f"{source}: {detail}"
 
@@ -230,6 +232,12 @@ def limitations(facts: Facts) -> list[str]:
         )
     if p.scrape.source in ("laion", "discord"):
         items.append("Images and captions come from the web: their licences, biases and errors carry into the model.")
+    if licences := facts.stats.get("scrape", {}).get("licences"):
+        items.append(
+            "The training images keep their makers' licences, which bind what the model may be used for: "
+            + "; ".join(licences.values())
+            + "."
+        )
     if p.text_encoder.pretrained is None:
         items.append("The packaged MiniLM text encoder is a sentence model, not a CLIP text tower.")
     return items

@@ -118,14 +118,28 @@ class NotoConfig(Section):
     image_px: int = Field(128, ge=16)
 
 
+EMOJI_VENDORS = ("apple", "google", "twitter", "facebook")  # the emoji-datasource-<vendor> npm packages
+
+
+class EmojiSetsConfig(Section):
+    vendors: list[Literal[EMOJI_VENDORS]] = Field(list(EMOJI_VENDORS), min_length=1)
+    version: str = Field("16.0.0", pattern=r"^[0-9][0-9A-Za-z.+-]*$")  # of every emoji-datasource-<vendor> package
+    integrity: dict[str, str] = {}  # `NAME@VERSION: sha512-...` for versions sdlab has no pin of
+    tarballs: str | None = None  # a folder already holding the packages' .tgz (a mirror); else `npm pack`
+    npm: str = "npm"  # the npm client that fetches a missing package (`npm pack NAME@VERSION`)
+    max_concepts: int | None = Field(None, gt=0)  # null: every emoji; else this many, spread over the list
+    skin_tones: bool = False  # also the skin-tone variants, each a concept of its own
+
+
 class ScrapeConfig(Section):
-    source: Literal["synthetic", "discord", "laion", "folder", "noto"] = "synthetic"
+    source: Literal["synthetic", "discord", "laion", "folder", "noto", "emoji_sets"] = "synthetic"
     seed: int = 0
     synthetic: SyntheticConfig = SyntheticConfig()
     discord: DiscordConfig = DiscordConfig()
     laion: LaionConfig = LaionConfig()
     folder: FolderConfig = FolderConfig()
     noto: NotoConfig = NotoConfig()
+    emoji_sets: EmojiSetsConfig = EmojiSetsConfig()
 
     @model_validator(mode="after")
     def _check_source(self) -> ScrapeConfig:
@@ -195,6 +209,9 @@ class DownloadConfig(Section):
 
 class DedupeConfig(Section):
     val_fraction: float = Field(0.05, gt=0, lt=1)
+    split_column: str = "key"  # rows with one value here share a split (emoji_sets: `pair`, a concept in one style)
+    unseen_column: str | None = None  # e.g. `concept`: a fraction of its values goes to val whole, never trained on
+    unseen_fraction: float = Field(0.0, ge=0, lt=1)
 
 
 class CaptionConfig(Section):
@@ -378,8 +395,12 @@ class EvaluateConfig(Section):
     sweep_prompts: int = Field(4, ge=0)
     # blob_attributes: adherence per attribute of the synthetic source's prompts (skin color from the
     # pixels, a CNN for the rest); null for every other source
-    judge: Literal["blob_attributes"] | None = "blob_attributes"
-    judge_steps: int = Field(300, ge=1)  # training steps of the attribute classifier (synthetic source)
+    # labels: a classifier per `label_columns` column (any source whose records carry them), trained on the real
+    # train images, plus retrieval by `concept_column`
+    judge: Literal["blob_attributes", "labels"] | None = "blob_attributes"
+    judge_steps: int = Field(300, ge=1)  # training steps of the judging classifier
+    label_columns: list[str] = []  # judge labels: e.g. [category, subcategory, style]; a folder source: [tag]
+    concept_column: str | None = None  # judge labels: what a prompt names (retrieval; concepts unseen in train)
     clip_model: str | None = None  # hub id or local folder of a CLIP model: adds clip_score
     inception_weights: str | None = None  # torch-fidelity's pt_inception-2015-12-05 file: adds fid/kid_inception
     # its sha256 is checked before it is unpickled: null = the published file (6726825d...)
@@ -418,6 +439,8 @@ class Params(Section):
                 f"evaluate.judge: blob_attributes judges the synthetic source's attributes, but scrape.source "
                 f"is {self.scrape.source} (set evaluate.judge: null)"
             )
+        if self.evaluate.judge == "labels" and not self.evaluate.label_columns:
+            raise ValueError("evaluate.label_columns: judge labels needs at least one column to judge")
         return self
 
 

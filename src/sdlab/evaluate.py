@@ -19,8 +19,9 @@ from sdlab.data.shards import load_images
 from sdlab.diffusion import denoising_loss
 from sdlab.distribution import distribution_metrics, psnr, reconstruct
 from sdlab.evaluation_files import write_evaluation
-from sdlab.io import first_rows
+from sdlab.io import first_rows, spread_rows
 from sdlab.judge import judge_samples
+from sdlab.label_judge import judge_labelled_samples, train_label_judge
 from sdlab.models.pipeline import denoiser_of, load_pipeline
 from sdlab.reports import Overview, read_curve, report_html, sample_grid
 from sdlab.sampling import generate, use_scheduler
@@ -135,6 +136,34 @@ def attribute_rows(pipeline, base: dict, steps: int, guidance: float, seed: int)
         values, prompts = zip(*variations(base, attribute), strict=True)
         images = generate(pipeline, list(prompts), [seed] * len(prompts), steps, guidance, len(prompts), progress=False)
         strips.append((attribute, sample_grid(images, list(values), len(values), label_px=16)))
+    return strips
+
+
+JUDGE_TRAIN_ROWS = 8000  # real train images the label judge learns from, spread over the index
+CONCEPT_ROWS = 4  # report: concepts shown in every style they exist in
+
+
+def concept_rows(
+    pipeline, paths: EvaluatePaths, rows: list[dict], concept_column: str, steps: int, guidance: float, seed: int
+) -> list:
+    """Per held-out concept, a strip: its real image in every style it exists in (train or val),
+    above the samples for those rows' own prompts, one seed: one concept, every vendor."""
+    import pyarrow.parquet as pq
+
+    concepts = list(dict.fromkeys(str(r[concept_column]) for r in rows))[:CONCEPT_ROWS]
+    found = pq.read_table(paths.latents / "index.parquet", filters=[(concept_column, "in", concepts)]).to_pylist()
+    strips = []
+    for concept in concepts:
+        same = [r for r in found if str(r[concept_column]) == concept]
+        real = load_images(paths.shards, same)
+        prompts = [r["caption"] for r in same]
+        made = generate(pipeline, prompts, [seed] * len(prompts), steps, guidance, len(prompts), progress=False)
+        style = [str(r.get("style") or r["key"]) for r in same]
+        labels = [f"real {s} ({r['split']})" for s, r in zip(style, same, strict=True)] + [
+            f"generated {s}" for s in style
+        ]
+        grid = sample_grid(np.concatenate([real, made]), labels, len(same), label_px=16)
+        strips.append((str(same[0].get("title") or concept), grid))
     return strips
 
 
@@ -266,7 +295,8 @@ def run(params: Params, paths: EvaluatePaths) -> None:
     VAE reconstructions; metrics.json + details.json, samples.png and report.html."""
     cfg, latents_dir = params.evaluate, paths.latents
     pipeline = load_pipeline(paths.pipeline)
-    rows = first_rows(latents_dir / "index.parquet", cfg.num_samples, "split", "val").to_pylist()
+    pick = spread_rows if cfg.judge == "labels" else first_rows  # labels: every vendor/source part of the index
+    rows = pick(latents_dir / "index.parquet", cfg.num_samples, "split", "val").to_pylist()
     if not rows:
         raise DataError("the val split is empty (raise dedupe.val_fraction)")
     mean, hidden, mask = heldout_latents(latents_dir, cfg.heldout_samples, pipeline.text_encoder)
@@ -328,6 +358,36 @@ def run(params: Params, paths: EvaluatePaths) -> None:
         overview.attribute_rows = attribute_rows(
             pipeline, rows[0], cfg.num_inference_steps, cfg.guidance_scale, cfg.seed
         )
+    elif cfg.judge == "labels":  # real images with labelled records: category/style judges and retrieval
+        wanted = [*cfg.label_columns, *filter(None, [cfg.concept_column])]
+        if missing := [c for c in wanted if c not in rows[0]]:
+            raise DataError(
+                f"evaluate.label_columns/concept_column: the val rows have no column {missing[0]!r} "
+                f"(they have {sorted(rows[0])})"
+            )
+        train_rows = spread_rows(latents_dir / "index.parquet", JUDGE_TRAIN_ROWS, "split", "train").to_pylist()
+        real_train = load_images(paths.shards, train_rows, max_pixels)
+        judge = train_label_judge(real_train, train_rows, cfg.label_columns, cfg.judge_steps, cfg.seed, pipeline.vae)
+        metrics.update(
+            judge_labelled_samples(
+                judge,
+                images,
+                rows,
+                real_val=real,
+                real_train=real_train,
+                train_rows=train_rows,
+                concept_column=cfg.concept_column,
+                reconstructed_val=reconstructed,
+            )
+        )
+        overview.adherence = [
+            (name, value, metrics["judge_accuracy_on_real"][name], metrics["chance"][name])
+            for name, value in metrics["adherence"].items()
+        ]
+        if cfg.concept_column:
+            overview.attribute_rows = concept_rows(
+                pipeline, paths, rows, cfg.concept_column, cfg.num_inference_steps, cfg.guidance_scale, cfg.seed
+            )
     if cfg.inception_weights:  # the standard features: only then the standard names
         metrics["fid_inception"], metrics["kid_inception"] = fid_kid(
             inception_extractor(cfg.inception_weights, cfg.inception_sha256), real, images

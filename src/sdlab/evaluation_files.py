@@ -18,6 +18,11 @@ DETAIL_KEYS = (
     "kid_blob_judge",
     "colour_histogram_distance_real_vs_real",
     "kid_vae_latent_real_vs_real",
+    "retrieval_at_5_real",
+    "retrieval_at_5_chance",
+    "unseen_concepts",
+    "label_classes",
+    "kid_label_judge_real_vs_real",
 )
 
 

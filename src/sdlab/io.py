@@ -104,3 +104,24 @@ def first_rows(path: str | Path, count: int, column: str, value: Any, columns: l
             break
     schema = parquet.schema_arrow if columns is None else pa.schema([parquet.schema_arrow.field(c) for c in columns])
     return pa.Table.from_batches(found, schema=schema) if found else schema.empty_table()
+
+
+def spread_rows(path: str | Path, count: int, column: str, value: Any) -> pa.Table:
+    """`count` rows whose `column` equals `value`, taken evenly over the table (every part of an
+    index ordered by source, vendor or shard keeps its share); two passes, batch by batch."""
+    import pyarrow.compute as pc
+
+    parquet = pq.ParquetFile(require_table(path))
+    total = sum(
+        int(pc.sum(pc.equal(batch.column(0), value)).as_py() or 0)
+        for batch in parquet.iter_batches(batch_size=65_536, columns=[column])
+    )
+    taken = min(count, total)
+    wanted = {i * total // taken for i in range(taken)}
+    found, seen = [], 0
+    for batch in parquet.iter_batches(batch_size=65_536):
+        match = batch.filter(pc.equal(batch.column(column), value))
+        take = [i for i in range(match.num_rows) if seen + i in wanted]
+        found.append(match.take(pa.array(take, pa.int64())))
+        seen += match.num_rows
+    return pa.Table.from_batches(found, schema=parquet.schema_arrow) if found else parquet.schema_arrow.empty_table()

@@ -77,10 +77,12 @@ CLASSES: dict[str, tuple[str, ...]] = {
 
 
 class AttributeClassifier(nn.Module):
-    """Conv trunk -> 128-d features -> one linear head per attribute."""
+    """Conv trunk -> 128-d features -> one linear head per attribute (`classes`: attribute ->
+    its values; the blob attributes by default, any labelled columns for `sdlab.label_judge`)."""
 
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 32, classes: dict[str, tuple[str, ...]] | None = None):
         super().__init__()
+        self.classes = CLASSES if classes is None else classes
 
         def block(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(
@@ -104,7 +106,7 @@ class AttributeClassifier(nn.Module):
             nn.Linear(16 * 4 * width, 128),
             nn.SiLU(),
         )
-        self.heads = nn.ModuleDict({name: nn.Linear(128, len(values)) for name, values in CLASSES.items()})
+        self.heads = nn.ModuleDict({name: nn.Linear(128, len(values)) for name, values in self.classes.items()})
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) floats in [-1, 1] -> (N, 128)."""
@@ -115,18 +117,25 @@ class AttributeClassifier(nn.Module):
         return {name: head(features) for name, head in self.heads.items()}
 
 
-def labels(rows: list[dict]) -> dict[str, torch.Tensor]:
-    return {name: torch.tensor([values.index(row[name]) for row in rows]) for name, values in CLASSES.items()}
+def labels(rows: list[dict], classes: dict[str, tuple[str, ...]] = CLASSES) -> dict[str, torch.Tensor]:
+    index = {name: {value: i for i, value in enumerate(values)} for name, values in classes.items()}
+    return {name: torch.tensor([index[name][row[name]] for row in rows]) for name in classes}
 
 
 def train_classifier(
-    images: np.ndarray, rows: list[dict], steps: int, seed: int, batch_size: int = 128, lr: float = 2e-3
+    images: np.ndarray,
+    rows: list[dict],
+    steps: int,
+    seed: int,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    classes: dict[str, tuple[str, ...]] | None = None,
 ) -> AttributeClassifier:
     """Fit the classifier on real images (light flips/shifts keep it from memorising pixels)."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model = AttributeClassifier()
-    x, y = to_tensor(images), labels(rows)
+    model = AttributeClassifier(classes=classes)
+    x, y = to_tensor(images), labels(rows, model.classes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 1), pct_start=0.15)
     model.train()
@@ -135,7 +144,7 @@ def train_classifier(
         shift = tuple(int(v) for v in torch.randint(-1, 2, (2,), generator=generator))
         batch = torch.roll(x[ids], shifts=shift, dims=(2, 3))
         logits = model(batch)
-        loss = sum(F.cross_entropy(logits[name], y[name][ids]) for name in CLASSES)
+        loss = sum(F.cross_entropy(logits[name], y[name][ids]) for name in model.classes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -145,10 +154,10 @@ def train_classifier(
 
 @torch.no_grad()
 def predict(model: AttributeClassifier, images: np.ndarray, batch_size: int = 256) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {name: [] for name in CLASSES}
+    out: dict[str, list[str]] = {name: [] for name in model.classes}
     for start in range(0, len(images), batch_size):
         logits = model(to_tensor(images[start : start + batch_size]))
-        for name, values in CLASSES.items():
+        for name, values in model.classes.items():
             out[name] += [values[i] for i in logits[name].argmax(1).tolist()]
     return out
 
@@ -158,7 +167,7 @@ def accuracy(model: AttributeClassifier, images: np.ndarray, rows: list[dict]) -
     predicted = predict(model, images)
     return {
         name: float(np.mean([p == row[name] for p, row in zip(predicted[name], rows, strict=True)])) if rows else 0.0
-        for name in CLASSES
+        for name in model.classes
     }
 
 

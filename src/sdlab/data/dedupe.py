@@ -1,5 +1,9 @@
 """Exact dedupe by MD5 of the original bytes, and a stable train/val split.
 
+The split hashes a column (`key` by default; rows with one value in `split_column` share a
+split, e.g. one concept drawn in one style), and may hold out whole groups (`unseen_column`:
+a fraction of its values goes to val entirely, e.g. concepts the model never sees in training).
+
 Columnar throughout (Arrow + numpy): the plan reads only `key`, `status` and `md5`, and the
 kept rows are streamed from the index in batches, so 12M rows fit in a few GiB.
 """
@@ -7,6 +11,7 @@ kept rows are streamed from the index in batches, so 12M rows fit in a few GiB.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sdlab.data.records import DataError
 from sdlab.io import atomic_path, require_table
 
 DUPLICATES_SCHEMA = pa.schema([("key", pa.string()), ("md5", pa.string()), ("duplicate_of", pa.string())])
@@ -30,12 +36,31 @@ def _bucket(key: str) -> float:
 
 def splits_for_keys(keys: pa.Array, val_fraction: float, chunk: int = 1 << 20) -> pa.Array:
     """`split_for_key` over a column, a chunk of keys at a time (no list of every key in memory)."""
-    is_val = np.empty(len(keys), bool)
-    for start in range(0, len(keys), chunk):
-        part = keys.slice(start, chunk).to_pylist()
-        digests = b"".join(hashlib.sha1(k.encode()).digest()[:8] for k in part)
-        is_val[start : start + len(part)] = np.frombuffer(digests, dtype=">u8") / 2**64 < val_fraction
-    return pc.if_else(pa.array(is_val), "val", "train")
+    return pc.if_else(pa.array(hashed_below(keys, val_fraction, chunk)), "val", "train")
+
+
+UNSEEN_SALT = "unseen:"  # the group hold-out hashes other bits than the split (independent draws)
+
+
+def hashed_below(values: pa.Array, fraction: float, chunk: int = 1 << 20, salt: str = "") -> np.ndarray:
+    """Per value, whether its stable hash falls below `fraction` (equal values, equal answers)."""
+    out = np.empty(len(values), bool)
+    for start in range(0, len(values), chunk):
+        part = values.slice(start, chunk).cast(pa.string()).to_pylist()
+        digests = b"".join(hashlib.sha1((salt + (v or "")).encode()).digest()[:8] for v in part)
+        out[start : start + len(part)] = np.frombuffer(digests, dtype=">u8") / 2**64 < fraction
+    return out
+
+
+def plan_splits(
+    split_by: pa.Array, val_fraction: float, unseen_by: pa.Array | None = None, unseen_fraction: float = 0.0
+) -> tuple[pa.Array, int]:
+    """(train/val per row, how many rows are val because their group is held out whole)."""
+    is_val = hashed_below(split_by, val_fraction)
+    unseen = np.zeros(len(split_by), bool)
+    if unseen_by is not None and unseen_fraction > 0:
+        unseen = hashed_below(unseen_by, unseen_fraction, salt=UNSEEN_SALT)
+    return pc.if_else(pa.array(is_val | unseen), "val", "train"), int(unseen.sum())
 
 
 _HEX = np.full(256, 255, np.uint8)
@@ -80,10 +105,18 @@ def _md5_codes(md5: pa.Array | pa.ChunkedArray, chunk_rows: int = 1 << 20) -> np
 
 
 def dedupe_plan(
-    keys: pa.ChunkedArray, status: pa.ChunkedArray, md5: pa.ChunkedArray, val_fraction: float
+    keys: pa.ChunkedArray,
+    status: pa.ChunkedArray,
+    md5: pa.ChunkedArray,
+    val_fraction: float,
+    *,
+    split_by: pa.ChunkedArray | None = None,
+    unseen_by: pa.ChunkedArray | None = None,
+    unseen_fraction: float = 0.0,
 ) -> tuple[np.ndarray, pa.Array, pa.Table, dict]:
     """(positions of kept rows in the index, their splits, the duplicates table, stats): the
-    first ok row of each md5 (index order) is kept."""
+    first ok row of each md5 (index order) is kept. `split_by` (default: the keys) decides the
+    split; `unseen_by` values below `unseen_fraction` put their whole group in val."""
     ok = np.flatnonzero(pc.equal(status, "ok").to_numpy(zero_copy_only=False))
     codes = _md5_codes(md5.take(pa.array(ok)))
     _, first = np.unique(codes, return_index=True)  # first occurrence of each md5 among ok rows
@@ -101,7 +134,13 @@ def dedupe_plan(
         },
         schema=DUPLICATES_SCHEMA,
     )
-    splits = splits_for_keys(keys.take(pa.array(kept)), val_fraction)
+    taken = pa.array(kept, pa.int64())
+    splits, unseen = plan_splits(
+        (keys if split_by is None else split_by).take(taken),
+        val_fraction,
+        None if unseen_by is None else unseen_by.take(taken),
+        unseen_fraction,
+    )
     val = int(pc.sum(pc.equal(splits, "val")).as_py() or 0)
     stats = {
         "input": len(keys),
@@ -111,25 +150,53 @@ def dedupe_plan(
         "train": len(kept) - val,
         "val": val,
     }
+    if unseen_by is not None:
+        stats["val_unseen_group"] = unseen  # val rows whose whole group (e.g. concept) is held out
     return kept, splits, duplicates, stats
 
 
-def dedupe(index: pa.Table, val_fraction: float) -> tuple[pa.Table, pa.Table, dict]:
+@dataclass(frozen=True)
+class SplitRule:
+    """How kept rows are split (`dedupe` in params.yaml): see the module's docstring."""
+
+    val_fraction: float
+    split_column: str = "key"
+    unseen_column: str | None = None
+    unseen_fraction: float = 0.0
+
+    def columns(self, available: list[str], where: str) -> list[str]:
+        """The index columns the rule reads, each checked to exist (the error names the key)."""
+        for name, column in (("split_column", self.split_column), ("unseen_column", self.unseen_column)):
+            if column is not None and column not in available:
+                raise DataError(f"dedupe.{name}: {where} has no column {column!r} (it has {sorted(available)})")
+        return [c for c in (self.split_column, self.unseen_column) if c is not None]
+
+    def plan(self, table: pa.Table) -> tuple[np.ndarray, pa.Array, pa.Table, dict]:
+        return dedupe_plan(
+            *(table[c] for c in ("key", "status", "md5")),
+            self.val_fraction,
+            split_by=table[self.split_column],
+            unseen_by=None if self.unseen_column is None else table[self.unseen_column],
+            unseen_fraction=self.unseen_fraction,
+        )
+
+
+def dedupe(index: pa.Table, rule: SplitRule | float) -> tuple[pa.Table, pa.Table, dict]:
     """Keep the first ok row of each md5 (index order); return (kept, duplicates, stats)."""
-    kept, splits, duplicates, stats = dedupe_plan(
-        *(index[c].combine_chunks() for c in ("key", "status", "md5")), val_fraction
-    )
+    rule = rule if isinstance(rule, SplitRule) else SplitRule(rule)
+    rule.columns(index.column_names, "the index")
+    kept, splits, duplicates, stats = rule.plan(index.combine_chunks())
     return index.take(pa.array(kept, pa.int64())).append_column("split", splits), duplicates, stats
 
 
 def dedupe_file(
-    index_path: Path, kept_path: Path, duplicates_path: Path, val_fraction: float, batch_rows: int = 262_144
+    index_path: Path, kept_path: Path, duplicates_path: Path, rule: SplitRule | float, batch_rows: int = 262_144
 ) -> dict:
     """`dedupe` from one parquet file to another, streaming the index's wide columns in batches."""
+    rule = rule if isinstance(rule, SplitRule) else SplitRule(rule)
     parquet = pq.ParquetFile(require_table(index_path))
-    columns = pq.read_table(index_path, columns=["key", "status", "md5"])
-    kept, splits, duplicates, stats = dedupe_plan(*(columns[c] for c in ("key", "status", "md5")), val_fraction)
-    del columns
+    read = list(dict.fromkeys(["key", "status", "md5", *rule.columns(parquet.schema_arrow.names, str(index_path))]))
+    kept, splits, duplicates, stats = rule.plan(pq.read_table(index_path, columns=read))
     schema = parquet.schema_arrow.append(pa.field("split", pa.string()))
     with atomic_path(kept_path) as temp, pq.ParquetWriter(temp, schema) as writer:
         start, taken = 0, 0

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from sdlab.config import ScrapeConfig
-from sdlab.sources import discord, folder, laion, noto, synthetic
+from sdlab.sources import discord, emoji_sets, folder, laion, noto, synthetic
 
 Batch = list[dict] | pa.Table
 Source = Callable[[ScrapeConfig, Path, Path, dict], Iterable[Batch]]
@@ -30,4 +30,5 @@ SOURCES: dict[str, Source] = {
     "laion": laion.scrape,
     "folder": folder.scrape,
     "noto": noto.scrape,
+    "emoji_sets": emoji_sets.scrape,
 }

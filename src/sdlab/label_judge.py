@@ -1,0 +1,169 @@
+"""Judges for real images whose records carry labels (`evaluate.judge: labels`): would a person
+recognise the picture?
+
+For any source whose rows have the `label_columns` (emoji_sets: category, subcategory, style;
+a user's folder: its `tag`): one classifier with a head per column, trained on the real train
+images and their VAE reconstructions (the blob judge's recipe, `sdlab.judge`), read on
+
+- the generated images, against the labels of the rows that prompted them (adherence);
+- the real val images and their reconstructions (what the judge can read at all; what a model
+  sampling through this VAE could reach), beside chance (the most common value's share);
+- retrieval by `concept_column`: is a real image of the prompt's concept among the k nearest
+  real images to the sample, in the judge's feature space (cosine)? A category score alone
+  flatters blotches of the right colours; retrieval asks for the concept itself.
+
+Val rows whose concept has train rows (a held-out concept/style pair) are the headline; rows
+whose concept the model never saw are scored apart (`unseen_concepts`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import torch
+
+from sdlab.judge import AttributeClassifier, FeatureExtractor, accuracy, train_classifier
+
+RETRIEVAL_K = 5
+
+
+def classes_of(rows: list[dict], columns: list[str]) -> dict[str, tuple[str, ...]]:
+    """Per column, its values in the rows, sorted (the heads' outputs)."""
+    return {column: tuple(sorted({str(row[column]) for row in rows})) for column in columns}
+
+
+def readable(rows: list[dict], classes: dict[str, tuple[str, ...]]) -> list[dict]:
+    """Rows as the heads read them: each column as a string, values the heads lack as None."""
+    return [{c: (str(row[c]) if str(row[c]) in values else None) for c, values in classes.items()} for row in rows]
+
+
+def label_accuracy(model: AttributeClassifier, images: np.ndarray, rows: list[dict]) -> dict[str, float]:
+    """Per column, the share of images whose predicted value is the row's (a value the judge
+    never saw in train counts as a miss)."""
+    return accuracy(model, images, readable(rows, model.classes)) if rows else {c: 0.0 for c in model.classes}
+
+
+def majority_share(rows: list[dict], columns: list[str]) -> dict[str, float]:
+    """What always answering the most common value scores on these rows."""
+    return {c: Counter(str(r[c]) for r in rows).most_common(1)[0][1] / len(rows) if rows else 0.0 for c in columns}
+
+
+@torch.no_grad()
+def unit_features(extractor: FeatureExtractor, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    """(N, D) L2-normalised judge features of uint8 (N, H, W, 3) images."""
+    parts = [
+        extractor(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).permute(0, 3, 1, 2))
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.nn.functional.normalize(torch.cat(parts), dim=1)
+
+
+def retrieval_at_k(
+    queries: torch.Tensor,
+    query_concepts: list[str],
+    pool: torch.Tensor,
+    pool_concepts: list[str],
+    self_index: list[int] | None = None,
+    k: int = RETRIEVAL_K,
+) -> float:
+    """Share of queries with a pool item of their own concept among their k nearest (cosine).
+    `self_index`: where each query itself sits in the pool (it may not find itself)."""
+    if not query_concepts:
+        return 0.0
+    similarity = queries @ pool.T  # (Q, P)
+    if self_index is not None:
+        similarity[torch.arange(len(queries)), torch.tensor(self_index)] = -2.0
+    nearest = similarity.topk(min(k, pool.shape[0]), dim=1).indices.tolist()
+    hits = [any(pool_concepts[j] == c for j in row) for row, c in zip(nearest, query_concepts, strict=True)]
+    return float(np.mean(hits))
+
+
+def train_label_judge(
+    real_train: np.ndarray, train_rows: list[dict], columns: list[str], steps: int, seed: int, vae=None
+) -> AttributeClassifier:
+    """A head per column, trained on the real train images (and, given the `vae`, on their
+    reconstructions: every generated image is a VAE decode)."""
+    from sdlab.distribution import reconstruct
+
+    images, labels = real_train, train_rows
+    if vae is not None:
+        images, labels = np.concatenate([real_train, reconstruct(vae, real_train)]), train_rows + train_rows
+    labels = [{c: str(r[c]) for c in columns} for r in labels]
+    return train_classifier(images, labels, steps, seed, classes=classes_of(train_rows, columns))
+
+
+def judge_labelled_samples(
+    classifier: AttributeClassifier,
+    generated: np.ndarray,
+    rows: list[dict],
+    *,
+    real_val: np.ndarray,
+    real_train: np.ndarray,
+    train_rows: list[dict],
+    concept_column: str | None,
+    reconstructed_val: np.ndarray | None = None,
+) -> dict:
+    """Adherence per label column on the generated images (held-out pairs; unseen concepts
+    apart), the judge's accuracy on real val images and on their reconstructions, chance,
+    retrieval@k of the prompt's concept, and KID in the judge's feature space with its
+    real-vs-real baseline."""
+    from sdlab.evaluate import fid_kid
+
+    columns = list(classifier.classes)
+    extractor = FeatureExtractor(classifier)
+    seen = {str(r[concept_column]) for r in train_rows} if concept_column else set()
+    is_seen = [not concept_column or str(r[concept_column]) in seen for r in rows]
+    pairs = [i for i, s in enumerate(is_seen) if s]  # the concept was trained on (in another style)
+    unseen = [i for i, s in enumerate(is_seen) if not s]
+
+    def scores(index: list[int]) -> dict:
+        judged = [rows[i] for i in index]
+        out = {
+            "adherence": label_accuracy(classifier, generated[index], judged),
+            "judge_accuracy_on_real": label_accuracy(classifier, real_val[index], judged),
+            "chance": majority_share(judged, columns),
+        }
+        if reconstructed_val is not None:
+            out["judge_accuracy_on_vae_reconstructions"] = label_accuracy(classifier, reconstructed_val[index], judged)
+        if concept_column:
+            out.update(retrieval(extractor, generated, rows, real_val, real_train, train_rows, concept_column, index))
+        return out
+
+    out = {
+        **scores(pairs),
+        "judged_rows": len(pairs),
+        "label_classes": {c: len(v) for c, v in classifier.classes.items()},
+    }
+    if unseen:
+        out["unseen_concepts"] = {**scores(unseen), "judged_rows": len(unseen)}
+    half = len(real_train) // 2
+    out["kid_label_judge"] = fid_kid(extractor, real_val, generated)[1]
+    out["kid_label_judge_real_vs_real"] = fid_kid(extractor, real_val, real_train[half : half + len(generated)])[1]
+    return out
+
+
+def retrieval(
+    extractor: FeatureExtractor,
+    generated: np.ndarray,
+    rows: list[dict],
+    real_val: np.ndarray,
+    real_train: np.ndarray,
+    train_rows: list[dict],
+    concept_column: str,
+    index: list[int],
+) -> dict[str, float]:
+    """retrieval@k of the concept of each generated image in `index` among every real image
+    (val and train), the same for the real val images themselves (each barred from finding
+    itself), and chance (k draws from the pool)."""
+    pool = unit_features(extractor, np.concatenate([real_val, real_train]))
+    pool_concepts = [str(r[concept_column]) for r in rows + train_rows]
+    wanted = [pool_concepts[i] for i in index]
+    counts = Counter(pool_concepts)
+    return {
+        "retrieval_at_5": retrieval_at_k(unit_features(extractor, generated[index]), wanted, pool, pool_concepts),
+        "retrieval_at_5_real": retrieval_at_k(pool[index], wanted, pool, pool_concepts, self_index=index),
+        "retrieval_at_5_chance": float(
+            np.mean([1 - (1 - counts[c] / len(pool_concepts)) ** RETRIEVAL_K for c in wanted])
+        ),
+    }

