@@ -83,6 +83,17 @@ def main() -> None:
     for name, value in metrics.get("adherence", {}).items():
         judge = metrics["judge_accuracy_on_real"][name]
         print(f"- adherence {name}: {value:.3f} (judge on real val images: {judge:.3f})")
+    if "retrieval_at_5" in metrics:  # evaluate.judge: labels
+        print(f"- chance: {metrics['chance']}; held-out pairs judged: {metrics['judged_rows']}")
+        print(
+            f"- retrieval@5: {metrics['retrieval_at_5']:.3f} (real val images: {metrics['retrieval_at_5_real']:.3f}, "
+            f"chance {metrics['retrieval_at_5_chance']:.3f})"
+        )
+        if unseen := metrics.get("unseen_concepts"):
+            print(
+                f"- unseen concepts ({unseen['judged_rows']} rows): adherence {unseen['adherence']}, "
+                f"retrieval@5 {unseen['retrieval_at_5']:.3f}"
+            )
     for name in (
         "vae_reconstruction_psnr_db",
         "colour_histogram_distance",

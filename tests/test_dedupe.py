@@ -82,3 +82,28 @@ def test_the_columnar_md5_path_and_the_fallback_agree():
     assert all(int(row["duplicate_of"][1:]) == int(row["key"][1:]) % 7 for row in duplicates.to_pylist())
     short = index([{"key": f"k{i:02d}", "md5": d[:8], "status": "ok"} for i, d in enumerate(digests)])
     assert dedupe(short, 0.1)[0]["key"].to_pylist() == kept["key"].to_pylist()  # the hash-table fallback
+
+
+def test_rows_sharing_a_split_value_share_a_split_and_held_out_groups_go_whole():
+    from sdlab.data.dedupe import SplitRule
+
+    # 300 (concept, style) pairs drawn twice each (as one design shipped by two vendors), 60 concepts
+    rows = [
+        {"key": f"{vendor}-{c}-{s}", "md5": f"{vendor}{c}{s}", "status": "ok", "pair": f"{c}/{s}", "concept": str(c)}
+        for c in range(60)
+        for s in range(5)
+        for vendor in ("font", "package")
+    ]
+    kept, _, stats = dedupe(
+        index(rows), SplitRule(0.3, split_column="pair", unseen_column="concept", unseen_fraction=0.2)
+    )
+    split_of: dict[str, set] = {}
+    for row in kept.to_pylist():
+        split_of.setdefault(row["pair"], set()).add(row["split"])
+    assert all(len(splits) == 1 for splits in split_of.values())  # never one copy in train, one in val
+    assert {"train", "val"} == set().union(*split_of.values())
+    by_concept: dict[str, set] = {}
+    for row in kept.to_pylist():
+        by_concept.setdefault(row["concept"], set()).add(row["split"])
+    whole = [c for c, splits in by_concept.items() if splits == {"val"}]
+    assert 4 <= len(whole) <= 24 and stats["val_unseen_group"] >= 10 * (len(whole) - 2)

@@ -91,11 +91,66 @@ def test_the_exported_sampler_keeps_the_training_target(tmp_path):
     unet = build_unet(
         UnetConfig(block_out_channels=[8, 16], attention_head_dim=2, cross_attention_levels=[False, True]), 4, 4, 384
     )
-    pipeline = build_pipeline(
-        unet,
-        build_vae(VaeConfig(block_out_channels=[8, 16]), 8),
-        tokenizer,
-        text_encoder,
-        make_noise_scheduler(TrainConfig(prediction_type="v_prediction")),
-    )
+    vae = build_vae(VaeConfig(block_out_channels=[8, 16]), 8)
+    v_model = make_noise_scheduler(TrainConfig(prediction_type="v_prediction"))
+    pipeline = build_pipeline(unet, vae, tokenizer, text_encoder, v_model)
     assert pipeline.scheduler.config.prediction_type == "v_prediction"
+
+    from sdlab.models.single_file import SingleFileUnsupported, check_convertible
+    from sdlab.sampling import use_scheduler
+
+    flow = make_noise_scheduler(TrainConfig(prediction_type="flow_matching", snr_gamma=None))
+    pipeline = build_pipeline(unet, vae, tokenizer, text_encoder, flow)
+    assert pipeline.scheduler.config.prediction_type == "flow_prediction" and pipeline.scheduler.config.use_flow_sigmas
+    use_scheduler(pipeline, "unipc")
+    assert pipeline.scheduler.config.use_flow_sigmas  # the swapped sampler keeps the flow sigmas
+    with pytest.raises(ValueError, match="scheduler: euler cannot sample this flow-matching model"):
+        use_scheduler(pipeline, "euler")
+    with pytest.raises(SingleFileUnsupported, match="flow matching"):
+        check_convertible(pipeline)
+
+
+def test_flow_matching_noises_on_a_straight_line_and_targets_noise_minus_data():
+    scheduler = make_noise_scheduler(TrainConfig(prediction_type="flow_matching", snr_gamma=None))
+    latents, noise, t = batch()
+    s = (t / 1000.0)[:, None, None, None]
+    target = denoising_target(scheduler, latents, noise, t)
+    assert torch.allclose(target, noise - latents)
+    assert denoising_loss(Oracle(target), scheduler, latents, None, t, noise).abs().max() < 1e-10
+    assert denoising_loss(Oracle(noise), scheduler, latents, None, t, noise).mean() > 0.5
+    from sdlab.diffusion import noised
+
+    assert torch.allclose(noised(scheduler, latents, noise, t), (1 - s) * latents + s * noise)
+    drawn = training_loss(Oracle(torch.zeros_like(latents)), scheduler, latents, None, torch.Generator().manual_seed(5))
+    assert 1.5 < drawn < 2.5  # E|noise - x0|^2 = 2 for unit Gaussians
+
+
+@pytest.mark.parametrize("sampler", ["dpm_solver_multistep", "unipc"])
+def test_the_exported_flow_sampler_walks_the_trained_path_back_to_the_data(sampler):
+    """A denoiser that answers the exact velocity for one data point: the exported sampler,
+    started from noise, must land on that point (the sampler's sigmas are the training's t/1000)."""
+    import diffusers
+
+    from sdlab.config import SCHEDULERS
+
+    trained = make_noise_scheduler(TrainConfig(prediction_type="flow_matching", snr_gamma=None))
+    scheduler = getattr(diffusers, SCHEDULERS[sampler]).from_config(trained.config)
+    data = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2)) * scheduler.init_noise_sigma
+    scheduler.set_timesteps(12)
+    for t in scheduler.timesteps:
+        s = float(t) / 1000.0
+        velocity = (x - data) / s  # noise - data, read off the straight line through x
+        x = scheduler.step(velocity, t, x).prev_sample
+    assert torch.allclose(x, data, atol=5e-3)  # the last sigma is 1/1000, not 0
+
+
+def test_flow_matching_refuses_the_ddpm_only_settings():
+    from sdlab.config import ConfigError, parse_params
+
+    with pytest.raises(ConfigError, match="train.snr_gamma: min-SNR weights the DDPM objectives"):
+        parse_params({"train": {"prediction_type": "flow_matching"}, "evaluate": {"judge": None}})
+    with pytest.raises(ConfigError, match="evaluate.scheduler: ddim cannot sample a flow_matching model"):
+        parse_params(
+            {"train": {"prediction_type": "flow_matching", "snr_gamma": None}, "evaluate": {"scheduler": "ddim"}}
+        )

@@ -344,6 +344,35 @@ MUTANTS = (
         "where = []",
         (T + "test_profiles.py::test_a_profile_runs_as_an_experiment_outside_the_workspace",),
     ),
+    # Real artwork (issue 27): the split, the label judges, retrieval
+    Mutant(
+        "split_by_key_not_by_pair",
+        "src/sdlab/data/dedupe.py",
+        "split_by=table[self.split_column],",
+        'split_by=table["key"],',
+        (T + "test_dedupe.py::test_rows_sharing_a_split_value_share_a_split_and_held_out_groups_go_whole",),
+    ),
+    Mutant(
+        "unseen_concepts_not_held_out",
+        "src/sdlab/data/dedupe.py",
+        "unseen = hashed_below(unseen_by, unseen_fraction, salt=UNSEEN_SALT)",
+        "unseen = np.zeros(len(split_by), bool)",
+        (T + "test_emoji_sets.py::test_the_split_holds_out_concept_style_pairs_and_whole_concepts",),
+    ),
+    Mutant(
+        "label_judge_reads_the_real_images",
+        "src/sdlab/label_judge.py",
+        '"adherence": label_accuracy(classifier, generated[index], judged),',
+        '"adherence": label_accuracy(classifier, real_val[index], judged),',
+        (T + "test_label_judge.py::test_images_judged_against_other_rows_score_near_chance",),
+    ),
+    Mutant(
+        "retrieval_lets_a_real_image_find_itself",
+        "src/sdlab/label_judge.py",
+        "    if self_index is not None:\n        similarity[",
+        "    if False:\n        similarity[",
+        (T + "test_label_judge.py::test_retrieval_counts_a_hit_only_for_the_querys_own_concept",),
+    ),
 )
 
 

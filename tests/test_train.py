@@ -157,11 +157,22 @@ def test_nan_loss_stops_loudly(tmp_path):
         train_unet(fresh_unet(), stream(tmp_path / "bad"), conditioning(), CFG, tmp_path / "run")
 
 
-def test_training_reduces_the_loss(latents, tmp_path):
-    cfg = CFG.model_copy(update={"max_steps": 120, "checkpoint_every_steps": 120, "log_every_steps": 20, "lr": 3e-3})
+@pytest.mark.parametrize("objective", ["epsilon", "flow_matching"])
+def test_training_reduces_the_loss(latents, tmp_path, objective):
+    cfg = CFG.model_copy(
+        update={
+            "max_steps": 120,
+            "checkpoint_every_steps": 120,
+            "log_every_steps": 20,
+            "lr": 3e-3,
+            "prediction_type": objective,
+            "snr_gamma": None if objective == "flow_matching" else CFG.snr_gamma,
+        }
+    )
     record = LossRecorder()
     train_unet(fresh_unet(), stream(latents), conditioning(), cfg, tmp_path / "run", live=record)
-    assert record.losses[-1] < record.losses[0] * 0.8
+    # flow's velocity target keeps more irreducible variance (E|noise - x0|^2 = 2 at the start)
+    assert record.losses[-1] < record.losses[0] * (0.8 if objective == "epsilon" else 0.9)
 
 
 def test_sampled_store_with_flipped_views_draws_both_views(tmp_path):

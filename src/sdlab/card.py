@@ -113,6 +113,8 @@ def training_rows(facts: Facts) -> list[tuple[str, str]]:
         [f"{cfg.denoiser}", f"{t['unet_parameters'] / 1e6:.2f}M parameters"] if "unet_parameters" in t else []
     )
     objective = f"{cfg.prediction_type}, {cfg.beta_schedule} betas over {cfg.num_train_timesteps} steps"
+    if cfg.prediction_type == "flow_matching":
+        objective = "flow matching (rectified flow: straight paths, velocity target, logit-normal timesteps)"
     if cfg.snr_gamma:
         objective += f", min-SNR-γ {cfg.snr_gamma:g}"
     rows = [

@@ -96,7 +96,10 @@ def _generate(args: argparse.Namespace) -> int:
     except (FileNotFoundError, OSError, ValueError) as exc:
         print(f"sdlab generate: cannot load {args.model}: {exc}", file=sys.stderr)
         return 1
-    use_scheduler(pipeline, args.scheduler)
+    try:
+        use_scheduler(pipeline, args.scheduler)
+    except ValueError as exc:
+        return _fail(f"--{exc}")
     pipeline.set_progress_bar_config(disable=False, desc="denoise")  # one bar over the sampling steps
     seeds = [args.seed + i for i in range(args.num_images)]
     images = generate(

@@ -25,6 +25,9 @@ SCHEDULERS = {
 }
 
 
+FLOW_SCHEDULERS = ("dpm_solver_multistep", "unipc")  # the samplers diffusers runs on flow sigmas
+
+
 class ConfigError(ValueError):
     """params.yaml is unreadable or does not match the schema."""
 
@@ -343,7 +346,9 @@ class TrainConfig(Section):
     ema_power: float = Field(2 / 3, gt=0)
     max_grad_norm: float = Field(1.0, gt=0)
     caption_dropout: float = Field(0.1, ge=0, lt=1)
-    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    # the objective: epsilon or v on the DDPM schedule, or flow_matching (rectified flow, as SD3/Flux: the
+    # velocity noise - x0 on straight paths; sampled by DPM-Solver++ or UniPC with flow sigmas)
+    prediction_type: Literal["epsilon", "v_prediction", "flow_matching"] = "epsilon"
     snr_gamma: float | None = Field(5.0, gt=0)  # min-SNR-gamma loss weighting; 5 is the paper's choice
     noise_offset: float = Field(0.0, ge=0)  # offset noise; ~0.05-0.1 helps very dark/bright images
     num_train_timesteps: int = Field(1000, gt=0)
@@ -379,6 +384,8 @@ class TrainConfig(Section):
             )
         if self.warmup_steps > self.max_steps:
             raise ValueError(f"warmup_steps: {self.warmup_steps} is above max_steps {self.max_steps}")
+        if self.prediction_type == "flow_matching" and self.snr_gamma is not None:
+            raise ValueError("snr_gamma: min-SNR weights the DDPM objectives; set null with flow_matching")
         return self
 
 
@@ -438,6 +445,11 @@ class Params(Section):
             raise ValueError(
                 f"evaluate.judge: blob_attributes judges the synthetic source's attributes, but scrape.source "
                 f"is {self.scrape.source} (set evaluate.judge: null)"
+            )
+        if self.train.prediction_type == "flow_matching" and self.evaluate.scheduler not in FLOW_SCHEDULERS:
+            raise ValueError(
+                f"evaluate.scheduler: {self.evaluate.scheduler} cannot sample a flow_matching model "
+                f"(use one of {', '.join(FLOW_SCHEDULERS)})"
             )
         if self.evaluate.judge == "labels" and not self.evaluate.label_columns:
             raise ValueError("evaluate.label_columns: judge labels needs at least one column to judge")

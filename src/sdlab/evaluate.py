@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler
 
 from sdlab.config import ConfigError, Params
 from sdlab.data.records import DataError
 from sdlab.data.shards import load_images
-from sdlab.diffusion import denoising_loss
+from sdlab.diffusion import denoising_loss, loss_schedule
 from sdlab.distribution import distribution_metrics, psnr, reconstruct
 from sdlab.evaluation_files import write_evaluation
 from sdlab.io import first_rows, spread_rows
@@ -300,7 +299,7 @@ def run(params: Params, paths: EvaluatePaths) -> None:
     if not rows:
         raise DataError("the val split is empty (raise dedupe.val_fraction)")
     mean, hidden, mask = heldout_latents(latents_dir, cfg.heldout_samples, pipeline.text_encoder)
-    scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)  # the training noise schedule
+    scheduler = loss_schedule(pipeline.scheduler.config)  # the training noise schedule
     losses = heldout_loss(
         denoiser_of(pipeline),
         scheduler,

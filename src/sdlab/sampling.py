@@ -11,9 +11,16 @@ from sdlab.config import SCHEDULERS
 
 
 def use_scheduler(pipeline, name: str) -> None:
-    """Swap the pipeline's sampler for `name`, keeping the trained noise schedule."""
+    """Swap the pipeline's sampler for `name`, keeping the trained noise schedule (a flow-matching
+    model only with the samplers that run on flow sigmas)."""
     import diffusers
 
+    from sdlab.config import FLOW_SCHEDULERS
+
+    if pipeline.scheduler.config.get("prediction_type") == "flow_prediction" and name not in FLOW_SCHEDULERS:
+        raise ValueError(
+            f"scheduler: {name} cannot sample this flow-matching model (use one of {', '.join(FLOW_SCHEDULERS)})"
+        )
     pipeline.scheduler = getattr(diffusers, SCHEDULERS[name]).from_config(pipeline.scheduler.config)
 
 

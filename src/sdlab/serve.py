@@ -21,7 +21,7 @@ from pathlib import Path
 from PIL import Image
 
 from sdlab.cli import fits
-from sdlab.config import SCHEDULERS
+from sdlab.config import FLOW_SCHEDULERS, SCHEDULERS
 
 FIELDS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "scheduler", "height", "width")
 
@@ -92,12 +92,14 @@ class Playground:
         self.model, self.pipeline = model, load_pipeline(model, device=device)
         self.multiple, self.size = size_rules(Path(model))
         self.defaults = {"steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE, "scheduler": DEFAULT_SCHEDULER}
+        flow = self.pipeline.scheduler.config.get("prediction_type") == "flow_prediction"
+        self.schedulers = sorted(FLOW_SCHEDULERS if flow else SCHEDULERS)  # what samples this model
         self.lock = threading.Lock()
 
     def page(self, prompt: str = "") -> str:
         options = "".join(
             f'<option value="{name}"{" selected" if name == self.defaults["scheduler"] else ""}>{name}</option>'
-            for name in sorted(SCHEDULERS)
+            for name in self.schedulers
         )
         return PAGE.format(
             model=html.escape(self.model),
@@ -137,8 +139,8 @@ class Playground:
             if not fits(numbers[name], self.multiple):
                 raise ValueError(f"{name}: must be a positive multiple of {self.multiple}, got {numbers[name]}")
         scheduler = str(raw.get("scheduler") or self.defaults["scheduler"])
-        if scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler: {scheduler!r} is not one of {', '.join(sorted(SCHEDULERS))}")
+        if scheduler not in self.schedulers:
+            raise ValueError(f"scheduler: {scheduler!r} is not one of {', '.join(self.schedulers)}")
         negative = str(raw.get("negative_prompt") or "").strip() or None
         return {"prompt": prompt, "negative_prompt": negative, "scheduler": scheduler, **numbers}
 

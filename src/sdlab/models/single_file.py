@@ -46,6 +46,10 @@ def check_convertible(pipeline) -> None:
         "denoiser": type(getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)).__name__,
         "vae": type(getattr(pipeline, "vae", None)).__name__,
     }
+    if pipeline.scheduler.config.get("prediction_type") == "flow_prediction":
+        raise SingleFileUnsupported(
+            "the model is trained with flow matching; Stable Diffusion single-file clients sample epsilon/v models"
+        )
     wanted = {"text_encoder": "CLIPTextModel", "denoiser": "UNet2DConditionModel", "vae": "AutoencoderKL"}
     for part, name in kinds.items():
         if name != wanted[part]:
