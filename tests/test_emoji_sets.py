@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import tarfile
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -21,7 +22,8 @@ from sdlab.data.records import DataError
 from sdlab.sources import SOURCES
 from sdlab.sources.emoji_sets import INTEGRITY
 
-TARBALLS = REPO / ".cache" / "emoji-tarballs"
+# `make install` fetches them here; a copy of the tree (the mutants') is pointed at the same folder
+TARBALLS = Path(os.environ.get("SDLAB_EMOJI_TARBALLS") or REPO / ".cache" / "emoji-tarballs")
 VERSION = "16.0.0"
 
 

@@ -397,7 +397,8 @@ def pristine(tmp_path_factory) -> Path:
 
 
 def run_in(copy: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(copy / "src"))
+    # the copy holds tracked files only: the emoji packages `make install` fetched are read from here
+    env = dict(os.environ, PYTHONPATH=str(copy / "src"), SDLAB_EMOJI_TARBALLS=str(REPO / ".cache" / "emoji-tarballs"))
     return subprocess.run([sys.executable, *args], cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -384,6 +384,7 @@ def run(params: Params, paths: EvaluatePaths) -> None:
             for name, value in metrics["adherence"].items()
         ]
         if cfg.concept_column:
+            overview.row_heading = "{}: the real images in every style (top), samples for their prompts (bottom)"
             overview.attribute_rows = concept_rows(
                 pipeline, paths, rows, cfg.concept_column, cfg.num_inference_steps, cfg.guidance_scale, cfg.seed
             )

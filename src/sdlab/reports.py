@@ -137,6 +137,7 @@ class Overview:
     lines: list[str] = field(default_factory=list)
     adherence: list[tuple[str, float, float | None, float]] = field(default_factory=list)  # name, gen, real, chance
     attribute_rows: list[tuple[str, Image.Image]] = field(default_factory=list)
+    row_heading: str = "only {} varies (same seed)"  # labelled concepts: "{}: real in every style, then samples"
     real_vs_generated: Image.Image | None = None
     reconstructions: Image.Image | None = None
     reconstruction_note: str = ""
@@ -155,7 +156,7 @@ class Overview:
             else ""
         )
         rows = "".join(
-            f'<h3>only {html.escape(name)} varies (same seed)</h3><img alt="{html.escape(name)}" '
+            f'<h3>{html.escape(self.row_heading.format(name))}</h3><img alt="{html.escape(name)}" '
             f'src="{png_data_uri(image)}">'
             for name, image in self.attribute_rows
         )
