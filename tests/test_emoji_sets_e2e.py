@@ -71,3 +71,4 @@ def test_the_card_names_the_sets_and_their_licences(repo):
     card = (repo / "models/pipeline/README.md").read_text()
     assert "emoji_sets: the twitter, google emoji sets" in card
     assert "Twemoji: CC-BY 4.0" in card and "Noto Emoji: Apache-2.0" in card
+    assert "retrieval@5 of the prompt's concept" in card

@@ -41,6 +41,7 @@ def refused_addresses(port: int) -> dict[str, str]:
             "[::]",
             "loopback.test",
             "mapped.test",
+            "localhost.",  # the same name written fully qualified
         )
     }
     inside = {

@@ -164,6 +164,9 @@ def metric_rows(metrics: dict) -> list[tuple[str, str, str]]:
     if "kid_vae_latent" in m:
         baseline = f"real vs real: {m['kid_vae_latent_real_vs_real']:.4f}"
         rows.append(("KID, VAE latent features", f"{m['kid_vae_latent']:.4f}", baseline))
+    if "retrieval_at_5" in m:
+        baseline = f"real val images: {m['retrieval_at_5_real']:.3f}, chance {m['retrieval_at_5_chance']:.3f}"
+        rows.append(("retrieval@5 of the prompt's concept", f"{m['retrieval_at_5']:.3f}", baseline))
     optional = {"fid_inception": "FID (Inception)", "kid_inception": "KID (Inception)", "clip_score": "CLIP score"}
     for key, name in optional.items():
         if key in m:

@@ -18,6 +18,8 @@ DETAIL_KEYS = (
     "kid_blob_judge",
     "colour_histogram_distance_real_vs_real",
     "kid_vae_latent_real_vs_real",
+)
+LABEL_JUDGE_DETAIL_KEYS = (  # evaluate.judge: labels only
     "retrieval_at_5_real",
     "retrieval_at_5_chance",
     "unseen_concepts",
@@ -29,10 +31,11 @@ DETAIL_KEYS = (
 def write_evaluation(folder: str | Path, results: dict) -> None:
     """Every result of the evaluate stage, split between the two files (with the mean adherence
     over attributes among the headline numbers when there is a judge)."""
-    headline = {k: v for k, v in results.items() if k not in DETAIL_KEYS}
+    details = DETAIL_KEYS + LABEL_JUDGE_DETAIL_KEYS
+    headline = {k: v for k, v in results.items() if k not in details}
     if results.get("adherence"):
         headline["adherence_mean"] = sum(results["adherence"].values()) / len(results["adherence"])
-    write_json(Path(folder) / DETAILS, {k: v for k, v in results.items() if k in DETAIL_KEYS})
+    write_json(Path(folder) / DETAILS, {k: v for k, v in results.items() if k in details})
     write_json(Path(folder) / METRICS, headline)
 
 

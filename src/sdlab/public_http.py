@@ -108,8 +108,9 @@ def resolve(host: str, port: int, allow_private: bool, allowed: tuple[Network, .
     """(family, sockaddr) of `host`, every one checked; refuses the host if any address is
     not public (a name that answers with one public and one private address is refused)
     unless it lies in `allowed`."""
+    name = host[:-1] if host.endswith(".") else host  # `localhost.` is `localhost`, fully qualified
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise ConnectionError(f"cannot resolve {host!r}: {exc}") from None
     addresses = []
