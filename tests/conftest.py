@@ -159,28 +159,23 @@ def dvc_env(workdir: Path) -> dict:
     )  # the copy runs its own code
 
 
-def sdlab_in(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    """`sdlab ARGS` in a project copy, as `dvc` runs its stages there; must succeed."""
+def run_module_in(workdir: Path, module: str, name: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` in a project copy, as `dvc` runs its stages there; must succeed."""
     result = subprocess.run(
-        [sys.executable, "-m", "sdlab.cli", *args],
+        [sys.executable, "-m", module, *args],
         cwd=workdir,
         env=dvc_env(workdir),
         capture_output=True,
         text=True,
         timeout=900,
     )
-    assert result.returncode == 0, f"sdlab {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, f"{name} {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
+
+
+def sdlab_in(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return run_module_in(workdir, "sdlab.cli", "sdlab", *args)
 
 
 def dvc(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "dvc", *args],
-        cwd=workdir,
-        env=dvc_env(workdir),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
+    return run_module_in(workdir, "dvc", "dvc", *args)

@@ -114,6 +114,9 @@ def judge_labelled_samples(
     extractor = FeatureExtractor(classifier)
     seen = {str(r[concept_column]) for r in train_rows} if concept_column else set()
     is_seen = [not concept_column or str(r[concept_column]) in seen for r in rows]
+    if concept_column:  # every real image, val first, embedded once for both groups
+        pool = unit_features(extractor, np.concatenate([real_val, real_train]))
+        pool_concepts = [str(r[concept_column]) for r in rows + train_rows]
     pairs = [i for i, s in enumerate(is_seen) if s]  # the concept was trained on (in another style)
     unseen = [i for i, s in enumerate(is_seen) if not s]
 
@@ -127,7 +130,7 @@ def judge_labelled_samples(
         if reconstructed_val is not None:
             out["judge_accuracy_on_vae_reconstructions"] = label_accuracy(classifier, reconstructed_val[index], judged)
         if concept_column:
-            out.update(retrieval(extractor, generated, rows, real_val, real_train, train_rows, concept_column, index))
+            out.update(retrieval(extractor, generated, pool, pool_concepts, index))
         return out
 
     out = {
@@ -146,18 +149,13 @@ def judge_labelled_samples(
 def retrieval(
     extractor: FeatureExtractor,
     generated: np.ndarray,
-    rows: list[dict],
-    real_val: np.ndarray,
-    real_train: np.ndarray,
-    train_rows: list[dict],
-    concept_column: str,
+    pool: torch.Tensor,
+    pool_concepts: list[str],
     index: list[int],
 ) -> dict[str, float]:
     """retrieval@k of the concept of each generated image in `index` among every real image
-    (val and train), the same for the real val images themselves (each barred from finding
-    itself), and chance (k draws from the pool)."""
-    pool = unit_features(extractor, np.concatenate([real_val, real_train]))
-    pool_concepts = [str(r[concept_column]) for r in rows + train_rows]
+    (`pool`: val rows first, then train), the same for the real val images themselves (each
+    barred from finding itself), and chance (k draws from the pool)."""
     wanted = [pool_concepts[i] for i in index]
     counts = Counter(pool_concepts)
     return {

@@ -90,7 +90,8 @@ def fetch_package(package: str, cfg: EmojiSetsConfig, cache: Path) -> Path:
             fetched = Path(temp) / tarball.name
             check_integrity(fetched, expected, package)
             fetched.replace(tarball)
-    check_integrity(tarball, expected, package)
+        return tarball
+    check_integrity(tarball, expected, package)  # a cached copy is checked at every use
     return tarball
 
 
