@@ -70,6 +70,18 @@ def test_a_lora_fine_tune_names_its_base_model_datasets_and_adapter_files(tmp_pa
     assert "come from the web" in card.text and "MiniLM" not in card.text
 
 
+def test_the_card_offers_the_single_file_only_when_written_and_else_says_why():
+    written = laion()
+    written.files.add("sdlab.safetensors")
+    assert "`sdlab.safetensors` holds the same weights as one SD 1.x checkpoint" in model_card(written).text
+    refused = laion()
+    why = "not written: the unet's attention_head_dim is 4; x"
+    refused.stats = {**refused.stats, "train": {**refused.stats["train"], "single_file": why}}
+    text = model_card(refused).text
+    assert "sdlab.safetensors" not in text
+    assert "No single-file checkpoint: the unet's attention_head_dim is 4; x; single-file tools" in text
+
+
 def test_counts_reasons_and_metrics_are_the_runs_own():
     text = model_card(laion()).text
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}

@@ -286,6 +286,27 @@ MUTANTS = (
         'f"input_blocks.{layers * i + j + 1}.0."',
         (T + "test_single_file.py::test_the_ldm_layout_is_what_diffusers_converts_back_to_the_same_weights",),
     ),
+    Mutant(  # issue 32: each property the single-file clients assume is checked
+        "single_file_ignores_attention_heads",
+        "src/sdlab/models/single_file.py",
+        '    "attention_head_dim": 8,',
+        "",
+        (T + "test_single_file.py::test_the_rule_refuses_what_a_single_file_client_would_misread[four_heads]",),
+    ),
+    Mutant(
+        "single_file_ignores_the_vae_scale",
+        "src/sdlab/models/single_file.py",
+        '    "scaling_factor": 0.18215,',
+        "",
+        (T + "test_single_file.py::test_the_rule_refuses_what_a_single_file_client_would_misread[vae_scale]",),
+    ),
+    Mutant(
+        "single_file_ignores_the_objective",
+        "src/sdlab/models/single_file.py",
+        '    "prediction_type": "epsilon",',
+        "",
+        (T + "test_single_file.py::test_the_rule_refuses_what_a_single_file_client_would_misread[v_prediction]",),
+    ),
     Mutant(
         "playground_ignores_the_scheduler",
         "src/sdlab/serve.py",

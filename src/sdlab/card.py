@@ -206,9 +206,14 @@ def usage(facts: Facts) -> str:
     if SINGLE_FILE in facts.files:
         lines += [
             "",
-            f"`{SINGLE_FILE}` holds the same weights in the original Stable Diffusion checkpoint layout "
-            "(for AUTOMATIC1111, ComfyUI, or `StableDiffusionPipeline.from_single_file`).",
+            f"`{SINGLE_FILE}` holds the same weights as one SD 1.x checkpoint (the original Stable "
+            "Diffusion layout) for AUTOMATIC1111, ComfyUI or `StableDiffusionPipeline.from_single_file`: "
+            "the model is SD 1.x-shaped throughout (UNet, CLIP-L text encoder, VAE at scale 0.18215, "
+            "epsilon on the scaled-linear schedule), which is what those tools assume of such a file.",
         ]
+    elif (said := facts.stats.get("train", {}).get("single_file", "")).startswith("not written: "):
+        why = said.removeprefix("not written: ")
+        lines += ["", f"No single-file checkpoint: {why}; single-file tools would misread it (use the folder)."]
     kohya = f"{LORA_FOLDER}/{KOHYA_LORA}"
     if kohya in facts.files:
         lines += [

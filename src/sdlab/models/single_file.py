@@ -6,12 +6,18 @@ its inverse, in the renaming of the reference script in the diffusers repository
 (`scripts/convert_diffusers_to_original_stable_diffusion.py`), generalised from SD 1.x's fixed
 4 levels x 2 layers to any level count and `layers_per_block`, as the LDM `UNetModel` allows:
 `input_blocks` hold per level `layers_per_block` (resnet, attention) pairs, then a downsampler;
-`output_blocks` one more pair per level, the upsampler after the last. Only a CLIP text encoder
-(`CLIPTextModel`), a `UNet2DConditionModel` and an `AutoencoderKL` have an LDM layout; anything
-else gets `SingleFileUnsupported` with the reason.
+`output_blocks` one more pair per level, the upsampler after the last.
+
+The renaming works for any layout, but a single-file client reads only SD 1.x's right: the file
+carries no architecture, so the client recognises "SD 1.x" by its keys and builds SD 1.5's
+configs. `single_file_obstacle` is the rule: the file is written only for a pipeline that is SD
+1.x-shaped in every property the clients assume (`SD1_*`); anything else gets
+`SingleFileUnsupported` naming the first property that rules it out.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -36,24 +42,118 @@ VAE_ATTENTION = {"group_norm.": "norm.", "to_q.": "q.", "to_k.": "k.", "to_v.": 
 
 
 class SingleFileUnsupported(ValueError):
-    """The pipeline has a component with no Stable Diffusion single-file layout."""
+    """The pipeline is not one a single-file client would read right."""
 
 
-def check_convertible(pipeline) -> None:
-    """Raise `SingleFileUnsupported` naming the first component without an LDM layout."""
+# What the single-file clients assume of an SD 1.x checkpoint, which is the only shape this
+# export writes. Neither ComfyUI nor diffusers' `from_single_file` (without `config=`) reads the
+# architecture from a file: both detect "SD 1.x" from its keys and then build SD 1.5's own
+# configs, so any other value here would load (or fail) as SD 1.5 and compute something else.
+SD1_UNET = {
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "layers_per_block": 2,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "attention_head_dim": 8,  # heads per block: the loaders assume 8 (a 4-head UNet loads and computes wrong)
+    "num_attention_heads": None,
+    "cross_attention_dim": 768,
+    "transformer_layers_per_block": 1,
+    "use_linear_projection": False,
+    "upcast_attention": False,
+    "only_cross_attention": False,
+    "norm_num_groups": 32,
+    "norm_eps": 1e-05,
+    "act_fn": "silu",
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "time_embedding_type": "positional",
+    "resnet_time_scale_shift": "default",
+    "class_embed_type": None,
+    "addition_embed_type": None,
+    "conv_in_kernel": 3,
+    "conv_out_kernel": 3,
+}
+SD1_VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+    "act_fn": "silu",
+    "scaling_factor": 0.18215,  # ComfyUI scales SD 1.x latents by 0.18215 whatever the VAE was trained with
+    "shift_factor": None,
+    "use_quant_conv": True,
+    "use_post_quant_conv": True,
+    "mid_block_add_attention": True,
+}
+SD1_TEXT = {  # CLIP ViT-L/14's text tower, with CLIP's own vocabulary
+    "vocab_size": 49408,
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-05,
+}
+SD1_SCHEDULE = {
+    "num_train_timesteps": 1000,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    # Both clients sample every SD 1.x file as epsilon: ComfyUI reads its `v_pred` marker for SDXL
+    # only, diffusers takes SD 1.5's scheduler config, and AUTOMATIC1111 needs a hand-made yaml.
+    "prediction_type": "epsilon",
+}
+
+
+def mismatch(part: str, config, wanted: dict) -> str | None:
+    """The first `wanted` key where `config` differs, in words; None when it matches."""
+    for key, value in wanted.items():
+        have = config.get(key, value) if isinstance(config, dict) else getattr(config, key, value)
+        have = list(have) if isinstance(have, tuple) else have
+        same = (
+            math.isclose(have, value, rel_tol=1e-6) if isinstance(value, float) and have is not None else have == value
+        )
+        if not same:
+            return f"the {part}'s {key} is {have!r}; single-file clients read every SD 1.x checkpoint as {value!r}"
+    return None
+
+
+def single_file_obstacle(pipeline) -> str | None:
+    """Why a single-file client (ComfyUI, AUTOMATIC1111, `from_single_file` without the folder)
+    would misread this pipeline, or None when it is SD 1.x-shaped throughout: the one rule for
+    writing `sdlab.safetensors`."""
+    if pipeline.scheduler.config.get("prediction_type") == "flow_prediction":
+        return "the model is trained with flow matching; Stable Diffusion single-file clients sample epsilon/v models"
     kinds = {
         "text_encoder": type(getattr(pipeline, "text_encoder", None)).__name__,
         "denoiser": type(getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)).__name__,
         "vae": type(getattr(pipeline, "vae", None)).__name__,
     }
-    if pipeline.scheduler.config.get("prediction_type") == "flow_prediction":
-        raise SingleFileUnsupported(
-            "the model is trained with flow matching; Stable Diffusion single-file clients sample epsilon/v models"
-        )
     wanted = {"text_encoder": "CLIPTextModel", "denoiser": "UNet2DConditionModel", "vae": "AutoencoderKL"}
     for part, name in kinds.items():
         if name != wanted[part]:
-            raise SingleFileUnsupported(f"the {part} is a {name}; the Stable Diffusion layout needs a {wanted[part]}")
+            return f"the {part} is a {name}; the Stable Diffusion layout needs a {wanted[part]}"
+    tokenizer = type(pipeline.tokenizer).__name__
+    if not tokenizer.startswith("CLIPTokenizer"):
+        return f"the tokenizer is a {tokenizer}; single-file clients tokenize with CLIP's"
+    return (
+        mismatch("unet", pipeline.unet.config, SD1_UNET)
+        or mismatch("vae", pipeline.vae.config, SD1_VAE)
+        or mismatch("text_encoder", pipeline.text_encoder.config, SD1_TEXT)
+        or mismatch("scheduler", pipeline.scheduler.config, SD1_SCHEDULE)
+    )
+
+
+def check_convertible(pipeline) -> None:
+    """Raise `SingleFileUnsupported` with `single_file_obstacle`'s reason, if there is one."""
+    if reason := single_file_obstacle(pipeline):
+        raise SingleFileUnsupported(reason)
 
 
 def rename(name: str, table: dict[str, str]) -> str:
