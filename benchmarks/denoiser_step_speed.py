@@ -45,7 +45,7 @@ def samples_per_s(cfg: TrainConfig, steps: int, batch: int = 128, bf16: bool = F
         if step == 2:
             started = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = training_loss(model, scheduler, latents, hidden, generator, mask=mask)
+            loss = training_loss(model, scheduler, latents, hidden=hidden, generator=generator, mask=mask)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

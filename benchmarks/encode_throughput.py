@@ -90,12 +90,12 @@ def main() -> None:
             started = time.perf_counter()
             encode_dataset(
                 pa.Table.from_pylist(rows),
-                str(root / "shards"),
-                str(vae_dir),
-                str(out),
-                params.download.image_px,
-                cfg,
-                TextEncoderConfig(),
+                shards_dir=str(root / "shards"),
+                vae_dir=str(vae_dir),
+                out_dir=str(out),
+                image_px=params.download.image_px,
+                cfg=cfg,
+                te=TextEncoderConfig(),
             )
             whole = len(rows) / (time.perf_counter() - started)
             # Worker w wrote every workers-th shard; its steady rate is (shards - 1) / (last - first).

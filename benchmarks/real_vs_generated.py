@@ -44,7 +44,9 @@ def main() -> None:
     use_scheduler(pipeline, cfg.scheduler)
     prompts = [rows[i]["caption"] for i in chosen]
     seeds = [cfg.seed + i for i in chosen]  # evaluate's seed for that row
-    made = generate(pipeline, prompts, seeds, cfg.num_inference_steps, cfg.guidance_scale, cfg.batch_size)
+    made = generate(
+        pipeline, prompts, seeds, steps=cfg.num_inference_steps, guidance=cfg.guidance_scale, batch_size=cfg.batch_size
+    )
     real = load_images(args.run / "data/images/shards", [rows[i] for i in chosen])
     images, labels = [], []
     for start in range(0, len(chosen), args.columns):  # a row of real images, then their samples

@@ -72,7 +72,7 @@ def main() -> None:
     empty = encode_prompts(tokenizer, text_encoder, [""])[0]
 
     def update(latents, hidden, mask, generator):
-        loss = training_loss(unet, scheduler, latents, hidden, generator, mask=mask)
+        loss = training_loss(unet, scheduler, latents, hidden=hidden, generator=generator, mask=mask)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
         optimizer.step()

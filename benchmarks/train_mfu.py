@@ -90,7 +90,15 @@ def main() -> None:
 
     def step(s: int) -> None:
         latents, hidden, _, generator = make_batch(stream, conditioning, s, cfg, 0, torch.device("cpu"))
-        loss = training_loss(unet, scheduler, latents, hidden, generator, cfg.noise_offset, cfg.snr_gamma)
+        loss = training_loss(
+            unet,
+            scheduler,
+            latents,
+            hidden=hidden,
+            generator=generator,
+            noise_offset=cfg.noise_offset,
+            snr_gamma=cfg.snr_gamma,
+        )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
         optimizer.step()

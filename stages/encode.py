@@ -19,12 +19,12 @@ def main(args, params):
     )
     meta = encode_dataset(
         rows,
-        args.shards,
-        args.vae,
-        args.out,
-        params.download.image_px,
-        params.encode,
-        params.text_encoder,
+        shards_dir=args.shards,
+        vae_dir=args.vae,
+        out_dir=args.out,
+        image_px=params.download.image_px,
+        cfg=params.encode,
+        te=params.text_encoder,
         records=index,
         text_mask=params.train.denoiser == "transformer",
     )  # as PixArt's pipeline encodes

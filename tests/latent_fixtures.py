@@ -102,7 +102,7 @@ def write_latents(
 
 
 class LossRecorder:
-    """A dvclive stand-in for `train_unet(live=...)` that keeps the logged train/loss values."""
+    """A dvclive stand-in for `train_denoiser(live=...)` that keeps the logged train/loss values."""
 
     step, dir = 0, None
 

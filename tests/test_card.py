@@ -29,7 +29,7 @@ STATS = {
         "world_size": 8,
         "train_seconds": 5400,
         "final_loss": 0.1234,
-        "unet_parameters": 859_520_964,
+        "denoiser_parameters": 859_520_964,
     },
 }
 METRICS = {

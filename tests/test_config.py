@@ -2,7 +2,7 @@ import pytest
 import yaml
 from conftest import REPO, run_stage
 
-from sdlab.config import ConfigError, load_params, parse_params
+from sdlab.config import ConfigError, JudgeSetting, judge_setting, load_params, parse_params
 
 
 def test_every_param_a_stage_declares_is_in_params_yaml():
@@ -58,9 +58,23 @@ def test_the_attribute_judge_is_asked_for_only_where_the_attributes_exist():
         ConfigError,
         match="evaluate.judge: blob_attributes judges the synthetic source's attributes, but scrape.source is noto",
     ):
-        parse_params({"scrape": {"source": "noto"}})
+        parse_params({"scrape": {"source": "noto"}, "evaluate": {"judge": "blob_attributes"}})
     assert parse_params({"scrape": {"source": "noto"}, "evaluate": {"judge": None}}).evaluate.judge is None
-    assert parse_params({}).evaluate.judge == "blob_attributes"
+
+
+def test_judge_auto_follows_the_source_so_switching_source_needs_no_second_edit():
+    def judged(source, **evaluate):
+        scrape = {"source": source, "folder": {"path": "images"}, "laion": {"metadata": "m.parquet"}}
+        params = parse_params({"scrape": scrape, "evaluate": evaluate})
+        return judge_setting(params.scrape.source, params.evaluate)
+
+    assert parse_params({}).evaluate.judge == "auto"
+    assert judged("synthetic") == JudgeSetting("blob_attributes", [], None)
+    assert judged("emoji_sets") == JudgeSetting("labels", ["category", "subcategory", "style"], "concept")
+    assert judged("folder") == JudgeSetting("labels", ["tag"], None)
+    assert judged("noto").kind is None and judged("laion").kind is None and judged("discord").kind is None
+    assert judged("emoji_sets", label_columns=["style"]).label_columns == ["style"]  # a set value wins
+    assert judged("synthetic", judge=None).kind is None  # as does an explicit judge
 
 
 def test_inconsistent_unet_levels_are_rejected():

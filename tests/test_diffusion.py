@@ -75,8 +75,10 @@ def test_training_loss_applies_the_weights():
     scheduler = make_noise_scheduler(TrainConfig())
     latents, _, _ = batch()
     zero = Oracle(torch.zeros_like(latents))
-    plain = training_loss(zero, scheduler, latents, None, torch.Generator().manual_seed(3))
-    weighted = training_loss(zero, scheduler, latents, None, torch.Generator().manual_seed(3), snr_gamma=1e-3)
+    plain = training_loss(zero, scheduler, latents, hidden=None, generator=torch.Generator().manual_seed(3))
+    weighted = training_loss(
+        zero, scheduler, latents, hidden=None, generator=torch.Generator().manual_seed(3), snr_gamma=1e-3
+    )
     assert weighted < plain  # same draws, every weight below 1
 
 
@@ -121,7 +123,9 @@ def test_flow_matching_noises_on_a_straight_line_and_targets_noise_minus_data():
     from sdlab.diffusion import noised
 
     assert torch.allclose(noised(scheduler, latents, noise, t), (1 - s) * latents + s * noise)
-    drawn = training_loss(Oracle(torch.zeros_like(latents)), scheduler, latents, None, torch.Generator().manual_seed(5))
+    drawn = training_loss(
+        Oracle(torch.zeros_like(latents)), scheduler, latents, hidden=None, generator=torch.Generator().manual_seed(5)
+    )
     assert 1.5 < drawn < 2.5  # E|noise - x0|^2 = 2 for unit Gaussians
 
 

@@ -52,11 +52,12 @@ def test_val_holds_out_pairs_whose_concept_was_trained_and_whole_concepts(repo):
 
 def test_evaluate_reports_the_label_judges_and_retrieval_apart_for_unseen_concepts(repo):
     metrics = read_evaluation(repo / "reports/evaluate")
+    judged = {"category", "subcategory", "style", "concept"}  # the label columns, and the concept's own head
     for name in ("adherence", "judge_accuracy_on_real", "judge_accuracy_on_vae_reconstructions", "chance"):
-        assert set(metrics[name]) == {"category", "subcategory", "style"}, name
+        assert set(metrics[name]) == judged, name
     assert 0 <= metrics["retrieval_at_5"] <= 1 and metrics["retrieval_at_5_chance"] < 0.5
     unseen = metrics["unseen_concepts"]
-    assert unseen["judged_rows"] > 0 and set(unseen["adherence"]) == {"category", "subcategory", "style"}
+    assert unseen["judged_rows"] > 0 and set(unseen["adherence"]) == judged
     assert metrics["judged_rows"] + unseen["judged_rows"] == metrics["num_samples"]
     headline = json.loads((repo / "reports/evaluate/metrics.json").read_text())
     assert "retrieval_at_5" in headline and "unseen_concepts" not in headline  # details.json holds it

@@ -44,7 +44,15 @@ def dataset(tmp_path_factory):
 def encode(dataset, out: Path, image_px: int = 16, **overrides) -> dict:
     root, rows = dataset
     cfg = EncodeConfig(**{"batch_size": 5, **overrides})
-    return encode_dataset(rows, str(root / "shards"), str(root / "vae"), str(out), image_px, cfg, TEXT)
+    return encode_dataset(
+        rows,
+        shards_dir=str(root / "shards"),
+        vae_dir=str(root / "vae"),
+        out_dir=str(out),
+        image_px=image_px,
+        cfg=cfg,
+        te=TEXT,
+    )
 
 
 def outputs(folder: Path) -> dict[str, bytes]:
@@ -131,12 +139,12 @@ def test_a_caption_change_rewrites_only_that_shards_text_never_a_latent(dataset,
     table[0]["caption"] = "a brand new caption"
     encode_dataset(
         pa.Table.from_pylist(table),
-        str(root / "shards"),
-        str(root / "vae"),
-        str(out),
-        16,
-        EncodeConfig(batch_size=5),
-        TEXT,
+        shards_dir=str(root / "shards"),
+        vae_dir=str(root / "vae"),
+        out_dir=str(out),
+        image_px=16,
+        cfg=EncodeConfig(batch_size=5),
+        te=TEXT,
     )
     changed = {str(p) for p, inode in inodes.items() if (out / p).stat().st_ino != inode}
     assert changed == {"text/00000.safetensors"}
@@ -171,7 +179,13 @@ def test_new_image_px_under_the_same_vae_re_encodes_every_shard_with_the_new_sha
     assert set(by_key) <= {r["key"] for r in index32}
     rows32 = pa.Table.from_pylist([dict(by_key[r["key"]], shard=r["shard"]) for r in index32 if r["key"] in by_key])
     meta = encode_dataset(
-        rows32, str(tmp_path / "shards"), str(root / "vae"), str(out), 32, EncodeConfig(batch_size=5), TEXT
+        rows32,
+        shards_dir=str(tmp_path / "shards"),
+        vae_dir=str(root / "vae"),
+        out_dir=str(out),
+        image_px=32,
+        cfg=EncodeConfig(batch_size=5),
+        te=TEXT,
     )
     assert meta["latent_shape"] == [4, 16, 16]
     for path in (out / "shards").glob("*.safetensors"):

@@ -81,8 +81,10 @@ def test_heldout_loss_is_deterministic(tiny_pipeline_dir):
     hidden = torch.randn(6, 77, 384, generator=torch.Generator().manual_seed(1))
     grid = timestep_grid(1000, 4)
     assert grid == [125, 375, 625, 875]
-    a = heldout_loss(pipeline.unet, make_noise_scheduler(TrainConfig()), latents, hidden, grid, seed=0)
-    b = heldout_loss(pipeline.unet, make_noise_scheduler(TrainConfig()), latents, hidden, grid, seed=0, batch_size=4)
+    a = heldout_loss(pipeline.unet, make_noise_scheduler(TrainConfig()), latents, hidden=hidden, timesteps=grid, seed=0)
+    b = heldout_loss(
+        pipeline.unet, make_noise_scheduler(TrainConfig()), latents, hidden=hidden, timesteps=grid, seed=0, batch_size=4
+    )
     assert a.keys() == b.keys() and all(abs(a[t] - b[t]) < 1e-6 for t in grid)
 
 
@@ -257,7 +259,7 @@ def test_standard_inception_fid_loads_its_weights_from_a_local_file(tmp_path, mo
     from torchmetrics.image.fid import NoTrainInceptionV3
 
     from sdlab.config import ConfigError
-    from sdlab.evaluate import fid_kid, inception_extractor
+    from sdlab.distribution import fid_kid, inception_extractor
 
     # Fabricate a weights file of the right architecture (random values): build the module with
     # its weight loading switched off, save its state dict. The code under test then loads it.

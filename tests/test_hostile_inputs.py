@@ -270,7 +270,11 @@ def test_hostile_captions_in_report_html_run_no_script(tmp_path):
         "</ol><svg onload=\"document.title='pwned'\">",
     ]
     page = tmp_path / "report.html"
-    page.write_text(report_html({"loss": 0.5}, Image.new("RGB", (8, 8)), None, "", {}, {}, prompts))
+    page.write_text(
+        report_html(
+            {"loss": 0.5}, Image.new("RGB", (8, 8)), sweep=None, sweep_note="", curves={}, params={}, prompts=prompts
+        )
+    )
     options = webdriver.ChromeOptions()
     for flag in (
         "--headless=new",

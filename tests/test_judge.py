@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from sdlab.data.images import composite_on_white, fit_square
-from sdlab.evaluate import fid_kid
+from sdlab.distribution import fid_kid
 from sdlab.judge import FeatureExtractor, accuracy, judge_samples, train_classifier
 from sdlab.sources.synthetic import ATTRIBUTES, draw_blob, sample_blob
 
@@ -50,7 +50,9 @@ def test_judge_samples_scores_the_generated_images_against_their_own_rows():
 
     train, train_rows = blobs(1, 600)
     val, rows = blobs(2, 64)
-    scores = judge_samples(np.roll(val, 1, axis=0), rows, val, train, train_rows, judge_steps=300, seed=0)
+    scores = judge_samples(
+        np.roll(val, 1, axis=0), rows, real_val=val, real_train=train, train_rows=train_rows, judge_steps=300, seed=0
+    )
     for name, chance in scores["chance"].items():
         assert scores["judge_accuracy_on_real"][name] >= 0.85, (name, scores["judge_accuracy_on_real"])
         assert scores["adherence"][name] <= chance + 0.2, (name, scores["adherence"])

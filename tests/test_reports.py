@@ -53,10 +53,10 @@ def make_report(blob_records, tmp_path) -> str:
     page = report_html(
         metrics,
         grid,
-        sweep,
-        "row 1: a prompt",
-        {"train/loss": [(10, 1.0), (20, 0.5)]},
-        {"scheduler": "dpm_solver_multistep", "guidance_scale": 5.0},
+        sweep=sweep,
+        sweep_note="row 1: a prompt",
+        curves={"train/loss": [(10, 1.0), (20, 0.5)]},
+        params={"scheduler": "dpm_solver_multistep", "guidance_scale": 5.0},
     )
     (tmp_path / "report.html").write_text(page)
     return page

@@ -120,3 +120,28 @@ def test_missing_input_table_names_the_path(tmp_path):
     )
     assert result.returncode == 1
     assert "none.parquet: table not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_missing_optional_package_is_one_line_but_a_broken_import_keeps_its_traceback(tmp_path, capsys):
+    import argparse
+
+    import pytest
+
+    from sdlab.errors import MissingDependency
+    from sdlab.stage import stage
+
+    args = argparse.Namespace(params=str(profile_file("tiny", tmp_path)))
+
+    def missing(args, params):
+        raise MissingDependency("caption.engine: vllm needs the vllm environment (make vllm)")
+
+    with pytest.raises(SystemExit) as exit_info:
+        stage("caption")(missing)(args)
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == "caption: error: caption.engine: vllm needs the vllm environment (make vllm)\n"
+
+    def broken(args, params):
+        import sdlab.no_such_module  # noqa: F401  (a bug, not an install to fix)
+
+    with pytest.raises(ModuleNotFoundError, match="sdlab.no_such_module"):  # propagates: the traceback is kept
+        stage("train")(broken)(args)

@@ -7,7 +7,17 @@ from latent_fixtures import LossRecorder, write_latents
 from sdlab.config import TrainConfig, UnetConfig
 from sdlab.models.unet import build_unet
 from sdlab.stream import LatentStream, Part, rank_parts
-from sdlab.train import Conditioning, list_checkpoints, prune_runs, restore_curves, run_identity, train_unet
+from sdlab.train import (
+    Conditioning,
+    list_checkpoints,
+    prepare_run,
+    prune_runs,
+    recipe_id,
+    restore_curves,
+    run_identity,
+    run_recipe,
+    train_denoiser,
+)
 
 CFG = TrainConfig(
     unet=UnetConfig(block_out_channels=[8, 16], attention_head_dim=2, cross_attention_levels=[False, True]),
@@ -92,13 +102,13 @@ def test_data_position_follows_the_stream(latents):
 
 
 def test_resumed_run_continues_from_the_saved_step_and_matches_an_uninterrupted_run(latents, tmp_path):
-    reference, summary = train_unet(fresh_unet(), stream(latents), conditioning(), CFG, tmp_path / "a")
+    reference, summary = train_denoiser(fresh_unet(), stream(latents), conditioning(), cfg=CFG, run_dir=tmp_path / "a")
     assert summary["start_step"] == 0 and summary["final_step"] == 6
 
     with pytest.raises(Interrupt):
-        train_unet(fresh_unet(), stream(latents), conditioning(), CFG, tmp_path / "b", live=StopAt(5))
+        train_denoiser(fresh_unet(), stream(latents), conditioning(), cfg=CFG, run_dir=tmp_path / "b", live=StopAt(5))
     assert [p.name for p in list_checkpoints(tmp_path / "b")] == ["step-0000002", "step-0000004"]
-    resumed, summary = train_unet(fresh_unet(), stream(latents), conditioning(), CFG, tmp_path / "b")
+    resumed, summary = train_denoiser(fresh_unet(), stream(latents), conditioning(), cfg=CFG, run_dir=tmp_path / "b")
     assert summary["start_step"] == 4 and summary["final_step"] == 6
     for name, value in weights(reference).items():
         assert torch.equal(value, resumed.state_dict()[name]), name  # bit-exact on CPU
@@ -123,9 +133,13 @@ def test_run_identity_ignores_cadence_and_length_but_not_the_recipe():
 
 
 def test_raising_max_steps_continues_the_run(latents, tmp_path):
-    train_unet(fresh_unet(), stream(latents), conditioning(), CFG, tmp_path / "run")
-    _, summary = train_unet(
-        fresh_unet(), stream(latents), conditioning(), CFG.model_copy(update={"max_steps": 8}), tmp_path / "run"
+    train_denoiser(fresh_unet(), stream(latents), conditioning(), cfg=CFG, run_dir=tmp_path / "run")
+    _, summary = train_denoiser(
+        fresh_unet(),
+        stream(latents),
+        conditioning(),
+        cfg=CFG.model_copy(update={"max_steps": 8}),
+        run_dir=tmp_path / "run",
     )
     assert summary["start_step"] == 6 and summary["final_step"] == 8 and summary["optimizer_steps"] == 8
 
@@ -138,6 +152,20 @@ def test_old_runs_are_removed_only_beyond_keep_runs(tmp_path):
         os.utime(tmp_path / name, (1000 + age, 1000 + age))
     removed = prune_runs(tmp_path, "run-a", keep_runs=3)  # the current run counts and stays
     assert removed == ["run-b"] and sorted(p.name for p in tmp_path.iterdir()) == ["run-a", "run-c", "run-d"]
+
+
+def test_each_run_folder_records_its_recipe_and_a_removal_names_the_difference(tmp_path, caplog):
+    old_recipe = run_recipe(CFG, "data-v1")
+    new_recipe = run_recipe(CFG.model_copy(update={"lr": 5e-4}), "data-v1", world=2)
+    old, new = tmp_path / recipe_id(old_recipe), tmp_path / recipe_id(new_recipe)
+    assert old.name == run_identity(CFG, "data-v1")  # the name is the hash of what recipe.json holds
+    prepare_run(old, keep_runs=1, live_dir=tmp_path / "live", recipe=old_recipe)
+    assert recipe_id(json.loads((old / "recipe.json").read_text())) == old.name
+    with caplog.at_level("WARNING"):
+        prepare_run(new, keep_runs=1, live_dir=tmp_path / "live", recipe=new_recipe)
+    assert not old.exists() and (new / "recipe.json").is_file()
+    assert f"removing the checkpoints of older run {old.name}" in caplog.text
+    assert f"train.lr {CFG.lr!r} -> 0.0005, world size 1 -> 2" in caplog.text
 
 
 def test_curves_are_restored_up_to_the_checkpoint_step(tmp_path):
@@ -154,7 +182,7 @@ def test_curves_are_restored_up_to_the_checkpoint_step(tmp_path):
 def test_nan_loss_stops_loudly(tmp_path):
     write_latents(tmp_path / "bad", images=10, shard_size=5, shape=(4, 4, 4), text_dim=16, poison=True)
     with pytest.raises(FloatingPointError, match="loss is (nan|inf) at step 0"):
-        train_unet(fresh_unet(), stream(tmp_path / "bad"), conditioning(), CFG, tmp_path / "run")
+        train_denoiser(fresh_unet(), stream(tmp_path / "bad"), conditioning(), cfg=CFG, run_dir=tmp_path / "run")
 
 
 @pytest.mark.parametrize("objective", ["epsilon", "flow_matching"])
@@ -170,7 +198,7 @@ def test_training_reduces_the_loss(latents, tmp_path, objective):
         }
     )
     record = LossRecorder()
-    train_unet(fresh_unet(), stream(latents), conditioning(), cfg, tmp_path / "run", live=record)
+    train_denoiser(fresh_unet(), stream(latents), conditioning(), cfg=cfg, run_dir=tmp_path / "run", live=record)
     # flow's velocity target keeps more irreducible variance (E|noise - x0|^2 = 2 at the start)
     assert record.losses[-1] < record.losses[0] * (0.8 if objective == "epsilon" else 0.9)
 
@@ -186,5 +214,5 @@ def test_sampled_store_with_flipped_views_draws_both_views(tmp_path):
     matches = [[torch.equal(latents[i].half(), stored["sample"][i, v]) for v in range(2)] for i in range(4)]
     picked = {row.index(True) for row in matches}
     assert all(any(row) for row in matches) and picked == {0, 1}  # each row is one of its views; both occur
-    _, summary = train_unet(fresh_unet(), source, conditioning(), CFG, tmp_path / "run")
+    _, summary = train_denoiser(fresh_unet(), source, conditioning(), cfg=CFG, run_dir=tmp_path / "run")
     assert summary["final_step"] == 6 and summary["final_loss"] > 0

@@ -18,7 +18,7 @@ from sdlab.models.text_encoder import encode_prompts, load_text_encoder, tokeniz
 from sdlab.models.transformer import PixArtDenoiser
 from sdlab.models.vae import build_vae
 from sdlab.stream import LatentStream, rank_parts
-from sdlab.train import Conditioning, make_batch, train_unet
+from sdlab.train import Conditioning, make_batch, train_denoiser
 
 TINY = TransformerConfig(num_layers=2, num_attention_heads=2, attention_head_dim=8)
 CFG = TrainConfig(
@@ -105,12 +105,14 @@ def test_exported_folder_is_a_pixart_pipeline_that_diffusers_loads_and_samples(p
     out = plain(PROMPTS[0], num_inference_steps=2, use_resolution_binning=False, output_type="np").images
     assert out.shape == (1, 8, 8, 3)  # 4x4 latents, a VAE that halves once
     ours = load_pipeline(pipeline_dir)
-    a = generate(ours, PROMPTS, [0, 1], 3, 4.0, 2, progress=False)
-    b = generate(ours, PROMPTS, [0, 1], 3, 4.0, 1, progress=False)
+    a = generate(ours, PROMPTS, [0, 1], steps=3, guidance=4.0, batch_size=2, progress=False)
+    b = generate(ours, PROMPTS, [0, 1], steps=3, guidance=4.0, batch_size=1, progress=False)
     assert a.shape == (2, 8, 8, 3) and (a == b).all()  # a seed fixes its image, whatever the batch
     multiple, trained = size_rules(pipeline_dir)  # what `sdlab generate --height/--width` accepts
     assert (multiple, trained) == (2 * ours.transformer.config.patch_size, 8)
-    tall = generate(ours, PROMPTS[:1], [0], 2, 4.0, 1, progress=False, height=2 * trained, width=trained)
+    tall = generate(
+        ours, PROMPTS[:1], [0], steps=2, guidance=4.0, batch_size=1, progress=False, height=2 * trained, width=trained
+    )
     assert tall.shape == (1, 16, 8, 3)
 
 
@@ -122,12 +124,18 @@ def test_heldout_loss_of_the_loaded_pipeline_is_the_trained_models(pipeline_dir,
     _, mask = tokenize(tokenizer, PROMPTS)
     latents = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
     scheduler = make_noise_scheduler(CFG)
-    trained = heldout_loss(model, scheduler, latents, hidden, [100, 700], seed=0, mask=mask)
+    trained = heldout_loss(model, scheduler, latents, hidden=hidden, timesteps=[100, 700], seed=0, mask=mask)
     loaded = heldout_loss(
-        denoiser_of(load_pipeline(pipeline_dir)), scheduler, latents, hidden, [100, 700], seed=0, mask=mask
+        denoiser_of(load_pipeline(pipeline_dir)),
+        scheduler,
+        latents,
+        hidden=hidden,
+        timesteps=[100, 700],
+        seed=0,
+        mask=mask,
     )
     assert trained == pytest.approx(loaded, rel=1e-5)
-    unmasked = heldout_loss(model, scheduler, latents, hidden, [100, 700], seed=0)
+    unmasked = heldout_loss(model, scheduler, latents, hidden=hidden, timesteps=[100, 700], seed=0)
     assert unmasked != pytest.approx(trained, rel=1e-4)  # the mask reaches the model
 
 
@@ -145,6 +153,8 @@ def test_the_same_loop_trains_it_and_caption_dropout_swaps_the_mask_too(tmp_path
     assert torch.equal(mask[dropped], empty_mask.expand(int(dropped.sum()), -1))
     assert (mask[~dropped] == 1).all()  # the fixture's captions fill every position
     record = LossRecorder()
-    model, summary = train_unet(make_denoiser(CFG, 4, 4, 16), stream, conditioning, CFG, tmp_path / "run", live=record)
+    model, summary = train_denoiser(
+        make_denoiser(CFG, 4, 4, 16), stream, conditioning, cfg=CFG, run_dir=tmp_path / "run", live=record
+    )
     assert isinstance(model, PixArtDenoiser) and summary["final_step"] == 120
     assert record.losses[-1] < record.losses[0] * 0.8

@@ -29,6 +29,11 @@ class Facts:
     example_prompt: str = "a prompt"  # a val caption, for the card's how-to
 
 
+def denoiser_parameters(train_stats: dict) -> int:
+    """The denoiser's size from reports/train/stats.json (`unet_parameters` in older files)."""
+    return train_stats.get("denoiser_parameters", train_stats.get("unet_parameters", 0))
+
+
 def _reasons(counts: dict | None) -> str:
     found = {k: v for k, v in (counts or {}).items() if v}
     return ", ".join(f"{v:,} {k}" for k, v in sorted(found.items(), key=lambda kv: -kv[1])) or "none"
@@ -109,9 +114,8 @@ def training_rows(facts: Facts) -> list[tuple[str, str]]:
         init = f"fine-tuned from `{cfg.pretrained}` ({cfg.trainable})"
     else:
         init = "trained from scratch"
-    shape = ", ".join(
-        [f"{cfg.denoiser}", f"{t['unet_parameters'] / 1e6:.2f}M parameters"] if "unet_parameters" in t else []
-    )
+    size = denoiser_parameters(t)
+    shape = ", ".join([f"{cfg.denoiser}", f"{size / 1e6:.2f}M parameters"] if size else [])
     objective = f"{cfg.prediction_type}, {cfg.beta_schedule} betas over {cfg.num_train_timesteps} steps"
     if cfg.prediction_type == "flow_matching":
         objective = "flow matching (rectified flow: straight paths, velocity target, logit-normal timesteps)"

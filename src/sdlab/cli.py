@@ -8,7 +8,6 @@ same prompt and seed; README's Python snippet spells out the same settings."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -16,34 +15,14 @@ from pathlib import Path
 from PIL import Image
 
 from sdlab.config import SCHEDULERS  # light: --help does not import torch
+from sdlab.drawing_rules import DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STEPS, fits, size_rules
 
-DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_GUIDANCE = "dpm_solver_multistep", 20, 5.0
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 
 
 def _fail(message: str, command: str = "generate") -> int:
     print(f"sdlab {command}: error: {message}", file=sys.stderr)
     return 2
-
-
-def size_rules(model: Path) -> tuple[int, int]:
-    """(the multiple an image side must be, the side the model was trained at), from the pipeline
-    folder's configs: the VAE halves each side per level but the last, and so does the UNet
-    (PixArt's transformer cuts patches of `patch_size` latents instead)."""
-    read = lambda part: json.loads((model / part / "config.json").read_text())  # noqa: E731
-    vae_factor = 2 ** (len(read("vae")["block_out_channels"]) - 1)
-    if (model / "transformer").is_dir():
-        denoiser = read("transformer")
-        own = denoiser["patch_size"]
-    else:
-        denoiser = read("unet")
-        own = 2 ** (len(denoiser["block_out_channels"]) - 1)
-    return vae_factor * own, denoiser["sample_size"] * vae_factor
-
-
-def fits(value: int, multiple: int) -> bool:
-    """Whether an image side of `value` pixels is one the model can draw (see `size_rules`)."""
-    return value >= 1 and value % multiple == 0
 
 
 def _model_error(model: str) -> str | None:
@@ -106,8 +85,8 @@ def _generate(args: argparse.Namespace) -> int:
         pipeline,
         [args.prompt] * args.num_images,
         seeds,
-        args.steps,
-        args.guidance,
+        steps=args.steps,
+        guidance=args.guidance,
         batch_size=args.num_images,
         negative_prompt=args.negative_prompt,
         progress=False,

@@ -7,11 +7,13 @@ wrong types and bad values raise `ConfigError` with the dotted key named, e.g.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sdlab.errors import ConfigError as ConfigError  # its home is errors.py; re-exported
 from sdlab.prompts import DEFAULT_PROMPT
 
 # `evaluate.scheduler` / `sdlab generate --scheduler` -> diffusers class; each keeps the trained noise schedule
@@ -26,10 +28,6 @@ SCHEDULERS = {
 
 
 FLOW_SCHEDULERS = ("dpm_solver_multistep", "unipc")  # the samplers diffusers runs on flow sigmas
-
-
-class ConfigError(ValueError):
-    """params.yaml is unreadable or does not match the schema."""
 
 
 class Section(BaseModel):
@@ -404,7 +402,8 @@ class EvaluateConfig(Section):
     # pixels, a CNN for the rest); null for every other source
     # labels: a classifier per `label_columns` column (any source whose records carry them), trained on the real
     # train images, plus retrieval by `concept_column`
-    judge: Literal["blob_attributes", "labels"] | None = "blob_attributes"
+    # auto: whichever the source's records carry (AUTO_JUDGE), so switching scrape.source needs no second edit
+    judge: Literal["auto", "blob_attributes", "labels"] | None = "auto"
     judge_steps: int = Field(300, ge=1)  # training steps of the judging classifier
     label_columns: list[str] = []  # judge labels: e.g. [category, subcategory, style]; a folder source: [tag]
     concept_column: str | None = None  # judge labels: what a prompt names (retrieval; concepts unseen in train)
@@ -419,6 +418,30 @@ class EvaluateConfig(Section):
         if any(scale < 1 for scale in self.guidance_sweep):
             raise ValueError(f"guidance_sweep: every scale must be >= 1 (1 = no guidance), got {self.guidance_sweep}")
         return self
+
+
+# evaluate.judge: auto, by scrape.source: (judge, label columns, concept column); label_columns
+# and concept_column, when set, win. Sources not named here have nothing to judge.
+AUTO_JUDGE: dict[str, tuple[str, tuple[str, ...], str | None]] = {
+    "synthetic": ("blob_attributes", (), None),
+    "emoji_sets": ("labels", ("category", "subcategory", "style"), "concept"),
+    "folder": ("labels", ("tag",), None),  # the sub-folder each image sits in
+}
+
+
+@dataclass(frozen=True)
+class JudgeSetting:
+    kind: str | None  # blob_attributes | labels | None
+    label_columns: list[str]
+    concept_column: str | None
+
+
+def judge_setting(source: str, cfg: EvaluateConfig) -> JudgeSetting:
+    """What evaluate judges: `evaluate.judge` as set, or for `auto` what the source's records carry."""
+    if cfg.judge != "auto":
+        return JudgeSetting(cfg.judge, list(cfg.label_columns), cfg.concept_column)
+    kind, columns, concept = AUTO_JUDGE.get(source, (None, (), None))
+    return JudgeSetting(kind, list(cfg.label_columns or columns), cfg.concept_column or concept)
 
 
 class PublishConfig(Section):
@@ -441,7 +464,8 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _check_judge(self) -> Params:
-        if self.evaluate.judge == "blob_attributes" and self.scrape.source != "synthetic":
+        judge = judge_setting(self.scrape.source, self.evaluate)
+        if judge.kind == "blob_attributes" and self.scrape.source != "synthetic":
             raise ValueError(
                 f"evaluate.judge: blob_attributes judges the synthetic source's attributes, but scrape.source "
                 f"is {self.scrape.source} (set evaluate.judge: null)"
@@ -451,7 +475,7 @@ class Params(Section):
                 f"evaluate.scheduler: {self.evaluate.scheduler} cannot sample a flow_matching model "
                 f"(use one of {', '.join(FLOW_SCHEDULERS)})"
             )
-        if self.evaluate.judge == "labels" and not self.evaluate.label_columns:
+        if judge.kind == "labels" and not judge.label_columns:
             raise ValueError("evaluate.label_columns: judge labels needs at least one column to judge")
         return self
 

@@ -123,7 +123,7 @@ def min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: fl
 
 
 def denoising_loss(
-    unet,
+    denoiser,
     scheduler: DDPMScheduler,
     latents: torch.Tensor,
     hidden: torch.Tensor,
@@ -135,15 +135,16 @@ def denoising_loss(
     (`mask`: the text attention mask, for denoisers that take one)."""
     noisy = noised(scheduler, latents, noise, timesteps)
     masked = {} if mask is None else {"encoder_attention_mask": mask}
-    prediction = unet(noisy, timesteps, encoder_hidden_states=hidden, **masked).sample
+    prediction = denoiser(noisy, timesteps, encoder_hidden_states=hidden, **masked).sample
     target = denoising_target(scheduler, latents, noise, timesteps)
     return F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(1)
 
 
 def training_loss(
-    unet,
+    denoiser,
     scheduler: DDPMScheduler,
     latents: torch.Tensor,
+    *,
     hidden: torch.Tensor,
     generator: torch.Generator,
     noise_offset: float = 0.0,
@@ -155,7 +156,7 @@ def training_loss(
     timesteps = draw_timesteps(scheduler, latents.shape[0], generator)
     device = latents.device
     timesteps, noise = timesteps.to(device), noise.to(device)
-    losses = denoising_loss(unet, scheduler, latents, hidden, timesteps, noise, mask)
+    losses = denoising_loss(denoiser, scheduler, latents, hidden, timesteps, noise, mask)
     if snr_gamma is not None:
         losses = losses * min_snr_weights(scheduler, timesteps, snr_gamma)
     return losses.mean()

@@ -61,18 +61,34 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 10 * float(np.log10(1.0 / max(mse, 1e-12)))
 
 
+def to_uint8_nchw(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) array -> uint8 (N, 3, H, W) tensor, the layout torchmetrics takes."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+
+
 def kid(extractor: torch.nn.Module, real: np.ndarray, other: np.ndarray) -> float:
     """KID (mean over subsets) between two uint8 (N, H, W, 3) sets in `extractor`'s space."""
+    return fid_kid(extractor, real, other, with_fid=False)[1]
+
+
+def fid_kid(
+    extractor: torch.nn.Module, real: np.ndarray, generated: np.ndarray, *, with_fid: bool = True
+) -> tuple[float, float]:
+    """FID (nan without `with_fid`) and KID (mean over subsets) between two uint8 (N, H, W, 3)
+    sets in `extractor`'s feature space: the one home of both."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    from sdlab.evaluate import to_uint8_nchw
-
-    metric = KernelInceptionDistance(
-        feature=extractor, subset_size=max(2, min(50, len(real), len(other))), normalize=False
-    )
-    metric.update(to_uint8_nchw(real), real=True)
-    metric.update(to_uint8_nchw(other), real=False)
-    return float(metric.compute()[0])
+    subset = max(2, min(50, len(real), len(generated)))
+    metrics = [KernelInceptionDistance(feature=extractor, subset_size=subset, normalize=False)]
+    if with_fid:
+        metrics.append(FrechetInceptionDistance(feature=extractor, normalize=False))
+    for images, is_real in ((real, True), (generated, False)):
+        batch = to_uint8_nchw(images)
+        for metric in metrics:
+            metric.update(batch, real=is_real)
+    fid = float(metrics[1].compute()) if with_fid else float("nan")
+    return fid, float(metrics[0].compute()[0])
 
 
 def distribution_metrics(vae, real: np.ndarray, generated: np.ndarray) -> dict:

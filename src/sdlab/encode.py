@@ -446,6 +446,7 @@ def write_uncond(out: Path, te: TextEncoderConfig, text: str, text_mask: bool = 
 
 def encode_dataset(
     rows: pa.Table,
+    *,
     shards_dir: str,
     vae_dir: str,
     out_dir: str,

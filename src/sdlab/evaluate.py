@@ -6,23 +6,25 @@ score), the report's strips and sweeps. The judges of the synthetic attributes a
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sdlab.config import ConfigError, Params
+from sdlab.card import denoiser_parameters
+from sdlab.config import ConfigError, Params, judge_setting
 from sdlab.data.records import DataError
 from sdlab.data.shards import load_images
 from sdlab.diffusion import denoising_loss, loss_schedule
-from sdlab.distribution import distribution_metrics, psnr, reconstruct
+from sdlab.distribution import distribution_metrics, fid_kid, psnr, reconstruct, to_uint8_nchw
 from sdlab.evaluation_files import write_evaluation
 from sdlab.io import first_rows, spread_rows
 from sdlab.judge import judge_samples
 from sdlab.label_judge import judge_labelled_samples, train_label_judge
 from sdlab.models.pipeline import denoiser_of, load_pipeline
-from sdlab.reports import Overview, read_curve, report_html, sample_grid
+from sdlab.reports import Overview, sample_grid, write_report
 from sdlab.sampling import generate, use_scheduler
 
 
@@ -34,9 +36,10 @@ def timestep_grid(num_train_timesteps: int, count: int) -> list[int]:
 
 @torch.no_grad()
 def heldout_loss(
-    unet,
+    denoiser,
     scheduler,
     latents: torch.Tensor,
+    *,
     hidden: torch.Tensor,
     timesteps: list[int],
     seed: int,
@@ -44,7 +47,7 @@ def heldout_loss(
     mask: torch.Tensor | None = None,
 ) -> dict[int, float]:
     """Mean denoising loss per timestep on fixed latents with fixed noise (deterministic)."""
-    unet.eval()
+    denoiser.eval()
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
     losses = {}
     for t in timesteps:
@@ -54,7 +57,7 @@ def heldout_loss(
             t_batch = torch.full((len(latents[part]),), t, dtype=torch.long)
             total += (
                 denoising_loss(
-                    unet,
+                    denoiser,
                     scheduler,
                     latents[part],
                     hidden[part],
@@ -105,26 +108,6 @@ def heldout_latents(
     return torch.cat(means), torch.cat(hidden), torch.cat(masks) if masked else None
 
 
-def to_uint8_nchw(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) array -> uint8 (N, 3, H, W) tensor, the layout torchmetrics takes."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-
-
-def fid_kid(extractor: torch.nn.Module, real: np.ndarray, generated: np.ndarray) -> tuple[float, float]:
-    """FID and KID (mean) between two uint8 (N, H, W, 3) sets, in `extractor`'s feature space."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.kid import KernelInceptionDistance
-
-    subset = max(2, min(50, len(real), len(generated)))
-    fid = FrechetInceptionDistance(feature=extractor, normalize=False)
-    kid = KernelInceptionDistance(feature=extractor, subset_size=subset, normalize=False)
-    for images, is_real in ((real, True), (generated, False)):
-        batch = to_uint8_nchw(images)
-        fid.update(batch, real=is_real)
-        kid.update(batch, real=is_real)
-    return float(fid.compute()), float(kid.compute()[0])
-
-
 def attribute_rows(pipeline, base: dict, steps: int, guidance: float, seed: int) -> list:
     """Per attribute, a labelled strip of samples of one seed in which only that attribute of
     the `base` row's prompt changes."""
@@ -133,12 +116,21 @@ def attribute_rows(pipeline, base: dict, steps: int, guidance: float, seed: int)
     strips = []
     for attribute in ATTRIBUTES:
         values, prompts = zip(*variations(base, attribute), strict=True)
-        images = generate(pipeline, list(prompts), [seed] * len(prompts), steps, guidance, len(prompts), progress=False)
+        images = generate(
+            pipeline,
+            list(prompts),
+            [seed] * len(prompts),
+            steps=steps,
+            guidance=guidance,
+            batch_size=len(prompts),
+            progress=False,
+        )
         strips.append((attribute, sample_grid(images, list(values), len(values), label_px=16)))
     return strips
 
 
 JUDGE_TRAIN_ROWS = 8000  # real train images the label judge learns from, spread over the index
+log = logging.getLogger(__name__)
 CONCEPT_ROWS = 4  # report: concepts shown in every style they exist in
 
 
@@ -156,7 +148,15 @@ def concept_rows(
         same = [r for r in found if str(r[concept_column]) == concept]
         real = load_images(paths.shards, same)
         prompts = [r["caption"] for r in same]
-        made = generate(pipeline, prompts, [seed] * len(prompts), steps, guidance, len(prompts), progress=False)
+        made = generate(
+            pipeline,
+            prompts,
+            [seed] * len(prompts),
+            steps=steps,
+            guidance=guidance,
+            batch_size=len(prompts),
+            progress=False,
+        )
         style = [str(r.get("style") or r["key"]) for r in same]
         labels = [f"real {s} ({r['split']})" for s, r in zip(style, same, strict=True)] + [
             f"generated {s}" for s in style
@@ -169,8 +169,9 @@ def concept_rows(
 def overview_lines(train: dict, metrics: dict, sampling: dict) -> list[str]:
     """The report's first sentences: what was trained on what, for how long, and how it samples."""
     epochs = train["final_step"] * train["global_batch"] / max(train["train_samples"], 1)
+    parameters = denoiser_parameters(train)
     lines = [
-        f"A {train.get('denoiser', 'unet')} of {train['unet_parameters'] / 1e6:.2f}M parameters, trained "
+        f"A {train.get('denoiser', 'unet')} of {parameters / 1e6:.2f}M parameters, trained "
         f"{train['final_step']} steps of batch {train['global_batch']} ({epochs:.1f} epochs) on "
         f"{train['train_samples']:,} images in {train.get('train_seconds', float('nan')) / 60:.1f} min "
         f"on {train['world_size']} process(es).",
@@ -196,7 +197,10 @@ def guidance_sweep(pipeline, prompts: list[str], scales: list[float], seed: int,
     if not prompts or not scales:
         return None, ""
     seeds = [seed + i for i in range(len(prompts))]
-    by_scale = [generate(pipeline, prompts, seeds, steps, scale, len(prompts), progress=False) for scale in scales]
+    by_scale = [
+        generate(pipeline, prompts, seeds, steps=steps, guidance=scale, batch_size=len(prompts), progress=False)
+        for scale in scales
+    ]
     images = np.stack(by_scale, axis=1).reshape(-1, *by_scale[0].shape[1:])  # row = prompt, column = scale
     labels = [f"guidance {scale:g}" for _ in prompts for scale in scales]
     note = " | ".join(f"row {i + 1}: {p}" for i, p in enumerate(prompts))
@@ -293,8 +297,9 @@ def run(params: Params, paths: EvaluatePaths) -> None:
     """Held-out loss, samples for val prompts, adherence (with a judge), distribution metrics,
     VAE reconstructions; metrics.json + details.json, samples.png and report.html."""
     cfg, latents_dir = params.evaluate, paths.latents
+    judging = judge_setting(params.scrape.source, cfg)
     pipeline = load_pipeline(paths.pipeline)
-    pick = spread_rows if cfg.judge == "labels" else first_rows  # labels: every vendor/source part of the index
+    pick = spread_rows if judging.kind == "labels" else first_rows  # labels: every vendor/source part of the index
     rows = pick(latents_dir / "index.parquet", cfg.num_samples, "split", "val").to_pylist()
     if not rows:
         raise DataError("the val split is empty (raise dedupe.val_fraction)")
@@ -304,9 +309,9 @@ def run(params: Params, paths: EvaluatePaths) -> None:
         denoiser_of(pipeline),
         scheduler,
         mean,
-        hidden,
-        timestep_grid(scheduler.config.num_train_timesteps, cfg.loss_timesteps),
-        cfg.seed,
+        hidden=hidden,
+        timesteps=timestep_grid(scheduler.config.num_train_timesteps, cfg.loss_timesteps),
+        seed=cfg.seed,
         mask=mask,
     )
     use_scheduler(pipeline, cfg.scheduler)
@@ -315,9 +320,9 @@ def run(params: Params, paths: EvaluatePaths) -> None:
         pipeline,
         prompts,
         [cfg.seed + i for i in range(len(rows))],
-        cfg.num_inference_steps,
-        cfg.guidance_scale,
-        cfg.batch_size,
+        steps=cfg.num_inference_steps,
+        guidance=cfg.guidance_scale,
+        batch_size=cfg.batch_size,
     )
     metrics = {
         "heldout_loss": float(np.mean(list(losses.values()))),
@@ -330,7 +335,7 @@ def run(params: Params, paths: EvaluatePaths) -> None:
     metrics["vae_reconstruction_psnr_db"] = psnr(real, reconstructed)
     metrics.update(distribution_metrics(pipeline.vae, real, images))
     overview = Overview()
-    if cfg.judge == "blob_attributes":  # the synthetic source: attributes are ground truth, judge adherence
+    if judging.kind == "blob_attributes":  # the synthetic source: attributes are ground truth, judge adherence
         if "skin_color" not in rows[0]:
             raise DataError(
                 "evaluate.judge: blob_attributes needs the synthetic source's attribute columns "
@@ -341,13 +346,13 @@ def run(params: Params, paths: EvaluatePaths) -> None:
             judge_samples(
                 images,
                 rows,
-                real,
-                load_images(paths.shards, train_rows, max_pixels),
-                train_rows,
-                cfg.judge_steps,
-                cfg.seed,
-                pipeline.vae,
-                reconstructed,
+                real_val=real,
+                real_train=load_images(paths.shards, train_rows, max_pixels),
+                train_rows=train_rows,
+                judge_steps=cfg.judge_steps,
+                seed=cfg.seed,
+                vae=pipeline.vae,
+                reconstructed_val=reconstructed,
             )
         )
         overview.adherence = [
@@ -357,70 +362,69 @@ def run(params: Params, paths: EvaluatePaths) -> None:
         overview.attribute_rows = attribute_rows(
             pipeline, rows[0], cfg.num_inference_steps, cfg.guidance_scale, cfg.seed
         )
-    elif cfg.judge == "labels":  # real images with labelled records: category/style judges and retrieval
-        wanted = [*cfg.label_columns, *filter(None, [cfg.concept_column])]
+    elif judging.kind == "labels":  # real images with labelled records: category/style judges and retrieval
+        wanted = [*judging.label_columns, *filter(None, [judging.concept_column])]
         if missing := [c for c in wanted if c not in rows[0]]:
             raise DataError(
                 f"evaluate.label_columns/concept_column: the val rows have no column {missing[0]!r} "
                 f"(they have {sorted(rows[0])})"
             )
         train_rows = spread_rows(latents_dir / "index.parquet", JUDGE_TRAIN_ROWS, "split", "train").to_pylist()
-        real_train = load_images(paths.shards, train_rows, max_pixels)
-        judge = train_label_judge(real_train, train_rows, cfg.label_columns, cfg.judge_steps, cfg.seed, pipeline.vae)
-        metrics.update(
-            judge_labelled_samples(
-                judge,
-                images,
-                rows,
-                real_val=real,
-                real_train=real_train,
-                train_rows=train_rows,
-                concept_column=cfg.concept_column,
-                reconstructed_val=reconstructed,
+        columns = [c for c in judging.label_columns if len({str(r[c]) for r in train_rows}) > 1]
+        if skipped := sorted(set(judging.label_columns) - set(columns)):  # one value: nothing to tell apart
+            log.warning("evaluate: label column(s) %s hold one value in the train rows: not judged", skipped)
+            metrics["label_columns_not_judged"] = skipped
+        if columns:
+            real_train = load_images(paths.shards, train_rows, max_pixels)
+            heads = [*columns, *[c for c in [judging.concept_column] if c and c not in columns]]
+            judge = train_label_judge(real_train, train_rows, heads, cfg.judge_steps, cfg.seed, pipeline.vae)
+            metrics.update(
+                judge_labelled_samples(
+                    judge,
+                    images,
+                    rows,
+                    real_val=real,
+                    real_train=real_train,
+                    train_rows=train_rows,
+                    concept_column=judging.concept_column,
+                    reconstructed_val=reconstructed,
+                )
             )
-        )
-        overview.adherence = [
-            (name, value, metrics["judge_accuracy_on_real"][name], metrics["chance"][name])
-            for name, value in metrics["adherence"].items()
-        ]
-        if cfg.concept_column:
-            overview.row_heading = "{}: the real images in every style (top), samples for their prompts (bottom)"
-            overview.attribute_rows = concept_rows(
-                pipeline, paths, rows, cfg.concept_column, cfg.num_inference_steps, cfg.guidance_scale, cfg.seed
-            )
+            overview.adherence = [
+                (name, value, metrics["judge_accuracy_on_real"][name], metrics["chance"][name])
+                for name, value in metrics["adherence"].items()
+            ]
+            if judging.concept_column:
+                overview.row_heading = "{}: the real images in every style (top), samples for their prompts (bottom)"
+                overview.attribute_rows = concept_rows(
+                    pipeline, paths, rows, judging.concept_column, cfg.num_inference_steps, cfg.guidance_scale, cfg.seed
+                )
     if cfg.inception_weights:  # the standard features: only then the standard names
         metrics["fid_inception"], metrics["kid_inception"] = fid_kid(
             inception_extractor(cfg.inception_weights, cfg.inception_sha256), real, images
         )
     if cfg.clip_model:
         metrics["clip_score"] = clip_score(cfg.clip_model, images, prompts)
-    out = paths.out
-    out.mkdir(parents=True, exist_ok=True)
-    grid = sample_grid(images, prompts, cfg.grid_columns)
-    grid.save(out / "samples.png")
-    pairs = min(cfg.grid_columns, len(rows))
-    overview.real_vs_generated = sample_grid(
-        np.concatenate([real[:pairs], images[:pairs]]), ["real"] * pairs + ["generated"] * pairs, pairs, label_px=16
-    )
-    overview.reconstructions = sample_grid(
-        np.concatenate([real[:pairs], reconstructed[:pairs]]), ["real"] * pairs + ["VAE"] * pairs, pairs, label_px=16
-    )
-    overview.reconstruction_note = (
-        f"decode(encode(x)) of real val images: PSNR "
-        f"{metrics['vae_reconstruction_psnr_db']:.1f} dB on {len(real)} images"
-    )
-    sweep, note = guidance_sweep(
+    sweep = guidance_sweep(
         pipeline, prompts[: cfg.sweep_prompts], cfg.guidance_sweep, cfg.seed, cfg.num_inference_steps
     )
-    curves = {
-        f"train/{name}": read_curve(paths.curves / "train" / f"{name}.tsv", name)
-        for name in ("loss", "lr", "grad_norm", "samples_per_s")
-    }
     sampling = {
         k: getattr(cfg, k) for k in ("scheduler", "num_inference_steps", "guidance_scale", "num_samples", "seed")
     }
-    train_stats = json.loads(paths.train_stats.read_text())
-    overview.lines = overview_lines(train_stats, metrics, sampling)
-    (out / "report.html").write_text(report_html(metrics, grid, sweep, note, curves, sampling, prompts, overview))
+    overview.lines = overview_lines(json.loads(paths.train_stats.read_text()), metrics, sampling)
+    out = paths.out
+    write_report(
+        out,
+        metrics,
+        samples=images,
+        prompts=prompts,
+        real=real,
+        reconstructed=reconstructed,
+        sweep=sweep,
+        curves_dir=paths.curves,
+        sampling=sampling,
+        overview=overview,
+        grid_columns=cfg.grid_columns,
+    )
     write_evaluation(out, metrics)
     print(f"evaluate: {metrics}")

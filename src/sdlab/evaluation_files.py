@@ -25,6 +25,7 @@ LABEL_JUDGE_DETAIL_KEYS = (  # evaluate.judge: labels only
     "unseen_concepts",
     "label_classes",
     "kid_label_judge_real_vs_real",
+    "label_columns_not_judged",
 )
 
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from sdlab.distribution import fid_kid, reconstruct
 from sdlab.models.vae import to_tensor
 from sdlab.sources.synthetic import (
     ACTIONS,
@@ -189,6 +190,7 @@ class FeatureExtractor(nn.Module):
 def judge_samples(
     generated: np.ndarray,
     rows: list[dict],
+    *,
     real_val: np.ndarray,
     real_train: np.ndarray,
     train_rows: list[dict],
@@ -205,8 +207,6 @@ def judge_samples(
     The classifier is trained on the real train images and, given the `vae`, on their VAE
     reconstructions too: every generated image is a VAE decode, and a judge that has only
     seen sharp drawings misreads the VAE's softer strokes."""
-    from sdlab.distribution import reconstruct
-    from sdlab.evaluate import fid_kid
 
     images, labels = real_train, train_rows
     if vae is not None:

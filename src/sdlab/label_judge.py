@@ -10,7 +10,10 @@ images and their VAE reconstructions (the blob judge's recipe, `sdlab.judge`), r
   sampling through this VAE could reach), beside chance (the most common value's share);
 - retrieval by `concept_column`: is a real image of the prompt's concept among the k nearest
   real images to the sample, in the judge's feature space (cosine)? A category score alone
-  flatters blotches of the right colours; retrieval asks for the concept itself.
+  flatters blotches of the right colours; retrieval asks for the concept itself. evaluate gives
+  the judge a head for the concept column too, so that space is one that tells concepts apart
+  (its accuracy on the generated images is the `concept` adherence: is the picture nameable as
+  its prompt's concept among every concept of the train set?).
 
 Val rows whose concept has train rows (a held-out concept/style pair) are the headline; rows
 whose concept the model never saw are scored apart (`unseen_concepts`).
@@ -23,6 +26,7 @@ from collections import Counter
 import numpy as np
 import torch
 
+from sdlab.distribution import fid_kid, reconstruct
 from sdlab.judge import AttributeClassifier, FeatureExtractor, accuracy, train_classifier
 
 RETRIEVAL_K = 5
@@ -84,7 +88,6 @@ def train_label_judge(
 ) -> AttributeClassifier:
     """A head per column, trained on the real train images (and, given the `vae`, on their
     reconstructions: every generated image is a VAE decode)."""
-    from sdlab.distribution import reconstruct
 
     images, labels = real_train, train_rows
     if vae is not None:
@@ -108,7 +111,6 @@ def judge_labelled_samples(
     apart), the judge's accuracy on real val images and on their reconstructions, chance,
     retrieval@k of the prompt's concept, and KID in the judge's feature space with its
     real-vs-real baseline."""
-    from sdlab.evaluate import fid_kid
 
     columns = list(classifier.classes)
     extractor = FeatureExtractor(classifier)

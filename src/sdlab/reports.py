@@ -178,6 +178,7 @@ class Overview:
 def report_html(
     metrics: dict,
     grid: Image.Image,
+    *,
     sweep: Image.Image | None,
     sweep_note: str,
     curves: dict[str, list[tuple[float, float]]],
@@ -213,6 +214,55 @@ td{{border:1px solid #ccc;padding:2px 8px;font-size:13px}}img{{max-width:100%;im
 <h2>Training curves</h2>{charts or "<p>no training curves found</p>"}
 </body></html>
 """
+
+
+def write_report(
+    out: Path,
+    metrics: dict,
+    *,
+    samples: np.ndarray,
+    prompts: list[str],
+    real: np.ndarray,
+    reconstructed: np.ndarray,
+    sweep: tuple[Image.Image | None, str],
+    curves_dir: Path,
+    sampling: dict,
+    overview: Overview,
+    grid_columns: int,
+) -> None:
+    """evaluate's pages into `out`: samples.png (a grid of the samples under their prompts) and
+    report.html (the overview, real beside generated, the VAE's reconstructions, the guidance
+    sweep, the training curves, every metric). `samples[i]` is the sample for `prompts[i]`, whose
+    real image is `real[i]`."""
+    out.mkdir(parents=True, exist_ok=True)
+    grid = sample_grid(samples, prompts, grid_columns)
+    grid.save(out / "samples.png")
+    pairs = min(grid_columns, len(samples))
+    overview.real_vs_generated = sample_grid(
+        np.concatenate([real[:pairs], samples[:pairs]]), ["real"] * pairs + ["generated"] * pairs, pairs, label_px=16
+    )
+    overview.reconstructions = sample_grid(
+        np.concatenate([real[:pairs], reconstructed[:pairs]]), ["real"] * pairs + ["VAE"] * pairs, pairs, label_px=16
+    )
+    overview.reconstruction_note = (
+        f"decode(encode(x)) of real val images: PSNR "
+        f"{metrics['vae_reconstruction_psnr_db']:.1f} dB on {len(real)} images"
+    )
+    curves = {
+        f"train/{name}": read_curve(curves_dir / "train" / f"{name}.tsv", name)
+        for name in ("loss", "lr", "grad_norm", "samples_per_s")
+    }
+    html_text = report_html(
+        metrics,
+        grid,
+        sweep=sweep[0],
+        sweep_note=sweep[1],
+        curves=curves,
+        params=sampling,
+        prompts=prompts,
+        overview=overview,
+    )
+    (out / "report.html").write_text(html_text)
 
 
 def sheet_of_records(

@@ -28,6 +28,7 @@ def generate(
     pipeline,
     prompts: list[str],
     seeds: list[int],
+    *,
     steps: int,
     guidance: float,
     batch_size: int,

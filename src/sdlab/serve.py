@@ -20,8 +20,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from sdlab.cli import fits
 from sdlab.config import FLOW_SCHEDULERS, SCHEDULERS
+from sdlab.drawing_rules import DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STEPS, fits, size_rules
 
 FIELDS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "scheduler", "height", "width")
 
@@ -86,7 +86,6 @@ class Playground:
     """A loaded pipeline and the rules its settings are checked against."""
 
     def __init__(self, model: str, device: str = "cpu"):
-        from sdlab.cli import DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STEPS, size_rules
         from sdlab.models.pipeline import load_pipeline
 
         self.model, self.pipeline = model, load_pipeline(model, device=device)
@@ -154,8 +153,8 @@ class Playground:
                 self.pipeline,
                 [settings["prompt"]],
                 [settings["seed"]],
-                settings["steps"],
-                settings["guidance"],
+                steps=settings["steps"],
+                guidance=settings["guidance"],
                 batch_size=1,
                 negative_prompt=settings["negative_prompt"],
                 progress=False,

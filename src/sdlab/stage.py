@@ -9,13 +9,8 @@ import sys
 import time
 from collections.abc import Callable
 
-from sdlab.config import ConfigError, Params, load_params
-from sdlab.data.records import DataError
-from sdlab.workers import WorkerError
-
-# Errors that mean "fix your input or config", reported as one line (a worker's own
-# traceback is printed by that worker before the pool raises WorkerError).
-EXPECTED_ERRORS = (ConfigError, DataError, FileNotFoundError, FloatingPointError, ImportError, WorkerError)
+from sdlab.config import Params, load_params
+from sdlab.errors import EXPECTED_ERRORS  # one line each; anything else keeps its traceback
 
 
 def parse_args(description: str, *paths: str) -> argparse.Namespace:

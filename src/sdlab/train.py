@@ -1,5 +1,5 @@
 """The training run, in one file: `run` at the bottom is what `dvc repro train` does, top to
-bottom (setup, data, model, resume, loop, export); the loop is `train_unet`, the helpers above
+bottom (setup, data, model, resume, loop, export); the loop is `train_denoiser`, the helpers above
 it are each one step of the run. The denoiser (UNet or Transformer) trains on cached latents
 with accelerate.
 
@@ -44,7 +44,7 @@ from tqdm import tqdm
 from sdlab.config import ConfigError, TrainConfig
 from sdlab.data.records import DataError
 from sdlab.diffusion import drop_captions, make_noise_scheduler, sample_latents, training_loss
-from sdlab.io import first_rows, write_json
+from sdlab.io import atomic_path, first_rows, write_json
 from sdlab.latents import LATENT_FIELDS, read_meta, read_uncond
 from sdlab.models.denoiser import make_denoiser, select_trainable
 from sdlab.models.pipeline import build_pipeline, export_pipeline
@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "step-"
 LOSS_SMOOTHING = 0.9  # the EMA-smoothed loss curve logged beside the raw one
 LIVE_SNAPSHOT = "live"  # the dvclive folder as it stood at a checkpoint
+RECIPE_FILE = "recipe.json"  # in each run folder: what its name hashes
 
 
 NOT_IN_RUN_IDENTITY = {  # cadence, bookkeeping and machine settings: they never change the trajectory
@@ -124,12 +125,16 @@ def data_fingerprint(latents_dir: Path) -> str:
     return hashlib.sha256((Path(latents_dir) / "meta.json").read_bytes()).hexdigest()
 
 
-def prepare_run(run_dir: Path, keep_runs: int, live_dir: Path) -> bool:
-    """Main process, before training: apply the keep_runs policy, put back the curves of the
-    checkpoint this run resumes (or clear them for a new run); True when resuming."""
+def prepare_run(run_dir: Path, keep_runs: int, live_dir: Path, recipe: dict | None = None) -> bool:
+    """Main process, before training: record the run's recipe (`recipe.json`, what its name
+    hashes), apply the keep_runs policy, put back the curves of the checkpoint this run resumes
+    (or clear them for a new run); True when resuming."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    if recipe is not None and not (run_dir / RECIPE_FILE).is_file():
+        with atomic_path(run_dir / RECIPE_FILE) as temp:
+            temp.write_text(json.dumps(recipe, indent=2, sort_keys=True))
     os.utime(run_dir)
-    prune_runs(run_dir.parent, run_dir.name, keep_runs)
+    prune_runs(run_dir.parent, run_dir.name, keep_runs, recipe)
     checkpoint = resumable_checkpoint(run_dir)
     if checkpoint is None:
         shutil.rmtree(live_dir, ignore_errors=True)
@@ -142,13 +147,37 @@ def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step + 104_729 * rank)
 
 
-def run_identity(cfg: TrainConfig, data_fingerprint: str, world: int = 1) -> str:
-    """Names a run: what changes the trajectory (recipe, data, world size), not its cadence or
-    length, so raising max_steps or log_every_steps continues the same run."""
+def run_recipe(cfg: TrainConfig, data_fingerprint: str, world: int = 1) -> dict:
+    """What changes a run's trajectory (recipe, data, world size), not its cadence or length, so
+    raising max_steps or log_every_steps continues the same run."""
     unused = {"unet", "transformer"} - {cfg.denoiser}  # the other denoiser's section
     recipe = {k: v for k, v in cfg.model_dump().items() if k not in NOT_IN_RUN_IDENTITY | unused}
-    blob = json.dumps({"train": recipe, "data": data_fingerprint, "world": world}, sort_keys=True)
-    return "run-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return {"train": recipe, "data": data_fingerprint, "world": world}
+
+
+def recipe_id(recipe: dict) -> str:
+    return "run-" + hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def run_identity(cfg: TrainConfig, data_fingerprint: str, world: int = 1) -> str:
+    """Names a run by its recipe (`run_recipe`): `run-<hash>`, the folder its checkpoints live in."""
+    return recipe_id(run_recipe(cfg, data_fingerprint, world))
+
+
+def recipe_difference(old: dict | None, new: dict | None) -> str:
+    """How an older run's recipe differs from this one's, in words (`train.lr 0.001 -> 0.002`)."""
+    if old is None or new is None:
+        return "no recipe.json to compare (a run from before runs recorded their recipe)"
+    changes = [
+        f"train.{key} {old['train'].get(key)!r} -> {new['train'].get(key)!r}"
+        for key in sorted(set(old["train"]) | set(new["train"]))
+        if old["train"].get(key) != new["train"].get(key)
+    ]
+    if old["data"] != new["data"]:
+        changes.append("other data (the latents changed)")
+    if old["world"] != new["world"]:
+        changes.append(f"world size {old['world']} -> {new['world']}")
+    return ", ".join(changes) or "the same recipe"
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -164,13 +193,20 @@ def resumable_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def prune_runs(checkpoints_dir: Path, current: str, keep_runs: int) -> list[str]:
-    """Remove the oldest run folders beyond `keep_runs` (the current one counts and stays); logged."""
+def prune_runs(checkpoints_dir: Path, current: str, keep_runs: int, recipe: dict | None = None) -> list[str]:
+    """Remove the oldest run folders beyond `keep_runs` (the current one counts and stays);
+    logged with how each removed run's recipe differs from the current `recipe`."""
     runs = [p for p in checkpoints_dir.glob("run-*") if p.is_dir() and p.name != current]
     runs.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     removed = []
     for old in runs[max(keep_runs - 1, 0) :]:
-        log.warning("train.keep_runs=%d: removing the checkpoints of older run %s", keep_runs, old.name)
+        recorded = json.loads((old / RECIPE_FILE).read_text()) if (old / RECIPE_FILE).is_file() else None
+        log.warning(
+            "train.keep_runs=%d: removing the checkpoints of older run %s (it differs from this run in: %s)",
+            keep_runs,
+            old.name,
+            recipe_difference(recorded, recipe),
+        )
         shutil.rmtree(old)
         removed.append(old.name)
     return removed
@@ -281,35 +317,36 @@ class Metrics:
         }
 
 
-def train_unet(
-    unet,
+def train_denoiser(
+    denoiser,
     stream: LatentStream,
     conditioning: Conditioning,
+    *,
     cfg: TrainConfig,
     run_dir: Path,
     live=None,
     validate: Callable[[torch.nn.Module, int], None] | None = None,
     accelerator: Accelerator | None = None,
 ) -> tuple[torch.nn.Module, dict]:
-    """Train `unet` to `cfg.max_steps` optimizer steps in `run_dir`, resuming its newest checkpoint.
+    """Train `denoiser` to `cfg.max_steps` optimizer steps in `run_dir`, resuming its newest checkpoint.
 
-    Returns (the unet with EMA weights, summary). `validate(unet, step)` runs on the main
+    Returns (the denoiser with EMA weights, summary). `validate(denoiser, step)` runs on the main
     process every `validation_every_steps`."""
     accelerator = accelerator or make_accelerator(cfg)
     rank, world, accumulation = accelerator.process_index, accelerator.num_processes, cfg.gradient_accumulation_steps
     torch.manual_seed(cfg.seed)
     if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    trainable = select_trainable(unet, cfg.trainable, cfg.lora_rank)
+        denoiser.enable_gradient_checkpointing()
+    trainable = select_trainable(denoiser, cfg.trainable, cfg.lora_rank)
     scheduler = make_noise_scheduler(cfg)
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_schedule = get_scheduler(
         cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
     )
     ema = EMAModel(trainable, decay=cfg.ema_decay, use_ema_warmup=cfg.ema_warmup, power=cfg.ema_power)
-    unet, optimizer = accelerator.prepare(unet, optimizer)
+    denoiser, optimizer = accelerator.prepare(denoiser, optimizer)
     accelerator.register_for_checkpointing(lr_schedule, ema)
-    model = torch.compile(unet) if cfg.compile else unet
+    model = torch.compile(denoiser) if cfg.compile else denoiser
     if conditioning.encoder is not None:
         conditioning.encoder.to(accelerator.device).eval().requires_grad_(False)
 
@@ -326,7 +363,7 @@ def train_unet(
             "raise it, or change the recipe to start a new run"
         )
 
-    unet.train()
+    denoiser.train()
     bar = tqdm(
         range(start, cfg.max_steps),
         initial=start,
@@ -339,9 +376,16 @@ def train_unet(
     for step in bar:
         for micro in range(step * accumulation, (step + 1) * accumulation):
             latents, hidden, mask, generator = make_batch(stream, conditioning, micro, cfg, rank, accelerator.device)
-            with accelerator.accumulate(unet), accelerator.autocast():
+            with accelerator.accumulate(denoiser), accelerator.autocast():
                 loss = training_loss(
-                    model, scheduler, latents, hidden, generator, cfg.noise_offset, cfg.snr_gamma, mask
+                    model,
+                    scheduler,
+                    latents,
+                    hidden=hidden,
+                    generator=generator,
+                    noise_offset=cfg.noise_offset,
+                    snr_gamma=cfg.snr_gamma,
+                    mask=mask,
                 )
                 losses = accelerator.gather(loss.detach()[None])  # every rank stops together
                 if not torch.isfinite(losses).all():
@@ -370,7 +414,7 @@ def train_unet(
             metrics.reset()
         if cfg.validation_every_steps and done % cfg.validation_every_steps == 0 and validate is not None:
             if accelerator.is_main_process:
-                validate(accelerator.unwrap_model(unet), done)
+                validate(accelerator.unwrap_model(denoiser), done)
             accelerator.wait_for_everyone()
         if done % cfg.checkpoint_every_steps == 0 or done == cfg.max_steps:
             state = {
@@ -390,7 +434,7 @@ def train_unet(
                 Path(live.dir) if getattr(live, "dir", None) else None,
             )
 
-    final = accelerator.unwrap_model(unet)
+    final = accelerator.unwrap_model(denoiser)
     summary = {
         "run": run_dir.name,
         "start_step": start,
@@ -459,9 +503,9 @@ def validation_grid(model, step: int, cfg: TrainConfig, main: MainProcess, token
         pipeline,
         prompts,
         list(range(len(prompts))),
-        cfg.validation_steps,
-        cfg.validation_guidance,
-        len(prompts),
+        steps=cfg.validation_steps,
+        guidance=cfg.validation_guidance,
+        batch_size=len(prompts),
         progress=False,
     )
     main.live.log_image(f"validation/step-{step:07d}.png", sample_grid(images, prompts, len(prompts)))
@@ -508,10 +552,11 @@ def run(cfg: TrainConfig, paths: RunPaths) -> None:
     denoiser = make_denoiser(cfg, meta["latent_shape"][1], meta["latent_shape"][0], meta["text_dim"])
 
     # the run's folder: a new run, or the checkpoints of this recipe to resume
-    run_dir = paths.checkpoints / run_identity(cfg, data_fingerprint(paths.latents), world)
+    recipe = run_recipe(cfg, data_fingerprint(paths.latents), world)
+    run_dir = paths.checkpoints / recipe_id(recipe)
     main = None
     if accelerator.is_main_process:
-        resuming = prepare_run(run_dir, cfg.keep_runs, paths.live)
+        resuming = prepare_run(run_dir, cfg.keep_runs, paths.live, recipe)
         prompts = first_rows(paths.latents / "index.parquet", cfg.validation_prompts, "split", "val", ["caption"])
         main = MainProcess(
             vae=AutoencoderKL.from_pretrained(paths.vae),
@@ -527,8 +572,15 @@ def run(cfg: TrainConfig, paths: RunPaths) -> None:
             validation_grid, cfg=cfg, main=main, tokenizer=tokenizer, text_encoder=text_encoder
         )
     with main.live if main is not None else contextlib.nullcontext():
-        denoiser, summary = train_unet(
-            denoiser, stream, conditioning, cfg, run_dir, main and main.live, validate, accelerator
+        denoiser, summary = train_denoiser(
+            denoiser,
+            stream,
+            conditioning,
+            cfg=cfg,
+            run_dir=run_dir,
+            live=main and main.live,
+            validate=validate,
+            accelerator=accelerator,
         )
     stream.close()
 
@@ -538,7 +590,7 @@ def run(cfg: TrainConfig, paths: RunPaths) -> None:
         summary.update(
             train_samples=sum(per_rank),
             denoiser=cfg.denoiser,
-            unet_parameters=sum(p.numel() for p in denoiser.parameters()),
+            denoiser_parameters=sum(p.numel() for p in denoiser.parameters()),
             trainable_parameters=sum(p.numel() for p in denoiser.parameters() if p.requires_grad),
         )
         summary["single_file"] = export_pipeline(denoiser, cfg, main.vae, tokenizer, text_encoder, paths.out)

@@ -18,13 +18,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sdlab.config import ConfigError
+from sdlab.errors import ConfigError
+from sdlab.errors import WorkerError as WorkerError  # its home is errors.py; re-exported
 
 log = logging.getLogger(__name__)
-
-
-class WorkerError(RuntimeError):
-    """A worker process exited with an error."""
 
 
 @dataclass(frozen=True)

@@ -11,21 +11,16 @@ rows in the filtered records.
 from __future__ import annotations
 
 import functools
-import itertools
-import json
-import multiprocessing
 from collections import Counter
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm import tqdm
 
 from sdlab.config import DownloadConfig
-from sdlab.data.fetch import collect, failed_row, fetch, is_fetchable
+from sdlab.data.fetch import collect, fetch, is_fetchable
 from sdlab.data.images import ImageRejected, PreparedImage, prepare_image
-from sdlab.data.shards import shard_name, write_shard
+from sdlab.data.packing import failed_row, map_ordered, pack
 
 
 def prepare_local(path: str, cfg: DownloadConfig) -> PreparedImage | ImageRejected:
@@ -42,58 +37,14 @@ def prepare_local(path: str, cfg: DownloadConfig) -> PreparedImage | ImageReject
         return exc
 
 
-def map_ordered(fn, items: Iterable, processes: int, chunk: int = 512) -> Iterator:
-    """`fn` over `items` in order on a pool of spawned processes, `chunk` items in flight at a
-    time (so a long input stream is never held whole); in this process for one process."""
-    items = iter(items)
-    first = list(itertools.islice(items, chunk))
-    if processes <= 1 or len(first) < 64:
-        yield from map(fn, itertools.chain(first, items))
-        return
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(processes) as pool:
-        while first:
-            yield from pool.imap(fn, first, chunksize=32)
-            first = list(itertools.islice(items, chunk))
-
-
 def pack_local(
     records: pa.Table, cfg: DownloadConfig, shards_dir: Path, first_shard: int = 0
 ) -> tuple[list[dict], int]:
     """Shards for `records` that have a local `path`: (index rows in record order, shards written)."""
     rows = records.to_pylist()
     mapper = functools.partial(prepare_local, cfg=cfg)
-    results = map_ordered(mapper, (row["path"] for row in rows), cfg.processes)
-    index, pending, written = [], [], 0
-
-    def flush() -> None:
-        nonlocal pending, written
-        if pending:
-            write_shard(shards_dir / shard_name(first_shard + written), pending)
-            written, pending = written + 1, []
-
-    for row, result in tqdm(zip(rows, results, strict=True), total=len(rows), desc="pack", unit="img"):
-        if isinstance(result, ImageRejected):
-            index.append(failed_row(row, result.reason, str(result)))
-            continue
-        index.append(
-            {
-                **row,
-                "shard": shard_name(first_shard + written),
-                "md5": result.md5,
-                "width": result.width,
-                "height": result.height,
-                "status": "ok",
-                "reason": "",
-                "error": "",
-            }
-        )
-        meta = {"key": row["key"], "title": row.get("title", ""), "caption": row.get("caption", "")}
-        pending.append({"key": row["key"], "png": result.png, "json": json.dumps(meta).encode()})
-        if len(pending) == cfg.shard_size:
-            flush()
-    flush()
-    return index, written
+    prepared = map_ordered(mapper, (row["path"] for row in rows), cfg.processes)
+    return pack(rows, prepared, shards_dir, cfg.shard_size, first_shard, desc="pack")
 
 
 def location_kinds(records: pa.Table) -> list[str]:

@@ -26,13 +26,13 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from sdlab.config import DownloadConfig
 from sdlab.data.engines import engine
 from sdlab.data.images import ImageRejected, prepare_image
+from sdlab.data.packing import failed_row, map_ordered, pack
 from sdlab.data.records import DataError
-from sdlab.data.shards import read_shard, shard_name, write_shard
+from sdlab.data.shards import read_shard
 from sdlab.io import write_table
 from sdlab.public_http import SCHEMES, FetchPolicy, network_policy
 
@@ -189,15 +189,12 @@ def collect(
 ) -> tuple[list[dict], int]:
     """Index rows of `records` (order kept) from the cached results, and our shards (`<key>.png`
     + `<key>.json`, in record order) from the cached originals. Returns (rows, shards written)."""
-    from sdlab.data.download import map_ordered
-
     position = {url: i for i, url in enumerate(results["url"].to_pylist())}
     located = results.to_pylist()
     rows = records.to_pylist()
     missing = [row["url"] for row in rows if row["url"] not in position]
     if missing:
         raise DataError(f"download: no cached result for {len(missing)} URL(s), e.g. {missing[0]!r}")
-    out, pending, written = [], [], 0
 
     def originals():
         """Original bytes of each ok record, reading each cached shard once, in record order."""
@@ -214,48 +211,16 @@ def collect(
             yield next((v for k, v in sample.items() if k not in ("json", "txt")), b"")
 
     prepared = map_ordered(functools.partial(_prepare_cached, cfg=cfg), originals(), cfg.processes)
-    for row in tqdm(rows, desc="collect", unit="img"):
-        hit = located[position[row["url"]]]
-        if hit["status"] != "success":
-            error = hit["error_message"] or "not downloaded"
-            out.append(failed_row(row, reason_of(error), error))
-            continue
-        result = next(prepared)
-        if isinstance(result, ImageRejected):
-            out.append(failed_row(row, result.reason, str(result)))
-            continue
-        name = shard_name(first_shard + written)
-        out.append(
-            {
-                **row,
-                "shard": name,
-                "md5": result.md5,
-                "width": result.width,
-                "height": result.height,
-                "status": "ok",
-                "reason": "",
-                "error": "",
-            }
-        )
-        meta = {"key": row["key"], "title": row.get("title", ""), "caption": row.get("caption", "")}
-        pending.append({"key": row["key"], "png": result.png, "json": json.dumps(meta).encode()})
-        if len(pending) == cfg.shard_size:
-            write_shard(shards_dir / name, pending)
-            written, pending = written + 1, []
-    if pending:
-        write_shard(shards_dir / shard_name(first_shard + written), pending)
-        written += 1
-    return out, written
 
+    def outcomes():
+        """Per record in order: its prepared image or rejection, or the failed row of a URL
+        img2dataset could not fetch."""
+        for row in rows:
+            hit = located[position[row["url"]]]
+            if hit["status"] == "success":
+                yield next(prepared)
+            else:
+                error = hit["error_message"] or "not downloaded"
+                yield failed_row(row, reason_of(error), error)
 
-def failed_row(row: dict, reason: str, error: str) -> dict:
-    return {
-        **row,
-        "shard": "",
-        "md5": "",
-        "width": 0,
-        "height": 0,
-        "status": "failed",
-        "reason": reason,
-        "error": error,
-    }
+    return pack(rows, outcomes(), shards_dir, cfg.shard_size, first_shard, desc="collect")

