@@ -259,7 +259,8 @@ def test_standard_inception_fid_loads_its_weights_from_a_local_file(tmp_path, mo
     from torchmetrics.image.fid import NoTrainInceptionV3
 
     from sdlab.config import ConfigError
-    from sdlab.distribution import fid_kid, inception_extractor
+    from sdlab.distribution import fid_kid
+    from sdlab.evaluate import inception_extractor
 
     # Fabricate a weights file of the right architecture (random values): build the module with
     # its weight loading switched off, save its state dict. The code under test then loads it.

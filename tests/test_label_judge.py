@@ -76,6 +76,8 @@ def test_a_perfect_generator_scores_what_the_judge_reads_on_real_images(judged):
     perfect, _ = judged
     assert perfect["adherence"] == perfect["judge_accuracy_on_real"]
     assert perfect["retrieval_at_5"] >= perfect["retrieval_at_5_real"]  # it may find itself
+    # its samples for val half A are real A: KID against real B is the real-vs-real baseline exactly
+    assert perfect["kid_label_judge"] == perfect["kid_label_judge_real_vs_real"]
 
 
 def test_images_judged_against_other_rows_score_near_chance(judged):
@@ -84,7 +86,6 @@ def test_images_judged_against_other_rows_score_near_chance(judged):
     assert shuffled["adherence"]["category"] < perfect["adherence"]["category"] - 0.15
     assert shuffled["adherence"]["category"] < shuffled["chance"]["category"] + 0.15
     assert shuffled["retrieval_at_5"] < perfect["retrieval_at_5"] / 3
-    assert shuffled["kid_label_judge"] > perfect["kid_label_judge"]
 
 
 def test_retrieval_counts_a_hit_only_for_the_querys_own_concept():

@@ -73,7 +73,7 @@ def test_training_checkpointed_and_exported_a_loadable_pipeline(repo):
     assert stats["final_step"] == 20
     runs = list((repo / "models/checkpoints").iterdir())
     assert len(runs) == 1 and runs[0].name == stats["run"]
-    assert sorted(p.name for p in runs[0].iterdir()) == ["step-0000010", "step-0000020"]
+    assert sorted(p.name for p in runs[0].iterdir()) == ["recipe.json", "step-0000010", "step-0000020"]
     live = json.loads((repo / "reports/train/live/metrics.json").read_text())
     assert live["step"] == 20 and live["train"]["loss"] > 0
     code = (

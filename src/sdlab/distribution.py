@@ -88,7 +88,10 @@ def fid_kid(
         for metric in metrics:
             metric.update(batch, real=is_real)
     fid = float(metrics[1].compute()) if with_fid else float("nan")
-    return fid, float(metrics[0].compute()[0])
+    with torch.random.fork_rng():  # KID's subsets are drawn at random: the same sets give the same number
+        torch.manual_seed(0)
+        kid = float(metrics[0].compute()[0])
+    return fid, kid
 
 
 def distribution_metrics(vae, real: np.ndarray, generated: np.ndarray) -> dict:

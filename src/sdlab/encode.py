@@ -49,7 +49,7 @@ from tqdm import tqdm
 from sdlab.config import EncodeConfig, TextEncoderConfig
 from sdlab.data.records import DataError
 from sdlab.data.shards import png_to_array
-from sdlab.io import atomic_path, read_json, write_json, write_table
+from sdlab.io import atomic_path, file_sha256, read_json, write_json, write_table
 from sdlab.latents import (
     NOT_KEPT,
     SPLIT_CODES,
@@ -125,14 +125,6 @@ class EncodeSpec:
 
 def _digest(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def folder_fingerprint(path: str | Path) -> str:

@@ -20,7 +20,7 @@ from sdlab.data.shards import load_images
 from sdlab.diffusion import denoising_loss, loss_schedule
 from sdlab.distribution import distribution_metrics, fid_kid, psnr, reconstruct, to_uint8_nchw
 from sdlab.evaluation_files import write_evaluation
-from sdlab.io import first_rows, spread_rows
+from sdlab.io import file_sha256, first_rows, spread_rows
 from sdlab.judge import judge_samples
 from sdlab.label_judge import judge_labelled_samples, train_label_judge
 from sdlab.models.pipeline import denoiser_of, load_pipeline
@@ -252,15 +252,9 @@ INCEPTION_SHA256_PREFIX = "6726825d"
 def check_weights_file(path: str, sha256: str | None, key: str = "evaluate.inception_weights") -> None:
     """Refuse a weights file before it is unpickled unless its sha256 is the published one
     (`sha256` pins the whole digest; else the published file's prefix)."""
-    import hashlib
-
     if not Path(path).is_file():
         raise ConfigError(f"{key}: file not found: {path}")
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    actual = digest.hexdigest()
+    actual = file_sha256(path)
     expected = (sha256 or INCEPTION_SHA256_PREFIX).lower()
     if not actual.startswith(expected):
         raise ConfigError(

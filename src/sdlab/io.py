@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -13,6 +14,12 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+
+def file_sha256(path: str | Path) -> str:
+    """The file's sha256 (hex), read in blocks: the one place files are hashed for identity."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _temp_sibling(path: Path) -> Path:

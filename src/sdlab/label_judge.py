@@ -142,9 +142,11 @@ def judge_labelled_samples(
     }
     if unseen:
         out["unseen_concepts"] = {**scores(unseen), "judged_rows": len(unseen)}
-    half = len(real_train) // 2
-    out["kid_label_judge"] = fid_kid(extractor, real_val, generated)[1]
-    out["kid_label_judge_real_vs_real"] = fid_kid(extractor, real_val, real_train[half : half + len(generated)])[1]
+    # val's interleaved halves A, B (as distribution_metrics): the samples for A's prompts vs real B,
+    # beside real A vs real B; train images are what the judge learnt from, not a fair baseline
+    a, b = slice(0, None, 2), slice(1, None, 2)
+    out["kid_label_judge"] = fid_kid(extractor, real_val[b], generated[a], with_fid=False)[1]
+    out["kid_label_judge_real_vs_real"] = fid_kid(extractor, real_val[b], real_val[a], with_fid=False)[1]
     return out
 
 

@@ -57,10 +57,8 @@ def package_of(vendor: str, version: str) -> str:
 
 def sri_sha512(path: Path) -> str:
     """The file's Subresource-Integrity sha512, the form npm publishes (`sha512-<base64>`)."""
-    digest = hashlib.sha512()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+        digest = hashlib.file_digest(handle, "sha512")
     return "sha512-" + base64.b64encode(digest.digest()).decode()
 
 
