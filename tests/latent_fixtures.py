@@ -28,8 +28,10 @@ def write_latents(
     poison: bool = False,
     text_encoder: dict | None = None,
     text_mask: bool = False,
+    buckets: dict[str, tuple[int, int, int]] | None = None,
 ) -> dict:
-    """A latents folder of `images` rows in shards of `shard_size`; every `val_every`-th row is val."""
+    """A latents folder of `images` rows in shards of `shard_size`; every `val_every`-th row is val.
+    With `buckets` (name -> latent shape), rows go to the buckets in turn, stored per bucket."""
     generator = torch.Generator().manual_seed(seed)
     shards = []
     for number, start in enumerate(range(0, images, shard_size)):
@@ -43,10 +45,23 @@ def write_latents(
             else {"sample": mean.half()}
         )
         keys = [f"k{start + i:09d}" for i in range(rows)]
-        save_checked(latent_path(root, stem), latents, f"latents-{seed}-{stem}", keys=keys)
         split = torch.tensor(
             [int(val_every > 0 and (start + i) % val_every == val_every - 1) for i in range(rows)], dtype=torch.uint8
         )
+        extra, counts = {}, {}
+        if buckets:  # the encode stage's layout for a shard of several sizes
+            names = list(buckets)
+            latents, extra["buckets"] = {}, {}
+            for b, name in enumerate(names):
+                places = torch.arange(b, rows, len(names))
+                if not len(places):
+                    continue
+                draw = torch.randn(len(places), views, *buckets[name], generator=generator)
+                latents |= {f"mean.{name}": draw.half(), f"std.{name}": torch.full_like(draw, 0.1).half()}
+                latents[f"rows.{name}"] = places
+                extra["buckets"][name] = len(places)
+                counts[name] = {s: int((split[places] == code).sum()) for s, code in SPLIT_CODES.items()}
+        save_checked(latent_path(root, stem), latents, f"latents-{seed}-{stem}", keys=keys, **extra)
         conditioning = {"split": split}
         if text == "states":
             conditioning["hidden"] = torch.randn(rows, length, text_dim, generator=generator).half()
@@ -64,6 +79,7 @@ def write_latents(
                 "val": int((split == SPLIT_CODES["val"]).sum()),
                 "latents": f"latents-{seed}-{stem}",
                 "text": f"text-{seed}-{stem}",
+                **({"buckets": counts} if buckets else {}),
             }
         )
     uncond = {
@@ -85,6 +101,7 @@ def write_latents(
         "dtype": "float16",
         "text_mask": text_mask,
         "text_encoder": text_encoder or {"pretrained": None, "max_length": length},
+        **({"buckets": {name: list(shape) for name, shape in buckets.items()}} if buckets else {}),
     }
     (root / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
     index = [

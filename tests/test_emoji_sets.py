@@ -62,6 +62,21 @@ def test_records_name_each_concept_its_category_and_vendor_and_hold_the_packages
     assert "Twemoji" in stats["licences"]["twitter"]
 
 
+def test_the_judge_pool_holds_every_concept_left_out_and_none_of_the_chosen(tmp_path):
+    import pyarrow.parquet as pq
+
+    records, stats = scrape(tmp_path, max_concepts=60, judge_pool=True)
+    pool = pq.read_table(tmp_path / "raw" / "judge_records.parquet").to_pylist()
+    chosen = {r["concept"] for r in records}
+    assert chosen.isdisjoint(r["concept"] for r in pool)  # the model's concepts are never the judge's extra data
+    assert stats["judge_pool_images"] == len(pool) > 20 * len(records)
+    assert {r["vendor"] for r in pool} == {"twitter", "google"} and all(Path(r["path"]).is_file() for r in pool)
+    assert {r["category"] for r in pool} >= {r["category"] for r in records}
+    plain, _ = scrape(tmp_path / "plain", max_concepts=60)
+    assert not (tmp_path / "plain" / "raw" / "judge_records.parquet").exists()
+    assert [r["key"] for r in plain] == [r["key"] for r in records]  # the model's records are unchanged
+
+
 def test_skin_tones_add_their_own_concepts(tmp_path):
     plain, _ = scrape(tmp_path / "a", vendors=["twitter"])
     toned, _ = scrape(tmp_path / "b", vendors=["twitter"], skin_tones=True)

@@ -59,6 +59,10 @@ def test_evaluate_reports_the_label_judges_and_retrieval_apart_for_unseen_concep
     unseen = metrics["unseen_concepts"]
     assert unseen["judged_rows"] > 0 and set(unseen["adherence"]) == judged
     assert metrics["judged_rows"] + unseen["judged_rows"] == metrics["num_samples"]
+    # the judge also learnt from 400 images of concepts the model never saw (the judge pool)
+    assert metrics["judge_pool_images"] == 400
+    pool = {r["key"] for r in pq.read_table(repo / "data/raw/judge_records.parquet").to_pylist()}
+    assert pool and pool.isdisjoint(pq.read_table(repo / "data/latents/index.parquet")["key"].to_pylist())
     headline = json.loads((repo / "reports/evaluate/metrics.json").read_text())
     assert "retrieval_at_5" in headline and "unseen_concepts" not in headline  # details.json holds it
     report = (repo / "reports/evaluate/report.html").read_text()

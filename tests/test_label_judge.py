@@ -96,3 +96,20 @@ def test_retrieval_counts_a_hit_only_for_the_querys_own_concept():
     assert retrieval_at_k(queries, ["a", "b"], pool, ["a", "b", "c", "d"], k=1) == 1.0
     assert retrieval_at_k(queries, ["b", "a"], pool, ["a", "b", "c", "d"], k=1) == 0.0
     assert retrieval_at_k(queries, ["a", "b"], pool, ["a", "b", "c", "d"], self_index=[0, 1], k=1) == 0.0
+
+
+def test_the_judge_pool_teaches_the_label_heads_and_never_the_concept_head(corpus):
+    """Pool rows (concepts the model never trains on) add their categories and styles to the
+    heads' training, not their concepts: the concept head still names train concepts only. A
+    pool read with the concept too (the wrong rows for that head) would add classes."""
+    train, train_rows, val, val_rows = corpus
+    pool_rows = [dict(r, concept="pool-" + r["concept"], subcategory="pool-only") for r in val_rows]
+    heads = [*COLUMNS, "subcategory", "concept"]
+    judge = train_label_judge(
+        train, train_rows, heads, steps=5, seed=0, pool=(val, pool_rows), pool_columns=[*COLUMNS, "subcategory"]
+    )
+    assert "pool-only" in judge.classes["subcategory"]  # learnt from the pool
+    assert not any(c.startswith("pool-") for c in judge.classes["concept"])  # never from it
+    assert set(judge.classes["concept"]) == {r["concept"] for r in train_rows}
+    without = train_label_judge(train, train_rows, heads, steps=5, seed=0)
+    assert "pool-only" not in without.classes["subcategory"]

@@ -401,6 +401,28 @@ MUTANTS = (
         "    if False:\n        similarity[",
         (T + "test_label_judge.py::test_retrieval_counts_a_hit_only_for_the_querys_own_concept",),
     ),
+    Mutant(
+        "judge_pool_teaches_the_concept_head",
+        "src/sdlab/label_judge.py",
+        "taught = [c for c in columns if c in pool_columns]",
+        "taught = list(columns)",
+        (T + "test_label_judge.py::test_the_judge_pool_teaches_the_label_heads_and_never_the_concept_head",),
+    ),
+    # Aspect buckets (issue 28)
+    Mutant(
+        "bucket_fit_ignored_at_download",
+        "src/sdlab/data/packing.py",
+        "            fit=cfg.fit,",
+        '            fit="pad",',
+        (T + "test_buckets.py::test_bucketed_photos_are_stored_at_their_bucket_with_no_white_bar",),
+    ),
+    Mutant(
+        "batch_mixes_rows_of_two_buckets",  # one bucket's latents with another's captions
+        "src/sdlab/latents.py",
+        "{name: array[places[picked]] for name, array in text.items()}",
+        "{name: array[picked] for name, array in text.items()}",
+        (T + "test_buckets.py::test_every_batch_is_one_bucket_and_every_image_is_seen_once_per_pass",),
+    ),
 )
 
 

@@ -37,6 +37,9 @@ TINY_UNET = {
 TEXT_DIM = 384  # the packaged MiniLM
 
 
+BUCKETS = {"32x32": (4, 8, 8), "40x24": (4, 6, 10), "24x40": (4, 10, 6)}  # latent shapes at 32 px
+
+
 @pytest.fixture(scope="module")
 def latents(tmp_path_factory) -> Path:
     """64 blob images (8 shards) encoded by a tiny VAE into 8x8x4 latents, 56 train / 8 val."""
@@ -190,6 +193,43 @@ def test_kill_9_mid_epoch_resumes_to_the_exact_weights_and_step(latents, tmp_pat
     for name, tensor in reference_weights.items():
         assert torch.equal(tensor, resumed_weights[name]), name  # bit-exact on CPU
     assert not list((run / "checkpoints").rglob(".tmp-*"))
+    assert reference["final_loss"] == resumed["final_loss"]
+
+
+@pytest.fixture(scope="module")
+def bucket_latents(tmp_path_factory) -> Path:
+    """240 rows in 6 shards spread over three aspect buckets (the encode stage's layout), 1 in 8 val."""
+    from latent_fixtures import write_latents
+
+    root = tmp_path_factory.mktemp("bucket-scale")
+    write_latents(
+        root / "latents",
+        images=240,
+        shard_size=40,
+        text="tokens",
+        text_dim=384,
+        length=77,
+        val_every=8,
+        buckets=BUCKETS,
+    )
+    build_vae(VaeConfig(block_out_channels=[8, 16]), 16).save_pretrained(root / "vae")
+    return root
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_kill_9_with_aspect_buckets_resumes_to_the_exact_weights(bucket_latents, tmp_path, processes):
+    reference = run_train(bucket_latents, tmp_path / "reference", max_steps=40, num_processes=processes)
+    assert reference["buckets"] == ["24x40", "32x32", "40x24"] and reference["buckets_not_drawn"] == {}
+    run = tmp_path / "killed"
+    proc = start_train(bucket_latents, run, max_steps=40, num_processes=processes)
+    kill_when(proc, lambda: any(p.name == "step-0000020" for p in checkpoints(run)))
+    resumed = run_train(bucket_latents, run, max_steps=40, num_processes=processes)
+    assert resumed["start_step"] in (20, 30) and resumed["final_step"] == 40
+    state = json.loads(checkpoints(run)[-1].joinpath("run.json").read_text())
+    assert state["data_position_rank0"]["bucket"] in BUCKETS
+    reference_weights, resumed_weights = unet_weights(tmp_path / "reference"), unet_weights(run)
+    for name, tensor in reference_weights.items():
+        assert torch.equal(tensor, resumed_weights[name]), name
     assert reference["final_loss"] == resumed["final_loss"]
 
 
@@ -414,15 +454,24 @@ def test_bf16_accumulation_and_checkpointing_step_the_optimizer_once_per_update(
     assert fp32["rank_weight_sha256"] != stats["rank_weight_sha256"]  # bf16 autocast really ran
 
 
-def test_train_stage_peak_memory_is_flat_between_dataset_sizes(tmp_path):
-    """The same steps on 2,000 and 20,000 images: the streamed reader's memory does not grow."""
+@pytest.mark.parametrize("buckets", [None, BUCKETS], ids=["one-size", "aspect-buckets"])
+def test_train_stage_peak_memory_is_flat_between_dataset_sizes(tmp_path, buckets):
+    """The same steps on 2,000 and 20,000 images: the streamed reader's memory does not grow
+    (with aspect buckets: one stream per bucket, each as bounded)."""
     from latent_fixtures import write_latents
 
     peaks = {}
     for images in (2_000, 20_000):
         root = tmp_path / f"n{images}"
         write_latents(
-            root / "latents", images=images, shard_size=500, shape=(4, 8, 8), text="tokens", text_dim=384, length=77
+            root / "latents",
+            images=images,
+            shard_size=500,
+            shape=(4, 8, 8),
+            text="tokens",
+            text_dim=384,
+            length=77,
+            buckets=buckets,
         )
         build_vae(VaeConfig(block_out_channels=[8, 16]), 16).save_pretrained(root / "vae")
         run = root / "run"

@@ -207,6 +207,14 @@ def usage(facts: Facts) -> str:
         f"  --seed 0 --steps {steps} --guidance {guidance:g} --scheduler {p.evaluate.scheduler} --out out.png",
         "```",
     ]
+    if buckets := facts.stats.get("train", {}).get("buckets"):
+        width, height = buckets[-1].split("x")
+        lines += [
+            "",
+            f"Trained on aspect buckets (width x height): {', '.join(buckets)}. Draw at one of them with "
+            f"`height=`/`width=` in diffusers or `--height {height} --width {width}` in `sdlab generate`; "
+            "other sizes are untrained.",
+        ]
     if SINGLE_FILE in facts.files:
         lines += [
             "",

@@ -15,7 +15,15 @@ from pathlib import Path
 from PIL import Image
 
 from sdlab.config import SCHEDULERS  # light: --help does not import torch
-from sdlab.drawing_rules import DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STEPS, fits, size_rules
+from sdlab.drawing_rules import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_SCHEDULER,
+    DEFAULT_STEPS,
+    fits,
+    size_rules,
+    trained_buckets,
+    trained_sizes,
+)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 
@@ -62,7 +70,10 @@ def _generate(args: argparse.Namespace) -> int:
     for name in ("height", "width"):
         value = getattr(args, name)
         if value is not None and not fits(value, multiple):
-            return _fail(f"--{name} {value}: must be a positive multiple of {multiple} (trained at {trained})")
+            return _fail(
+                f"--{name} {value}: must be a positive multiple of {multiple} "
+                f"(trained at {trained_sizes(trained, trained_buckets(Path(args.model)))})"
+            )
     device, error = _device(args.device)
     if error:
         return _fail(error)

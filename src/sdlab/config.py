@@ -130,6 +130,9 @@ class EmojiSetsConfig(Section):
     npm: str = "npm"  # the npm client that fetches a missing package (`npm pack NAME@VERSION`)
     max_concepts: int | None = Field(None, gt=0)  # null: every emoji; else this many, spread over the list
     skin_tones: bool = False  # also the skin-tone variants, each a concept of its own
+    # the concepts max_concepts leaves out, written apart (data/raw/judge_records.parquet) for the
+    # label judge to learn categories and styles from: evaluation data the model never sees
+    judge_pool: bool = False
 
 
 class ScrapeConfig(Section):
@@ -181,6 +184,11 @@ class FilterConfig(Section):
 
 class DownloadConfig(Section):
     image_px: int = Field(32, ge=8)
+    # pad: letterbox onto a white square (emoji); crop: fill the square, center-crop; bucket: the
+    # aspect bucket nearest each image (about image_px² pixels, sides multiples of bucket_step)
+    fit: Literal["pad", "crop", "bucket"] = "pad"
+    # the VAE's x the denoiser's downsampling (default VAE 4 x UNet 2; SD 1.x: 8 x 8 = 64)
+    bucket_step: int = Field(8, gt=0)
     shard_size: int = Field(1000, gt=0)
     min_side_px: int = Field(8, gt=0)
     max_aspect_ratio: float = Field(4.0, ge=1)
@@ -203,6 +211,8 @@ class DownloadConfig(Section):
     @model_validator(mode="after")
     def _check_networks(self) -> DownloadConfig:
         check_networks(self.allow_private_networks)
+        if self.fit == "bucket" and self.image_px % self.bucket_step:
+            raise ValueError(f"image_px: {self.image_px} is not a multiple of bucket_step {self.bucket_step}")
         if self.cluster is not None and self.distributor == "multiprocessing":
             raise ValueError(f"cluster: {self.cluster!r} needs distributor pyspark or ray, not multiprocessing")
         return self
@@ -407,6 +417,8 @@ class EvaluateConfig(Section):
     judge_steps: int = Field(300, ge=1)  # training steps of the judging classifier
     label_columns: list[str] = []  # judge labels: e.g. [category, subcategory, style]; a folder source: [tag]
     concept_column: str | None = None  # judge labels: what a prompt names (retrieval; concepts unseen in train)
+    judge_pool_rows: int = Field(8000, ge=0)  # at most this many of a source's judge-only records (judge labels)
+    judge_pool_columns: list[str] | None = None  # the label columns the pool teaches; null: every one
     clip_model: str | None = None  # hub id or local folder of a CLIP model: adds clip_score
     inception_weights: str | None = None  # torch-fidelity's pt_inception-2015-12-05 file: adds fid/kid_inception
     # its sha256 is checked before it is unpickled: null = the published file (6726825d...)

@@ -8,6 +8,13 @@ import json
 from pathlib import Path
 
 DEFAULT_SCHEDULER, DEFAULT_STEPS, DEFAULT_GUIDANCE = "dpm_solver_multistep", 20, 5.0
+BUCKETS_FILE = "buckets.json"  # in a pipeline folder trained on aspect buckets: their sizes
+
+
+def trained_buckets(model: Path) -> list[str]:
+    """The aspect buckets ("<width>x<height>") a pipeline folder was trained at; [] for one size."""
+    path = Path(model) / BUCKETS_FILE
+    return json.loads(path.read_text())["buckets"] if path.is_file() else []
 
 
 def size_rules(model: Path) -> tuple[int, int]:
@@ -28,3 +35,8 @@ def size_rules(model: Path) -> tuple[int, int]:
 def fits(value: int, multiple: int) -> bool:
     """Whether an image side of `value` pixels is one the model can draw (see `size_rules`)."""
     return value >= 1 and value % multiple == 0
+
+
+def trained_sizes(size: int, buckets: list[str]) -> str:
+    """In words: the size(s) a model was trained at (width x height for aspect buckets)."""
+    return f"aspect buckets {', '.join(buckets)} (width x height)" if buckets else f"{size} px"

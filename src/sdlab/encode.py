@@ -44,20 +44,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+from safetensors import safe_open
 from tqdm import tqdm
 
 from sdlab.config import EncodeConfig, TextEncoderConfig
+from sdlab.data.images import bucket_name, bucket_size
 from sdlab.data.records import DataError
 from sdlab.data.shards import png_to_array
 from sdlab.io import atomic_path, file_sha256, read_json, write_json, write_table
 from sdlab.latents import (
     NOT_KEPT,
+    ROWS,
     SPLIT_CODES,
     STORAGE_DTYPE,
+    bucketed_name,
     is_complete,
     latent_path,
     read_header,
     save_checked,
+    tensor_bucket,
     text_path,
 )
 from sdlab.models.text_encoder import PACKAGED_MINILM, encode_prompts, load_text_encoder, tokenize
@@ -99,6 +104,16 @@ class EncodeSpec:
     latent_shape: tuple[int, int, int]  # (C, h, w) every latent row must have
     jobs: tuple = field(default_factory=tuple)  # this node's jobs
     text_mask: bool = False  # states encoded with the attention mask, which is stored too (PixArt)
+    image_px: int = 0  # the square side the latent shape is of (bucket sizes scale from it)
+
+    def bucket_latent_shape(self, bucket: str | None) -> tuple[int, int, int]:
+        """(C, h, w) of a bucket's latents (`<W>x<H>` pixels); the square's for None."""
+        if bucket is None:
+            return tuple(self.latent_shape)
+        channels, height, _ = self.latent_shape
+        factor = self.image_px // height
+        width_px, height_px = bucket_size(bucket)
+        return channels, height_px // factor, width_px // factor
 
     def latent_fingerprint(self, tar_sha256: str) -> str:
         parts = {
@@ -154,21 +169,28 @@ def arrow_digest(*arrays: pa.Array) -> str:
 # ---- the worker side ----------------------------------------------------------------------
 
 
-def iter_tar_images(path: Path, batch_size: int) -> Iterator[tuple[list[str], np.ndarray]]:
-    """(keys, uint8 (B, H, W, 3)) batches of a shard's images in tar order, streamed."""
-    keys, images = [], []
+def iter_tar_images(path: Path, batch_size: int) -> Iterator[tuple[list[str], list[int], np.ndarray]]:
+    """(keys, places in tar order, uint8 (B, H, W, 3)) batches of a shard's images, streamed;
+    images of one size per batch (a batch leaves when its size has `batch_size` images, the
+    rest at the end in order of first sight). A one-size shard: batches in tar order."""
+    pending: dict[tuple[int, ...], tuple[list[str], list[int], list[np.ndarray]]] = {}
+    place = 0
     with tarfile.open(path) as tar:
         for member in tar:
             key, _, ext = member.name.rpartition("/")[2].partition(".")
             if not member.isfile() or ext.lower() not in IMAGE_EXTENSIONS:
                 continue
+            image = png_to_array(tar.extractfile(member).read())
+            keys, places, images = pending.setdefault(image.shape, ([], [], []))
             keys.append(key)
-            images.append(png_to_array(tar.extractfile(member).read()))
+            places.append(place)
+            images.append(image)
+            place += 1
             if len(keys) == batch_size:
-                yield keys, np.stack(images)
-                keys, images = [], []
-    if keys:
-        yield keys, np.stack(images)
+                yield keys, places, np.stack(images)
+                del pending[image.shape]
+    for keys, places, images in pending.values():
+        yield keys, places, np.stack(images)
 
 
 def prefetched(iterator: Iterator, depth: int = 2) -> Iterator:
@@ -216,20 +238,40 @@ def _latent_views(
 @torch.no_grad()
 def encode_shard(
     vae, tar: Path, spec: EncodeSpec, device: torch.device, dtype: torch.dtype
-) -> tuple[list[str], dict[str, torch.Tensor]]:
-    """Keys in tar order and the stored tensors of every image of one shard."""
+) -> tuple[list[str], dict[str, torch.Tensor], dict[str, int]]:
+    """Keys in tar order, the stored tensors of every image of one shard, and its buckets
+    (image size -> count). One size of the expected latent shape: `mean`/`std`/`sample` in
+    tar order; several (aspect buckets): those per bucket plus `rows.<bucket>` (`sdlab.latents`)."""
     scaling = float(vae.config.scaling_factor)
     seed = spec.seed * 1_000_003 + int(hashlib.sha256(tar.name.encode()).hexdigest()[:8], 16)
     generator = torch.Generator().manual_seed(seed)
-    keys, batches = [], []
+    by_bucket: dict[str, tuple[list[str], list[int], list[dict[str, torch.Tensor]]]] = {}
     delay = float(os.environ.get(BATCH_DELAY_ENV, "0"))
-    for batch_keys, images in prefetched(iter_tar_images(tar, spec.batch_size)):
+    for batch_keys, places, images in prefetched(iter_tar_images(tar, spec.batch_size)):
         time.sleep(delay)
+        keys, rows, batches = by_bucket.setdefault(bucket_name(images.shape[2], images.shape[1]), ([], [], []))
         keys += batch_keys
+        rows += places
         batches.append(_latent_views(vae, to_tensor(images), spec, scaling, generator, device, dtype))
-    if not batches:
+    if not by_bucket:
         raise DataError(f"{tar}: no images in this shard")
-    return keys, {name: torch.cat([batch[name] for batch in batches]) for name in batches[0]}
+    joined = {
+        b: {n: torch.cat([batch[n] for batch in batches]) for n in batches[0]}
+        for b, (_, _, batches) in by_bucket.items()
+    }
+    keys_in_order = [""] * sum(len(k) for k, _, _ in by_bucket.values())
+    for keys, rows, _ in by_bucket.values():
+        for key, row in zip(keys, rows, strict=True):
+            keys_in_order[row] = key
+    counts = {bucket: len(keys) for bucket, (keys, _, _) in sorted(by_bucket.items())}
+    (_, tensors), *others = joined.items()
+    if not others and tuple(next(iter(tensors.values())).shape[2:]) == tuple(spec.latent_shape):
+        return keys_in_order, tensors, counts
+    stored = {}
+    for bucket in sorted(joined):
+        stored[bucketed_name(ROWS, bucket)] = torch.tensor(by_bucket[bucket][1], dtype=torch.int64)
+        stored |= {bucketed_name(name, bucket): t for name, t in joined[bucket].items()}
+    return keys_in_order, stored, counts
 
 
 class TextConditioner:
@@ -285,18 +327,20 @@ def encode_worker(slot: Slot, spec: EncodeSpec) -> None:
         if not tar.is_file():
             raise DataError(f"{tar}: image shard listed in the index is missing")
         fingerprint = spec.latent_fingerprint(file_sha256(tar))
-        if not is_complete(latent_path(out, job.stem), fingerprint, shape=spec.latent_shape):
+        if not is_complete(latent_path(out, job.stem), fingerprint, shape=spec.bucket_latent_shape):
             if vae is None:
                 vae = load_pretrained_vae(spec.vae).to(device_dtype[0]).eval()
                 vae = vae if device_dtype[1] == torch.float32 else vae.to(device_dtype[1])
-            keys, tensors = encode_shard(vae, tar, spec, *device_dtype)
-            shape = tuple(next(iter(tensors.values())).shape[2:])
-            if shape != tuple(spec.latent_shape):
-                raise DataError(
-                    f"{tar}: images give {shape} latents, meta expects {tuple(spec.latent_shape)} "
-                    "(are the shards of download.image_px?)"
-                )
-            save_checked(latent_path(out, job.stem), tensors, fingerprint, keys=keys)
+            keys, tensors, buckets = encode_shard(vae, tar, spec, *device_dtype)
+            for name, tensor in tensors.items():
+                expected = spec.bucket_latent_shape(tensor_bucket(name))
+                if name.partition(".")[0] != ROWS and tuple(tensor.shape[2:]) != expected:
+                    raise DataError(
+                        f"{tar}: images give {tuple(tensor.shape[2:])} latents, {expected} expected "
+                        "(are the shards of download.image_px?)"
+                    )
+            extra = {"buckets": buckets} if len(buckets) > 1 or ROWS in {n.partition(".")[0] for n in tensors} else {}
+            save_checked(latent_path(out, job.stem), tensors, fingerprint, keys=keys, **extra)
         text_fingerprint = spec.text_fingerprint(fingerprint, job)
         if not is_complete(text_path(out, job.stem), text_fingerprint):
             conditioner = conditioner or TextConditioner(spec, device_dtype[0])
@@ -348,12 +392,27 @@ def latent_shape(vae_dir: str | Path, image_px: int) -> tuple[int, int, int]:
     return vae_config["latent_channels"], px, px
 
 
-def latents_index(rows: pa.Table, out: Path, jobs: list[ShardJob]) -> tuple[pa.Table, list[dict]]:
-    """Where each kept row lives (`latent_shard`, `row`, aligned with `rows`) and meta's per-shard
-    entries, read from the files' headers (the keys in tar order)."""
+def row_buckets(path: Path, header: dict) -> list[str | None]:
+    """Each row's aspect bucket in tar order (None throughout for a one-size shard)."""
+    buckets: list[str | None] = [None] * len(header["keys"])
+    if "buckets" in header:
+        with safe_open(str(path), "np") as handle:
+            for bucket in header["buckets"]:
+                for place in handle.get_tensor(bucketed_name(ROWS, bucket)).tolist():
+                    buckets[place] = bucket
+    return buckets
+
+
+def latents_index(
+    rows: pa.Table, out: Path, jobs: list[ShardJob], square: str = ""
+) -> tuple[pa.Table, list[dict], bool]:
+    """Where each kept row lives (`latent_shard`, `row`, aligned with `rows`), meta's per-shard
+    entries, read from the files' headers (the keys in tar order), and whether any shard holds
+    aspect buckets (then each entry counts its rows per bucket, one-size shards as `square`)."""
     located, shards = [], []
     for job in jobs:
-        latent_header, text_header = read_header(latent_path(out, job.stem)), read_header(text_path(out, job.stem))
+        path = latent_path(out, job.stem)
+        latent_header, text_header = read_header(path), read_header(text_path(out, job.stem))
         keys = latent_header["keys"]
         located.append(
             pa.table(
@@ -361,6 +420,7 @@ def latents_index(rows: pa.Table, out: Path, jobs: list[ShardJob]) -> tuple[pa.T
                     "key": keys,
                     "latent_shard": pa.repeat(f"{job.stem}.safetensors", len(keys)),
                     "row": np.arange(len(keys), dtype=np.int64),
+                    "bucket": [b or square for b in row_buckets(path, latent_header)],
                 }
             )
         )
@@ -374,14 +434,20 @@ def latents_index(rows: pa.Table, out: Path, jobs: list[ShardJob]) -> tuple[pa.T
         )
     keyed = pa.table({"key": rows["key"], "split": rows["split"], "__position": np.arange(rows.num_rows)})
     where = keyed.join(pa.concat_tables(located), "key").sort_by("__position")
-    counts = where.group_by(["latent_shard", "split"]).aggregate([("key", "count")]).to_pydict()
-    per_shard = {
-        (s, split): n for s, split, n in zip(counts["latent_shard"], counts["split"], counts["key_count"], strict=True)
-    }
+    counts = where.group_by(["latent_shard", "bucket", "split"]).aggregate([("key", "count")]).to_pydict()
+    per_shard: dict[str, dict[str, dict[str, int]]] = {}
+    for shard, bucket, split, n in zip(
+        *(counts[c] for c in ("latent_shard", "bucket", "split", "key_count")), strict=True
+    ):
+        per_shard.setdefault(shard, {}).setdefault(bucket, {}).setdefault(split, n)
+    bucketed = any("buckets" in read_header(latent_path(out, job.stem)) for job in jobs)
     for entry in shards:
+        found = per_shard.get(f"{entry['name']}.safetensors", {})
         for split in SPLIT_CODES:
-            entry[split] = per_shard.get((f"{entry['name']}.safetensors", split), 0)
-    return where.select(["latent_shard", "row"]), shards
+            entry[split] = sum(by_split.get(split, 0) for by_split in found.values())
+        if bucketed:
+            entry["buckets"] = {b: {s: found[b].get(s, 0) for s in SPLIT_CODES} for b in sorted(found)}
+    return where.select(["latent_shard", "row"]), shards, bucketed
 
 
 def write_index(
@@ -474,6 +540,7 @@ def encode_dataset(
             seed=cfg.seed,
             precision=cfg.precision,
             latent_shape=latent_shape(vae_dir, image_px),
+            image_px=image_px,
             jobs=tuple(assign(jobs, node_rank, num_nodes)),
             text_mask=text_mask,
         )
@@ -491,7 +558,8 @@ def encode_dataset(
             f"{len(missing)} shard(s) not encoded yet, e.g. {missing[0]}: other nodes have not "
             "finished their share; run this stage again once they have"
         )
-    where, shards = latents_index(rows, out, jobs)
+    square = bucket_name(image_px, image_px)
+    where, shards, bucketed = latents_index(rows, out, jobs, square)
     text_dim = write_uncond(out, te, cfg.text, text_mask)
     channels, height, width = spec.latent_shape
     meta = {
@@ -509,6 +577,9 @@ def encode_dataset(
         "images": rows.num_rows,
         "shards": shards,
     }
+    if bucketed:  # aspect buckets: each one's latent shape (the square's is `latent_shape`)
+        names = sorted({b for s in shards for b in s["buckets"]}, key=lambda b: bucket_size(b)[0] / bucket_size(b)[1])
+        meta["buckets"] = {b: list(spec.bucket_latent_shape(None if b == square else b)) for b in names}
     write_index(out / "index.parquet", rows, where, records)
     write_json(out / "meta.json", meta)
     return meta

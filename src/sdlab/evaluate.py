@@ -15,8 +15,9 @@ import torch
 
 from sdlab.card import denoiser_parameters
 from sdlab.config import ConfigError, Params, judge_setting
+from sdlab.data.images import bucket_size
 from sdlab.data.records import DataError
-from sdlab.data.shards import load_images
+from sdlab.data.shards import center_square, load_image_list, load_images
 from sdlab.diffusion import denoising_loss, loss_schedule
 from sdlab.distribution import distribution_metrics, fid_kid, psnr, reconstruct, to_uint8_nchw
 from sdlab.evaluation_files import write_evaluation
@@ -24,8 +25,8 @@ from sdlab.io import file_sha256, first_rows, spread_rows
 from sdlab.judge import judge_samples
 from sdlab.label_judge import judge_labelled_samples, train_label_judge
 from sdlab.models.pipeline import denoiser_of, load_pipeline
-from sdlab.reports import Overview, sample_grid, write_report
-from sdlab.sampling import generate, use_scheduler
+from sdlab.reports import Overview, bucket_rows, sample_grid, write_report
+from sdlab.sampling import generate, generate_at_sizes, use_scheduler
 
 
 def timestep_grid(num_train_timesteps: int, count: int) -> list[int]:
@@ -73,11 +74,11 @@ def heldout_loss(
 
 
 def heldout_latents(
-    latents_dir: Path, limit: int, text_encoder
+    latents_dir: Path, limit: int, text_encoder, bucket: str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Up to `limit` val rows, shard by shard: (the unflipped latent mean (N, C, h, w), hidden
-    states (N, L, D), the text attention mask (N, L) when the states were encoded with it),
-    token ids encoded here by the pipeline's text encoder."""
+    """Up to `limit` val rows (of one aspect `bucket`), shard by shard: (the unflipped latent
+    mean (N, C, h, w), hidden states (N, L, D), the text attention mask (N, L) when the states
+    were encoded with it), token ids encoded here by the pipeline's text encoder."""
     from sdlab.latents import SPLIT_CODES, read_meta, read_rows
     from sdlab.models.text_encoder import encode_tokens
 
@@ -87,9 +88,9 @@ def heldout_latents(
     for shard in meta["shards"]:
         if have >= limit:
             break
-        if not shard["val"]:
+        if not (shard["buckets"].get(bucket, {}).get("val") if bucket else shard["val"]):
             continue
-        stored = read_rows(latents_dir, shard["name"], SPLIT_CODES["val"])
+        stored = read_rows(latents_dir, shard["name"], SPLIT_CODES["val"], bucket=bucket)
         take = slice(0, limit - have)
         means.append(stored["mean" if "mean" in stored else "sample"][take, 0].float())
         masks.append(stored["attention_mask"][take].long() if masked else None)
@@ -106,6 +107,39 @@ def heldout_latents(
     if not means:
         raise DataError("the val split is empty (raise dedupe.val_fraction)")
     return torch.cat(means), torch.cat(hidden), torch.cat(masks) if masked else None
+
+
+def heldout_losses(pipeline, latents_dir: Path, cfg) -> dict:
+    """Held-out loss (mean over a timestep grid) and per timestep; with aspect buckets also per
+    bucket (`heldout_loss_by_bucket`), the overall figure weighting each bucket by its rows."""
+    from sdlab.latents import read_meta
+
+    scheduler = loss_schedule(pipeline.scheduler.config)  # the training noise schedule
+    timesteps = timestep_grid(scheduler.config.num_train_timesteps, cfg.loss_timesteps)
+    buckets = list(read_meta(latents_dir).get("buckets", {})) or [None]
+    by_bucket, counts = {}, {}
+    for bucket in buckets:
+        try:
+            mean, hidden, mask = heldout_latents(latents_dir, cfg.heldout_samples, pipeline.text_encoder, bucket)
+        except DataError:
+            if bucket is None:
+                raise
+            continue  # a bucket with no val rows
+        losses = heldout_loss(
+            denoiser_of(pipeline), scheduler, mean, hidden=hidden, timesteps=timesteps, seed=cfg.seed, mask=mask
+        )
+        by_bucket[bucket], counts[bucket] = losses, len(mean)
+    total = sum(counts.values())
+    by_t = {t: sum(by_bucket[b][t] * counts[b] for b in by_bucket) / total for t in timesteps}
+    if len(by_bucket) == 1:  # one size: exactly its own figures
+        by_t = next(iter(by_bucket.values()))
+    out = {
+        "heldout_loss": float(np.mean(list(by_t.values()))),
+        "heldout_loss_by_t": {str(t): v for t, v in by_t.items()},
+    }
+    if buckets != [None]:
+        out["heldout_loss_by_bucket"] = {b: float(np.mean(list(v.values()))) for b, v in by_bucket.items()}
+    return out
 
 
 def attribute_rows(pipeline, base: dict, steps: int, guidance: float, seed: int) -> list:
@@ -130,8 +164,46 @@ def attribute_rows(pipeline, base: dict, steps: int, guidance: float, seed: int)
 
 
 JUDGE_TRAIN_ROWS = 8000  # real train images the label judge learns from, spread over the index
+
+
+def judge_pool(raw: Path | None, download, square: int | None, limit: int):
+    """(images, rows) of the source's judge-only records (`data/raw/judge_records.parquet`:
+    real images the model never trains on), made as the download stage makes training images;
+    None when the source wrote none."""
+    from sdlab.data.packing import prepare
+    from sdlab.data.records import JUDGE_RECORDS
+    from sdlab.data.shards import png_to_array
+    from sdlab.io import read_table
+
+    path = raw / JUDGE_RECORDS if raw is not None else None
+    if path is None or not path.is_file() or limit == 0:
+        return None
+    table = read_table(path)
+    picked = [i * table.num_rows // min(limit, table.num_rows) for i in range(min(limit, table.num_rows))]
+    rows = table.take(picked).to_pylist() if picked else []  # spread over the table
+    images, kept = [], []
+    for row in rows:
+        made = prepare(Path(row["path"]).read_bytes(), download)
+        if not isinstance(made, Exception):
+            images.append(png_to_array(made.png))
+            kept.append(row)
+    return (squares(images, square), kept) if images else None
+
+
 log = logging.getLogger(__name__)
 CONCEPT_ROWS = 4  # report: concepts shown in every style they exist in
+
+
+def has_buckets(latents_dir: Path) -> bool:
+    """Whether the latents hold aspect buckets (then index rows carry `bucket`)."""
+    from sdlab.latents import read_meta
+
+    return "buckets" in read_meta(latents_dir)
+
+
+def squares(images: list[np.ndarray], side: int | None) -> np.ndarray:
+    """The images stacked; of several sizes, each one's middle `side` square (`center_square`)."""
+    return np.stack([center_square(i, side) for i in images] if side else images)
 
 
 def concept_rows(
@@ -285,6 +357,7 @@ class EvaluatePaths:
     curves: Path  # reports/train/live/plots/metrics: the training curves for the report
     train_stats: Path  # reports/train/stats.json
     out: Path  # reports/evaluate
+    raw: Path | None = None  # data/raw: a source's judge records (`JUDGE_RECORDS`), when it writes them
 
 
 def run(params: Params, paths: EvaluatePaths) -> None:
@@ -297,34 +370,26 @@ def run(params: Params, paths: EvaluatePaths) -> None:
     rows = pick(latents_dir / "index.parquet", cfg.num_samples, "split", "val").to_pylist()
     if not rows:
         raise DataError("the val split is empty (raise dedupe.val_fraction)")
-    mean, hidden, mask = heldout_latents(latents_dir, cfg.heldout_samples, pipeline.text_encoder)
-    scheduler = loss_schedule(pipeline.scheduler.config)  # the training noise schedule
-    losses = heldout_loss(
-        denoiser_of(pipeline),
-        scheduler,
-        mean,
-        hidden=hidden,
-        timesteps=timestep_grid(scheduler.config.num_train_timesteps, cfg.loss_timesteps),
-        seed=cfg.seed,
-        mask=mask,
-    )
+    metrics = heldout_losses(pipeline, latents_dir, cfg)
     use_scheduler(pipeline, cfg.scheduler)
     prompts = [r["caption"] for r in rows]
-    images = generate(
+    # aspect buckets: each prompt sampled at its real image's size; the metrics below read the
+    # middle square every bucket covers, the report shows every bucket at its own size
+    sizes = [bucket_size(r["bucket"]) for r in rows] if has_buckets(latents_dir) else [None] * len(rows)
+    square = min(min(size) for size in sizes) if sizes[0] else None
+    sample_list = generate_at_sizes(
         pipeline,
         prompts,
         [cfg.seed + i for i in range(len(rows))],
+        sizes,
         steps=cfg.num_inference_steps,
         guidance=cfg.guidance_scale,
         batch_size=cfg.batch_size,
     )
-    metrics = {
-        "heldout_loss": float(np.mean(list(losses.values()))),
-        "heldout_loss_by_t": {str(t): v for t, v in losses.items()},
-        "num_samples": len(rows),
-    }
+    metrics["num_samples"] = len(rows)
     max_pixels = params.download.max_image_pixels
-    real = load_images(paths.shards, rows, max_pixels)  # the real val images behind the prompts
+    real_list = load_image_list(paths.shards, rows, max_pixels)  # the real val images behind the prompts
+    images, real = squares(sample_list, square), squares(real_list, square)
     reconstructed = reconstruct(pipeline.vae, real)
     metrics["vae_reconstruction_psnr_db"] = psnr(real, reconstructed)
     metrics.update(distribution_metrics(pipeline.vae, real, images))
@@ -341,7 +406,7 @@ def run(params: Params, paths: EvaluatePaths) -> None:
                 images,
                 rows,
                 real_val=real,
-                real_train=load_images(paths.shards, train_rows, max_pixels),
+                real_train=load_images(paths.shards, train_rows, max_pixels, square),
                 train_rows=train_rows,
                 judge_steps=cfg.judge_steps,
                 seed=cfg.seed,
@@ -369,9 +434,22 @@ def run(params: Params, paths: EvaluatePaths) -> None:
             log.warning("evaluate: label column(s) %s hold one value in the train rows: not judged", skipped)
             metrics["label_columns_not_judged"] = skipped
         if columns:
-            real_train = load_images(paths.shards, train_rows, max_pixels)
+            real_train = load_images(paths.shards, train_rows, max_pixels, square)
             heads = [*columns, *[c for c in [judging.concept_column] if c and c not in columns]]
-            judge = train_label_judge(real_train, train_rows, heads, cfg.judge_steps, cfg.seed, pipeline.vae)
+            pool = judge_pool(paths.raw, params.download, square, cfg.judge_pool_rows)
+            judge = train_label_judge(
+                real_train,
+                train_rows,
+                heads,
+                cfg.judge_steps,
+                cfg.seed,
+                pipeline.vae,
+                pool=pool,
+                # the pool's concepts are never prompted: no concept head from them
+                pool_columns=[c for c in columns if cfg.judge_pool_columns is None or c in cfg.judge_pool_columns],
+            )
+            if pool is not None:
+                metrics["judge_pool_images"] = len(pool[1])
             metrics.update(
                 judge_labelled_samples(
                     judge,
@@ -406,6 +484,8 @@ def run(params: Params, paths: EvaluatePaths) -> None:
         k: getattr(cfg, k) for k in ("scheduler", "num_inference_steps", "guidance_scale", "num_samples", "seed")
     }
     overview.lines = overview_lines(json.loads(paths.train_stats.read_text()), metrics, sampling)
+    if square:
+        overview.bucket_rows = bucket_rows(real_list, sample_list, rows)
     out = paths.out
     write_report(
         out,

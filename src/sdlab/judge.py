@@ -118,9 +118,24 @@ class AttributeClassifier(nn.Module):
         return {name: head(features) for name, head in self.heads.items()}
 
 
+UNLABELLED = -100  # a row without a value for a head: cross_entropy's ignore_index
+
+
 def labels(rows: list[dict], classes: dict[str, tuple[str, ...]] = CLASSES) -> dict[str, torch.Tensor]:
+    """Per head, each row's class index (UNLABELLED where the row's value is None)."""
     index = {name: {value: i for i, value in enumerate(values)} for name, values in classes.items()}
-    return {name: torch.tensor([index[name][row[name]] for row in rows]) for name in classes}
+    return {
+        name: torch.tensor([UNLABELLED if row[name] is None else index[name][row[name]] for row in rows])
+        for name in classes
+    }
+
+
+def head_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the rows that have a label for this head (0 when none in the batch)."""
+    known = target != UNLABELLED
+    if bool(known.all()):
+        return F.cross_entropy(logits, target)
+    return F.cross_entropy(logits[known], target[known]) if bool(known.any()) else logits.sum() * 0.0
 
 
 def train_classifier(
@@ -145,7 +160,7 @@ def train_classifier(
         shift = tuple(int(v) for v in torch.randint(-1, 2, (2,), generator=generator))
         batch = torch.roll(x[ids], shifts=shift, dims=(2, 3))
         logits = model(batch)
-        loss = sum(F.cross_entropy(logits[name], y[name][ids]) for name in model.classes)
+        loss = sum(head_loss(logits[name], y[name][ids]) for name in model.classes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

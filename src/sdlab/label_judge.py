@@ -84,16 +84,32 @@ def retrieval_at_k(
 
 
 def train_label_judge(
-    real_train: np.ndarray, train_rows: list[dict], columns: list[str], steps: int, seed: int, vae=None
+    real_train: np.ndarray,
+    train_rows: list[dict],
+    columns: list[str],
+    steps: int,
+    seed: int,
+    vae=None,
+    *,
+    pool: tuple[np.ndarray, list[dict]] | None = None,
+    pool_columns: list[str] = (),
 ) -> AttributeClassifier:
     """A head per column, trained on the real train images (and, given the `vae`, on their
-    reconstructions: every generated image is a VAE decode)."""
+    reconstructions: every generated image is a VAE decode). `pool`: more real images the model
+    never trained on (a source's judge records), labelled for `pool_columns` only (the others,
+    e.g. the concept, are not learnt from them)."""
 
-    images, labels = real_train, train_rows
+    images, labels = real_train, [{c: str(r[c]) for c in columns} for r in train_rows]
+    classes = classes_of(train_rows, columns)
+    if pool is not None and len(pool[1]):
+        pool_images, pool_rows = pool
+        taught = [c for c in columns if c in pool_columns]
+        classes |= {c: tuple(sorted(set(classes[c]) | set(classes_of(pool_rows, [c])[c]))) for c in taught}
+        images = np.concatenate([images, pool_images])
+        labels += [{c: str(r[c]) if c in taught else None for c in columns} for r in pool_rows]
     if vae is not None:
-        images, labels = np.concatenate([real_train, reconstruct(vae, real_train)]), train_rows + train_rows
-    labels = [{c: str(r[c]) for c in columns} for r in labels]
-    return train_classifier(images, labels, steps, seed, classes=classes_of(train_rows, columns))
+        images, labels = np.concatenate([images, reconstruct(vae, images)]), labels + labels
+    return train_classifier(images, labels, steps, seed, classes=classes)
 
 
 def judge_labelled_samples(

@@ -7,7 +7,10 @@
   shards/<stem>.safetensors  the VAE latents of *every* image of image shard `<stem>.tar`, in
                              tar order: `mean` + `std` (store: distribution) or `sample`, each
                              (N, V, C, h, w) fp16 (V = 2 with flip). Header: fingerprint,
-                             sha256 of the tensors, the keys in row order.
+                             sha256 of the tensors, the keys in row order. A shard of aspect
+                             buckets (`download.fit: bucket`, images of several sizes) holds
+                             those per bucket instead: `mean.<W>x<H>` (N_b, V, C, h_b, w_b)
+                             and `rows.<W>x<H>` (N_b,) int64, the rows' places in tar order.
   text/<stem>.safetensors    the same rows: `split` (N,) uint8 (0 train, 1 val, 2 not kept,
                              e.g. a duplicate) and the conditioning: `hidden` (N, L, D) fp16
                              (text: states) or `input_ids` (N, L) int32 + `attention_mask`
@@ -43,6 +46,16 @@ SPLIT_CODES = {"train": 0, "val": 1}
 NOT_KEPT = 2
 LATENT_FIELDS = ("mean", "std", "sample")
 TEXT_FIELDS = ("hidden", "input_ids", "attention_mask")
+ROWS = "rows"  # per bucket: where its rows sit in tar order
+
+
+def bucketed_name(field: str, bucket: str) -> str:
+    return f"{field}.{bucket}"
+
+
+def tensor_bucket(name: str) -> str | None:
+    """The bucket a stored tensor belongs to (`mean.40x24` -> `40x24`); None for a one-size shard's."""
+    return name.partition(".")[2] or None
 
 
 def latent_path(root: Path, stem: str) -> Path:
@@ -89,16 +102,20 @@ def read_header(path: Path) -> dict | None:
         return None
 
 
-def is_complete(path: Path, fingerprint: str, verify: bool = True, shape: tuple[int, ...] | None = None) -> bool:
-    """True if `path` holds the output of these inputs: same fingerprint, per-row shape
-    `shape` (when given) for its latent tensors, and with `verify` intact tensors."""
+def is_complete(path: Path, fingerprint: str, verify: bool = True, shape=None) -> bool:
+    """True if `path` holds the output of these inputs: same fingerprint, per-row shape for
+    its latent tensors as `shape` says (a tuple, or a function of the tensor's bucket name or
+    None), and with `verify` intact tensors."""
     if not path.is_file():
         return False
     header = read_header(path)
     if header is None or header.get("fingerprint") != fingerprint:
         return False
+    expected = shape if callable(shape) else (lambda bucket: shape)
     if shape is not None and any(
-        tuple(dims[2:]) != tuple(shape) for name, dims in header["shapes"].items() if name in LATENT_FIELDS
+        tuple(dims[2:]) != tuple(expected(tensor_bucket(name)))
+        for name, dims in header["shapes"].items()
+        if name.partition(".")[0] in LATENT_FIELDS
     ):
         log.warning("%s holds latents of another shape; encoding it again", path)
         return False
@@ -111,19 +128,38 @@ def is_complete(path: Path, fingerprint: str, verify: bool = True, shape: tuple[
     return True
 
 
-def read_rows(root: Path, stem: str, split: int, stride: int = 1, offset: int = 0) -> dict[str, torch.Tensor]:
+def read_rows(
+    root: Path, stem: str, split: int, stride: int = 1, offset: int = 0, bucket: str | None = None
+) -> dict[str, torch.Tensor]:
     """Stored tensors (latents + text fields) of the rows of one shard whose split is `split`,
-    taking every `stride`-th of them from `offset`; dtypes as stored (fp16 / int)."""
-    return {name: torch.from_numpy(array) for name, array in read_rows_numpy(root, stem, split, stride, offset).items()}
+    taking every `stride`-th of them from `offset` (of one aspect `bucket`); dtypes as stored."""
+    arrays = read_rows_numpy(root, stem, split, stride, offset, bucket)
+    return {name: torch.from_numpy(array) for name, array in arrays.items()}
 
 
-def read_rows_numpy(root: Path, stem: str, split: int, stride: int = 1, offset: int = 0) -> dict[str, np.ndarray]:
+def read_rows_numpy(
+    root: Path, stem: str, split: int, stride: int = 1, offset: int = 0, bucket: str | None = None
+) -> dict[str, np.ndarray]:
     """`read_rows` as numpy arrays: no torch op, so a loader thread never competes with the
-    training step's intra-op threads."""
+    training step's intra-op threads. `bucket`: only that aspect bucket's rows, read alone
+    from a shard of buckets (a one-size shard is its own single bucket)."""
     text = load_numpy(str(text_path(root, stem)))
-    rows = np.flatnonzero(text.pop("split") == split)[offset::stride]
-    latents = load_numpy(str(latent_path(root, stem)))
-    return {name: array[rows] for name, array in {**latents, **text}.items()}
+    codes = text.pop("split")
+    with safe_open(str(latent_path(root, stem)), "np") as handle:
+        names = list(handle.keys())
+        if bucket is None or ROWS not in {n.partition(".")[0] for n in names}:
+            rows = np.flatnonzero(codes == split)[offset::stride]
+            return {name: handle.get_tensor(name)[rows] for name in names} | {n: a[rows] for n, a in text.items()}
+        if bucketed_name(ROWS, bucket) not in names:
+            return {}
+        places = handle.get_tensor(bucketed_name(ROWS, bucket))
+        picked = np.flatnonzero(codes[places] == split)[offset::stride]
+        latents = {
+            f: handle.get_tensor(bucketed_name(f, bucket))[picked]
+            for f in LATENT_FIELDS
+            if bucketed_name(f, bucket) in names
+        }
+    return latents | {name: array[places[picked]] for name, array in text.items()}
 
 
 def read_meta(root: Path) -> dict:

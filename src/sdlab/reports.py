@@ -22,17 +22,17 @@ SHEET_PX = 64
 
 def sample_grid(images: np.ndarray, labels: list[str], columns: int, label_px: int = 56) -> Image.Image:
     """Images in a grid with their wrapped labels underneath, upscaled to >= 96 px."""
-    scale = max(1, 96 // images.shape[1])
-    cell = images.shape[1] * scale
-    width = max(cell, 120)
+    scale = max(1, 96 // min(images.shape[1:3]))
+    cell, cell_w = images.shape[1] * scale, images.shape[2] * scale  # an aspect bucket keeps its shape
+    width = max(cell_w, 120)
     rows = (len(images) + columns - 1) // columns
     grid = Image.new("RGB", (columns * width, rows * (cell + label_px)), "white")
     draw = ImageDraw.Draw(grid)
     font = ImageFont.load_default(size=9)
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         x, y = (i % columns) * width, (i // columns) * (cell + label_px)
-        tile = Image.fromarray(image).resize((cell, cell), Image.Resampling.NEAREST)
-        grid.paste(tile, (x + (width - cell) // 2, y))
+        tile = Image.fromarray(image).resize((cell_w, cell), Image.Resampling.NEAREST)
+        grid.paste(tile, (x + (width - cell_w) // 2, y))
         text = "\n".join(textwrap.wrap(safe_title(label, 300), width=width // 5)[:5])
         draw.multiline_text((x + 2, y + cell + 1), text, fill="black", font=font, spacing=0)
     return grid
@@ -65,6 +65,20 @@ def load_local(
         except (OSError, ImageRejected):
             skipped.append(i)
     return (np.stack(thumbs) if thumbs else np.zeros((0, px, px, 3), np.uint8)), skipped
+
+
+def bucket_rows(
+    real: list[np.ndarray], samples: list[np.ndarray], rows: list[dict], per_bucket: int = 6
+) -> list[tuple[str, Image.Image]]:
+    """Per aspect bucket (row `bucket`), up to `per_bucket` real val images over the samples for
+    their prompts, each at its own size."""
+    out = []
+    for bucket in sorted({r["bucket"] for r in rows}, key=lambda b: [int(v) for v in b.split("x")]):
+        picked = [i for i, r in enumerate(rows) if r["bucket"] == bucket][:per_bucket]
+        images = np.stack([real[i] for i in picked] + [samples[i] for i in picked])
+        labels = ["real"] * len(picked) + ["generated"] * len(picked)
+        out.append((f"{bucket} ({len(picked)} prompts)", sample_grid(images, labels, len(picked), label_px=16)))
+    return out
 
 
 def write_sheet(path: str | Path, images: np.ndarray, labels: list[str], columns: int = 8) -> None:
@@ -139,6 +153,7 @@ class Overview:
     attribute_rows: list[tuple[str, Image.Image]] = field(default_factory=list)
     row_heading: str = "only {} varies (same seed)"  # labelled concepts: "{}: real in every style, then samples"
     real_vs_generated: Image.Image | None = None
+    bucket_rows: list[tuple[str, Image.Image]] = field(default_factory=list)  # aspect bucket -> real over generated
     reconstructions: Image.Image | None = None
     reconstruction_note: str = ""
 
@@ -166,6 +181,11 @@ class Overview:
             if self.real_vs_generated is not None
             else ""
         )
+        if self.bucket_rows:
+            pairs += "<h2>Each aspect bucket at its own size: real val images (top), generated (bottom)</h2>" + "".join(
+                f'<h3>{html.escape(name)}</h3><img alt="{html.escape(name)}" src="{png_data_uri(image)}">'
+                for name, image in self.bucket_rows
+            )
         recon = (
             f"<h2>VAE reconstructions</h2><p>{html.escape(self.reconstruction_note)}</p>"
             f'<img alt="reconstructions" src="{png_data_uri(self.reconstructions)}">'
@@ -308,6 +328,9 @@ def sheet_of_shards(
     readable = sorted(
         (i, image) for i, image in iter_images(shards_dir, picked, max_pixels) if not isinstance(image, ImageRejected)
     )
+    sizes = {image.shape for _, image in readable}
+    if len(sizes) > 1:  # aspect buckets: each shown whole on a square cell of the sheet (display only)
+        readable = [(i, np.asarray(fit_square(Image.fromarray(image), SHEET_PX))) for i, image in readable]
     images = np.stack([image for _, image in readable]) if readable else np.zeros((0, SHEET_PX, SHEET_PX, 3), np.uint8)
     write_sheet(path, images, [(label or default)(picked[i]) for i, _ in readable])
     return len(picked) - len(readable)

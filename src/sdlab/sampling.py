@@ -62,3 +62,22 @@ def generate(
         ).images
         images.append((np.clip(out, 0, 1) * 255).round().astype(np.uint8))
     return np.concatenate(images)
+
+
+def generate_at_sizes(
+    pipeline, prompts: list[str], seeds: list[int], sizes: list[tuple[int, int] | None], **kwargs
+) -> list[np.ndarray]:
+    """`generate` with each prompt at its own (width, height) (None: the trained size); the
+    prompts of one size are batched together. uint8 (H, W, 3) images in prompt order."""
+    groups: dict[tuple[int, int] | None, list[int]] = {}
+    for i, size in enumerate(sizes):
+        groups.setdefault(size, []).append(i)
+    out: list[np.ndarray | None] = [None] * len(prompts)
+    for size, index in groups.items():
+        width, height = size or (None, None)
+        images = generate(
+            pipeline, [prompts[i] for i in index], [seeds[i] for i in index], height=height, width=width, **kwargs
+        )
+        for i, image in zip(index, images, strict=True):
+            out[i] = image
+    return out

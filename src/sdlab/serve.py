@@ -21,7 +21,15 @@ from pathlib import Path
 from PIL import Image
 
 from sdlab.config import FLOW_SCHEDULERS, SCHEDULERS
-from sdlab.drawing_rules import DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, DEFAULT_STEPS, fits, size_rules
+from sdlab.drawing_rules import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_SCHEDULER,
+    DEFAULT_STEPS,
+    fits,
+    size_rules,
+    trained_buckets,
+    trained_sizes,
+)
 
 FIELDS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "scheduler", "height", "width")
 
@@ -35,7 +43,7 @@ pre {{ white-space: pre-wrap; background: #f4f4f4; padding: .6em; }} .error {{ c
 </style></head>
 <body>
 <h1>sdlab playground</h1>
-<p>Model: <code>{model}</code> (trained at {size} px)</p>
+<p>Model: <code>{model}</code> (trained at {trained})</p>
 <form id="settings">
 <label>Prompt <textarea name="prompt" rows="3" required>{prompt}</textarea></label>
 <label>Negative prompt <input name="negative_prompt" size="60"></label>
@@ -90,6 +98,7 @@ class Playground:
 
         self.model, self.pipeline = model, load_pipeline(model, device=device)
         self.multiple, self.size = size_rules(Path(model))
+        self.buckets = trained_buckets(Path(model))
         self.defaults = {"steps": DEFAULT_STEPS, "guidance": DEFAULT_GUIDANCE, "scheduler": DEFAULT_SCHEDULER}
         flow = self.pipeline.scheduler.config.get("prediction_type") == "flow_prediction"
         self.schedulers = sorted(FLOW_SCHEDULERS if flow else SCHEDULERS)  # what samples this model
@@ -103,6 +112,7 @@ class Playground:
         return PAGE.format(
             model=html.escape(self.model),
             size=self.size,
+            trained=html.escape(trained_sizes(self.size, self.buckets)),
             multiple=self.multiple,
             prompt=html.escape(prompt),
             steps=self.defaults["steps"],

@@ -42,18 +42,30 @@ class Part:
     rows: int
     stride: int = 1
     offset: int = 0
+    bucket: str | None = None  # only this aspect bucket's rows (`sdlab.latents`)
 
 
-def rank_parts(shards: list[dict], rank: int, world: int, split: str = "train") -> list[Part]:
-    """Rank `rank` of `world`'s share of `shards` (meta.json entries with row counts per split)."""
+def rank_parts(
+    shards: list[dict], rank: int, world: int, split: str = "train", bucket: str | None = None
+) -> list[Part]:
+    """Rank `rank` of `world`'s share of `shards` (meta.json entries with row counts per split;
+    with `bucket`, of that bucket's rows, counted in each entry's `buckets`)."""
+    if bucket is not None:
+        shards = [{"name": s["name"], split: s["buckets"].get(bucket, {}).get(split, 0)} for s in shards]
     shards = [s for s in shards if s[split] > 0]
     if len(shards) >= world:
-        return [Part(s["name"], s[split]) for s in shards[rank::world]]
+        return [Part(s["name"], s[split], bucket=bucket) for s in shards[rank::world]]
     return [
-        Part(s["name"], len(range(rank, s[split], world)), world, rank)
+        Part(s["name"], len(range(rank, s[split], world)), world, rank, bucket)
         for s in shards
         if len(range(rank, s[split], world))
     ]
+
+
+def bucket_parts(shards: list[dict], rank: int, world: int, split: str = "train") -> dict[str, list[Part]]:
+    """Per aspect bucket of the latents (`meta.json` shard entries' `buckets`), rank's parts."""
+    buckets = sorted({b for s in shards for b in s.get("buckets", {})})
+    return {b: rank_parts(shards, rank, world, split, b) for b in buckets}
 
 
 def _rng(*parts: int) -> np.random.Generator:
@@ -107,7 +119,9 @@ class LatentStream:
 
     def _load_window(self, epoch: int, window: int) -> dict[str, np.ndarray]:
         windows, _ = self.epoch_layout(epoch)
-        pieces = [read_rows_numpy(self.root, p.shard, self.split, p.stride, p.offset) for p in windows[window]]
+        pieces = [
+            read_rows_numpy(self.root, p.shard, self.split, p.stride, p.offset, p.bucket) for p in windows[window]
+        ]
         arrays = {name: np.concatenate([piece[name] for piece in pieces]) for name in pieces[0]}
         count = len(next(iter(arrays.values())))
         permutation = _rng(self.seed, 104_729, epoch, window).permutation(count)
@@ -152,3 +166,76 @@ class LatentStream:
         self._assembler.shutdown(wait=True, cancel_futures=True)
         self._reader.shutdown(wait=True, cancel_futures=True)
         self._windows.clear()
+
+
+class BucketStream:
+    """Batches of aspect buckets: every batch holds rows of one bucket (one latent shape).
+
+    Each bucket is a `LatentStream` of its own (block shuffle, prefetch, bounded windows). Epoch
+    `e` takes k_b(e) = floor((e+1) n_b / B) - floor(e n_b / B) batches from bucket b, n_b its
+    rows (per rank: the fewest any rank has, so every rank steps on the same bucket), in an
+    order drawn from (seed, e): each bucket's rows are seen once per pass over them, a
+    remainder of less than a batch rolling into the next epoch rather than making a short
+    batch. A bucket with fewer rows than a batch is not drawn (`dropped`). Micro-step m is a
+    pure function of (seed, m, rank, world), as for one bucket."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        parts: dict[str, list[Part]],
+        rows: dict[str, int],
+        batch_size: int,
+        seed: int,
+        shuffle_shards: int,
+    ):
+        self.batch_size, self.seed = batch_size, seed
+        self.dropped = {b: n for b, n in sorted(rows.items()) if n < batch_size}
+        self.buckets = [b for b in sorted(parts) if rows.get(b, 0) >= batch_size]
+        if not self.buckets:
+            raise ValueError(f"{root}: no aspect bucket has {batch_size} train rows for a batch ({rows})")
+        self.rows = np.array([rows[b] for b in self.buckets], dtype=np.int64)
+        self.streams = [LatentStream(root, parts[b], batch_size, seed, shuffle_shards) for b in self.buckets]
+        self.samples_per_epoch = int(self.rows.sum())
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def batches_before(self, epoch: int) -> np.ndarray:
+        """Per bucket, its batches in epochs [0, epoch)."""
+        return epoch * self.rows // self.batch_size
+
+    @functools.lru_cache(maxsize=4)  # noqa: B019
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The bucket (index) of each batch of epoch `epoch`, in order."""
+        counts = self.batches_before(epoch + 1) - self.batches_before(epoch)
+        return _rng(self.seed, 6007, epoch).permutation(np.repeat(np.arange(len(self.buckets)), counts))
+
+    def locate(self, micro_step: int) -> tuple[int, int, int, int]:
+        """(epoch, batch in epoch, bucket index, that bucket's batch number) of a micro-step."""
+        low, high = 0, micro_step // max(1, int(self.batches_before(1).sum())) + 2
+        while self.batches_before(high).sum() <= micro_step:  # an epoch may have 0 batches
+            high *= 2
+        while high - low > 1:  # the last epoch whose start is at or before micro_step
+            middle = (low + high) // 2
+            low, high = (middle, high) if self.batches_before(middle).sum() <= micro_step else (low, middle)
+        epoch, within = low, micro_step - int(self.batches_before(low).sum())
+        order = self.epoch_order(epoch)
+        bucket = int(order[within])
+        return (
+            epoch,
+            within,
+            bucket,
+            int(self.batches_before(epoch)[bucket] + np.count_nonzero(order[:within] == bucket)),
+        )
+
+    def position(self, sample: int) -> dict:
+        epoch, within, bucket, _ = self.locate(sample // self.batch_size)
+        return {"epoch": epoch, "batch": within, "bucket": self.buckets[bucket], "samples_per_epoch": len(self)}
+
+    def batch(self, micro_step: int) -> dict[str, torch.Tensor]:
+        _, _, bucket, number = self.locate(micro_step)
+        return self.streams[bucket].batch(number)
+
+    def close(self) -> None:
+        for stream in self.streams:
+            stream.close()

@@ -51,7 +51,7 @@ from sdlab.models.pipeline import build_pipeline, export_pipeline
 from sdlab.models.text_encoder import encode_tokens, load_text_encoder
 from sdlab.reports import sample_grid
 from sdlab.sampling import generate
-from sdlab.stream import LatentStream, rank_parts
+from sdlab.stream import BucketStream, LatentStream, bucket_parts, rank_parts
 
 log = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "step-"
@@ -255,7 +255,12 @@ def restore_curves(checkpoint: Path, live_dir: Path) -> None:
 
 
 def make_batch(
-    stream: LatentStream, conditioning: Conditioning, micro_step: int, cfg: TrainConfig, rank: int, device: torch.device
+    stream: LatentStream | BucketStream,
+    conditioning: Conditioning,
+    micro_step: int,
+    cfg: TrainConfig,
+    rank: int,
+    device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Generator]:
     """(latents (B, C, h, w), hidden (B, L, D), text mask (B, L) or None, generator) of one
     micro-step, all from (seed, step, rank)."""
@@ -271,6 +276,18 @@ def make_batch(
         hidden, conditioning.uncond.to(device), cfg.caption_dropout, generator, mask, conditioning.uncond_mask
     )
     return latents.to(device), hidden, mask, generator
+
+
+def data_stream(
+    latents: Path, meta: dict, rank: int, world: int, batch_size: int, cfg: TrainConfig
+) -> LatentStream | BucketStream:
+    """This rank's batches: one stream, or one per aspect bucket (`meta["buckets"]`) with every
+    rank on the same bucket at every step."""
+    if "buckets" not in meta:
+        return LatentStream(latents, rank_parts(meta["shards"], rank, world), batch_size, cfg.seed, cfg.shuffle_shards)
+    per_rank = [bucket_parts(meta["shards"], r, world) for r in range(world)]
+    rows = {b: min(sum(p.rows for p in parts.get(b, [])) for parts in per_rank) for b in meta["buckets"]}
+    return BucketStream(latents, per_rank[rank], rows, batch_size, cfg.seed, cfg.shuffle_shards)
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -534,9 +551,9 @@ def run(cfg: TrainConfig, paths: RunPaths) -> None:
             f"has; using batch {batch_size}",
             file=sys.stderr,
         )
-    stream = LatentStream(
-        paths.latents, rank_parts(meta["shards"], rank, world), batch_size, cfg.seed, cfg.shuffle_shards
-    )
+    stream = data_stream(paths.latents, meta, rank, world, batch_size, cfg)
+    if isinstance(stream, BucketStream) and stream.dropped and accelerator.is_main_process:
+        print(f"train: aspect buckets with fewer train rows than a batch, not drawn: {stream.dropped}", file=sys.stderr)
     masked = cfg.denoiser == "transformer"
     if masked != meta.get("text_mask", False):
         raise DataError(
@@ -593,7 +610,11 @@ def run(cfg: TrainConfig, paths: RunPaths) -> None:
             denoiser_parameters=sum(p.numel() for p in denoiser.parameters()),
             trainable_parameters=sum(p.numel() for p in denoiser.parameters() if p.requires_grad),
         )
-        summary["single_file"] = export_pipeline(denoiser, cfg, main.vae, tokenizer, text_encoder, paths.out)
+        if isinstance(stream, BucketStream):
+            summary.update(buckets=stream.buckets, buckets_not_drawn=stream.dropped)
+        summary["single_file"] = export_pipeline(
+            denoiser, cfg, main.vae, tokenizer, text_encoder, paths.out, buckets=summary.get("buckets", ())
+        )
         write_json(paths.report / "stats.json", summary)
         print(f"train: {summary}")
     accelerator.wait_for_everyone()

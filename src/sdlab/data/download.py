@@ -1,7 +1,7 @@
 """Images of every record into webdataset shards, with an index row for every record.
 
 Local files: reader -> mapper -> writer; records are read in order, each is prepared in a
-worker process (validate, composite on white, fit to `image_px`), and the ok ones are
+worker process (validate, composite on white, fit to `image_px` by `fit`), and the ok ones are
 written to shards of `shard_size`. http(s) URLs: img2dataset into a per-URL cache of
 originals, then the same preparation (see `fetch`). A record that
 fails keeps its row with status `failed` and a reason, so rows in the index always equal
@@ -19,8 +19,8 @@ import pyarrow.compute as pc
 
 from sdlab.config import DownloadConfig
 from sdlab.data.fetch import collect, fetch, is_fetchable
-from sdlab.data.images import ImageRejected, PreparedImage, prepare_image
-from sdlab.data.packing import failed_row, map_ordered, pack
+from sdlab.data.images import ImageRejected, PreparedImage
+from sdlab.data.packing import failed_row, map_ordered, pack, prepare
 
 
 def prepare_local(path: str, cfg: DownloadConfig) -> PreparedImage | ImageRejected:
@@ -31,10 +31,7 @@ def prepare_local(path: str, cfg: DownloadConfig) -> PreparedImage | ImageReject
         return ImageRejected("missing_file", path)
     except OSError as exc:
         return ImageRejected("unreadable_file", f"{path}: {exc}")
-    try:
-        return prepare_image(data, cfg.image_px, cfg.min_side_px, cfg.max_aspect_ratio, cfg.max_image_pixels)
-    except ImageRejected as exc:
-        return exc
+    return prepare(data, cfg)
 
 
 def pack_local(

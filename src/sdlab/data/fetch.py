@@ -7,7 +7,7 @@ with `status`/`error_message`) + one `_stats.json` per shard. A batch holds only
 earlier batch fetched, so a filter change, new scraped pages or a source switched away and
 back fetch only new URLs, and a kill resumes the unfinished batch's missing shards. `collect`
 then validates and resizes each record's cached original with the same code as local files
-(`prepare_image`: `image_px`, `min_side_px`, `max_aspect_ratio`, `max_image_pixels`), so a
+(`packing.prepare`: `image_px`, `fit`, `min_side_px`, `max_aspect_ratio`, `max_image_pixels`), so a
 change of those fetches nothing. Failed URLs are cached with their reason too.
 
 img2dataset fetches through `public_http` (see `img2dataset_public`): public addresses only,
@@ -29,8 +29,7 @@ import pyarrow.parquet as pq
 
 from sdlab.config import DownloadConfig
 from sdlab.data.engines import engine
-from sdlab.data.images import ImageRejected, prepare_image
-from sdlab.data.packing import failed_row, map_ordered, pack
+from sdlab.data.packing import failed_row, map_ordered, pack, prepare
 from sdlab.data.records import DataError
 from sdlab.data.shards import read_shard
 from sdlab.io import write_table
@@ -177,13 +176,6 @@ def fetch(records: pa.Table, cfg: DownloadConfig, cache_dir: Path) -> pa.Table:
     return cached_results(cache_dir)
 
 
-def _prepare_cached(data: bytes, cfg: DownloadConfig) -> object:
-    try:
-        return prepare_image(data, cfg.image_px, cfg.min_side_px, cfg.max_aspect_ratio, cfg.max_image_pixels)
-    except ImageRejected as exc:
-        return exc
-
-
 def collect(
     records: pa.Table, results: pa.Table, cache_dir: Path, shards_dir: Path, cfg: DownloadConfig, first_shard: int = 0
 ) -> tuple[list[dict], int]:
@@ -210,7 +202,7 @@ def collect(
             sample = tars[where].get(hit["key"], {})
             yield next((v for k, v in sample.items() if k not in ("json", "txt")), b"")
 
-    prepared = map_ordered(functools.partial(_prepare_cached, cfg=cfg), originals(), cfg.processes)
+    prepared = map_ordered(functools.partial(prepare, cfg=cfg), originals(), cfg.processes)
 
     def outcomes():
         """Per record in order: its prepared image or rejection, or the failed row of a URL

@@ -1,9 +1,16 @@
-"""Pure image preparation: validate, composite alpha on white, fit to a square."""
+"""Pure image preparation: validate, composite alpha on white, fit to the training size.
+
+Three fits (`download.fit`): `pad` letterboxes onto a white square (emoji on white: harmless),
+`crop` fills the square and center-crops the rest, `bucket` takes the resolution of nearest
+aspect from a fixed list of about the same area (`aspect_buckets`, NovelAI's scheme as kohya,
+SimpleTuner and OneTrainer use it) and center-crops the few percent left, so a photo keeps its
+shape and no model learns white bars."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -20,12 +27,72 @@ class ImageRejected(ValueError):
         self.reason = reason
 
 
+FITS = ("pad", "crop", "bucket")
+
+
 @dataclass(frozen=True)
 class PreparedImage:
     png: bytes
     md5: str  # of the original bytes
     width: int  # original size
     height: int
+    bucket: str = ""  # the stored size, "<width>x<height>"
+    crop: tuple[int, int, int, int] = (0, 0, 0, 0)  # the box of the original kept: left, top, right, bottom
+
+
+def bucket_name(width: int, height: int) -> str:
+    return f"{width}x{height}"
+
+
+def bucket_size(name: str) -> tuple[int, int]:
+    """(width, height) of a bucket name."""
+    width, _, height = name.partition("x")
+    return int(width), int(height)
+
+
+def aspect_buckets(image_px: int, multiple: int, max_aspect_ratio: float) -> list[tuple[int, int]]:
+    """(width, height) resolutions of at most `image_px`² pixels, each side a multiple of
+    `multiple`, aspect at most `max_aspect_ratio`: for each width, the tallest height that fits
+    the area (and its transpose), square first, then by aspect. 256, 32, 2.0 -> 256x256,
+    288x224, 224x288, 320x192, 192x320, 384x160 is over 2:1 and left out, ..."""
+    if image_px % multiple:
+        raise ValueError(f"image_px {image_px} is not a multiple of the bucket step {multiple}")
+    area, sizes = image_px * image_px, {(image_px, image_px)}
+    for width in range(image_px + multiple, int(image_px * max_aspect_ratio) + 1, multiple):
+        height = area // width // multiple * multiple
+        if height >= multiple and width / height <= max_aspect_ratio:
+            sizes |= {(width, height), (height, width)}
+    return sorted(sizes, key=lambda s: (abs(math.log(s[0] / s[1])), -s[0]))
+
+
+def nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> tuple[int, int]:
+    """The bucket whose aspect is nearest the image's (in log ratio; ties: the earlier)."""
+    aspect = math.log(width / height)
+    return min(buckets, key=lambda b: abs(math.log(b[0] / b[1]) - aspect))
+
+
+def cover_crop(image: Image.Image, width: int, height: int) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """Resize to cover `width` x `height` and center-crop the rest: no padding anywhere.
+    Also the box of the original that was kept (left, top, right, bottom, original pixels)."""
+    scale = max(width / image.width, height / image.height)
+    box_w, box_h = min(image.width, width / scale), min(image.height, height / scale)
+    left, top = (image.width - box_w) / 2, (image.height - box_h) / 2
+    box = (left, top, left + box_w, top + box_h)
+    fitted = image.resize((width, height), Image.Resampling.LANCZOS, box=box)
+    return fitted, tuple(round(v) for v in box)
+
+
+def fit_image(
+    image: Image.Image, image_px: int, fit: str = "pad", buckets: list[tuple[int, int]] | None = None
+) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """The training image of `image` under `fit` (see the module), and the crop box kept."""
+    if fit == "pad":
+        return fit_square(image, image_px), (0, 0, image.width, image.height)
+    if fit == "crop":
+        return cover_crop(image, image_px, image_px)
+    if fit == "bucket":
+        return cover_crop(image, *nearest_bucket(image.width, image.height, buckets or [(image_px, image_px)]))
+    raise ValueError(f"download.fit: {fit!r} is not one of {FITS}")
 
 
 def md5_hex(data: bytes) -> str:
@@ -78,9 +145,16 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
 
 
 def prepare_image(
-    data: bytes, image_px: int, min_side_px: int, max_aspect_ratio: float, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes,
+    image_px: int,
+    min_side_px: int,
+    max_aspect_ratio: float,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    *,
+    fit: str = "pad",
+    buckets: list[tuple[int, int]] | None = None,
 ) -> PreparedImage:
-    """Validate original bytes and return the training-resolution PNG."""
+    """Validate original bytes and return the training-resolution PNG (`fit_image`)."""
     if not data:
         raise ImageRejected("empty_file")
     image = decode(data, max_pixels)
@@ -89,7 +163,8 @@ def prepare_image(
         raise ImageRejected("too_small", f"{width}x{height} < {min_side_px}px")
     if max(width, height) / min(width, height) > max_aspect_ratio:
         raise ImageRejected("bad_aspect_ratio", f"{width}x{height}")
-    square = fit_square(composite_on_white(image), image_px)
+    fitted, crop = fit_image(composite_on_white(image), image_px, fit, buckets)
     buffer = io.BytesIO()
-    square.save(buffer, format="PNG")
-    return PreparedImage(png=buffer.getvalue(), md5=md5_hex(data), width=width, height=height)
+    fitted.save(buffer, format="PNG")
+    bucket = bucket_name(*fitted.size)
+    return PreparedImage(buffer.getvalue(), md5_hex(data), width, height, bucket, crop)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from sdlab.data.images import ImageRejected, PreparedImage
+from sdlab.data.images import ImageRejected, PreparedImage, aspect_buckets, prepare_image
 from sdlab.data.shards import shard_name, write_shard
 
 
@@ -32,6 +32,23 @@ def map_ordered(fn, items: Iterable, processes: int, chunk: int = 512) -> Iterat
             first = list(itertools.islice(items, chunk))
 
 
+def prepare(data: bytes, cfg) -> PreparedImage | ImageRejected:
+    """One original's training image under `cfg` (a DownloadConfig), or its rejection."""
+    buckets = aspect_buckets(cfg.image_px, cfg.bucket_step, cfg.max_aspect_ratio) if cfg.fit == "bucket" else None
+    try:
+        return prepare_image(
+            data,
+            cfg.image_px,
+            cfg.min_side_px,
+            cfg.max_aspect_ratio,
+            cfg.max_image_pixels,
+            fit=cfg.fit,
+            buckets=buckets,
+        )
+    except ImageRejected as exc:
+        return exc
+
+
 def failed_row(row: dict, reason: str, error: str) -> dict:
     return {
         **row,
@@ -39,6 +56,8 @@ def failed_row(row: dict, reason: str, error: str) -> dict:
         "md5": "",
         "width": 0,
         "height": 0,
+        "bucket": "",
+        "crop": [0, 0, 0, 0],
         "status": "failed",
         "reason": reason,
         "error": error,
@@ -46,12 +65,15 @@ def failed_row(row: dict, reason: str, error: str) -> dict:
 
 
 def ok_row(row: dict, image: PreparedImage, shard: str) -> dict:
+    """`bucket`: the stored size; `crop`: the box of the original it shows (left, top, right, bottom)."""
     return {
         **row,
         "shard": shard,
         "md5": image.md5,
         "width": image.width,
         "height": image.height,
+        "bucket": image.bucket,
+        "crop": list(image.crop),
         "status": "ok",
         "reason": "",
         "error": "",

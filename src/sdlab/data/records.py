@@ -12,6 +12,8 @@ import pyarrow.parquet as pq
 from sdlab.errors import DataError as DataError  # its home is errors.py; re-exported
 from sdlab.io import atomic_path
 
+JUDGE_RECORDS = "judge_records.parquet"  # beside records.parquet: evaluation-only records (the judge's)
+
 REQUIRED_COLUMNS = ("key", "source", "url", "path", "title", "caption")
 
 

@@ -67,13 +67,39 @@ def iter_images(shards_dir: str | Path, index_rows: list[dict], max_pixels: int 
                 yield i, exc
 
 
-def load_images(shards_dir: str | Path, index_rows: list[dict], max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """uint8 (N, H, W, 3) images for index rows (`key`, `shard`), in row order; an unreadable
-    image raises DataError naming its shard and key."""
+def load_image_list(
+    shards_dir: str | Path, index_rows: list[dict], max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[np.ndarray]:
+    """uint8 (H, W, 3) images for index rows (`key`, `shard`), in row order, each at its stored
+    size; an unreadable image raises DataError naming its shard and key."""
     out: list[np.ndarray | None] = [None] * len(index_rows)
     for i, image in iter_images(shards_dir, index_rows, max_pixels):
         if isinstance(image, ImageRejected):
             row = index_rows[i]
             raise DataError(f"{row['shard']}: sample {row['key']!r} is unreadable: {image}")
         out[i] = image
-    return np.stack(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
+    return out
+
+
+def center_square(image: np.ndarray, side: int) -> np.ndarray:
+    """The middle `side` x `side` pixels of an (H, W, 3) image at least that large."""
+    top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
+    return image[top : top + side, left : left + side]
+
+
+def load_images(
+    shards_dir: str | Path,
+    index_rows: list[dict],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    square_px: int | None = None,
+) -> np.ndarray:
+    """uint8 (N, H, W, 3) images for index rows, in row order. Images of several sizes (aspect
+    buckets) need `square_px`: each is then its middle `square_px` square (a VAE's or a judge's
+    view of real pixels, never padded)."""
+    images = load_image_list(shards_dir, index_rows, max_pixels)
+    if square_px is not None:
+        images = [center_square(image, min(square_px, *image.shape[:2])) for image in images]
+    if len({image.shape for image in images}) > 1:
+        sizes = sorted({f"{i.shape[1]}x{i.shape[0]}" for i in images})
+        raise DataError(f"{shards_dir}: images of several sizes {sizes} (aspect buckets) cannot form one batch")
+    return np.stack(images) if images else np.zeros((0, 0, 0, 3), np.uint8)

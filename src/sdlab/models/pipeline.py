@@ -19,6 +19,7 @@ from diffusers import (
 
 from sdlab.config import TrainConfig
 from sdlab.diffusion import make_noise_scheduler
+from sdlab.drawing_rules import BUCKETS_FILE
 from sdlab.io import atomic_dir
 from sdlab.models.files import KOHYA_LORA, LORA_FOLDER, SINGLE_FILE
 from sdlab.models.single_file import SingleFileUnsupported, pipeline_to_ldm
@@ -50,7 +51,9 @@ def build_pipeline(model, vae: AutoencoderKL, tokenizer, text_encoder, noise_sch
     )
 
 
-def export_pipeline(model, cfg: TrainConfig, vae: AutoencoderKL, tokenizer, text_encoder, out_dir: Path) -> str:
+def export_pipeline(
+    model, cfg: TrainConfig, vae: AutoencoderKL, tokenizer, text_encoder, out_dir: Path, buckets: list[str] = ()
+) -> str:
     """The trained pipeline folder, with `SINGLE_FILE` when the components have a Stable Diffusion
     layout (returns what happened to it, in words). LoRA runs (UNet) also keep their adapters in `out_dir/lora`,
     as diffusers LoRA weights (for `pipeline.load_lora_weights`) and in kohya's key layout
@@ -67,7 +70,7 @@ def export_pipeline(model, cfg: TrainConfig, vae: AutoencoderKL, tokenizer, text
         model.fuse_lora()  # merge the adapters into the base weights, then drop them
         model.unload_lora()
     pipeline = build_pipeline(model, vae, tokenizer, text_encoder, make_noise_scheduler(cfg))
-    return save_pipeline(pipeline, out_dir, lora, kohya, single_file=True)
+    return save_pipeline(pipeline, out_dir, lora, kohya, single_file=True, buckets=buckets)
 
 
 def save_pipeline(
@@ -76,12 +79,15 @@ def save_pipeline(
     lora: dict | None = None,
     kohya: dict | None = None,
     single_file: bool = False,
+    buckets: list[str] = (),
 ) -> str:
     """The pipeline folder (and LoRA weights in `lora/`), written atomically. With `single_file`,
     also `SINGLE_FILE`, the Stable Diffusion checkpoint layout, when the components have one.
     Returns what happened to the single file, in words."""
     with atomic_dir(out_dir) as temp:
         pipeline.save_pretrained(temp)
+        if buckets:  # the sizes it was trained at, for `sdlab generate`, the playground and the card
+            (temp / BUCKETS_FILE).write_text(json.dumps({"buckets": list(buckets)}, indent=2))
         single = "not asked"
         if single_file:
             try:

@@ -24,10 +24,12 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 from tqdm import tqdm
 
 from sdlab.config import EmojiSetsConfig, ScrapeConfig
-from sdlab.data.records import DataError
+from sdlab.data.records import JUDGE_RECORDS, DataError
+from sdlab.io import write_table
 
 # `npm view NAME@VERSION dist.integrity`, checked against the files `npm pack` gave here
 INTEGRITY = {
@@ -161,7 +163,7 @@ def char_of(concept: str) -> str:
 
 def scrape(config: ScrapeConfig, out_dir: Path, state_dir: Path, stats: dict) -> list[list[dict]]:
     cfg = config.emoji_sets
-    records, per_vendor, skipped = [], Counter(), Counter()
+    records, judge_records, per_vendor, skipped = [], [], Counter(), Counter()
     chosen: set[str] | None = None  # one list of concepts for every vendor (emoji.json is the same in each)
     for vendor in cfg.vendors:
         tarball = fetch_package(package_of(vendor, cfg.version), cfg, state_dir / "npm")
@@ -181,6 +183,17 @@ def scrape(config: ScrapeConfig, out_dir: Path, state_dir: Path, stats: dict) ->
             path.write_bytes(pngs[item["image"]])
             records.append(record(item, vendor, path))
             per_vendor[vendor] += 1
+        if cfg.judge_pool:  # the concepts left out, for the judge only
+            left = [c for c in concepts(entries, vendor, cfg.skin_tones) if c["concept"] not in chosen]
+            (out_dir / "judge" / vendor).mkdir(parents=True, exist_ok=True)
+            for item in (c for c in left if c["image"] in pngs):
+                path = out_dir / "judge" / vendor / item["image"]
+                path.write_bytes(pngs[item["image"]])
+                judge_records.append(record(item, vendor, path))
+    if cfg.judge_pool:
+        empty = pa.table({"key": pa.array([], pa.string())})
+        write_table(out_dir / JUDGE_RECORDS, pa.Table.from_pylist(judge_records) if judge_records else empty)
+        stats["judge_pool_images"] = len(judge_records)
     stats.update(
         {
             "packages": [package_of(vendor, cfg.version) for vendor in cfg.vendors],
