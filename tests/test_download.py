@@ -95,3 +95,16 @@ def test_shards_are_webdataset_readable_at_the_training_resolution(blob_records,
     assert json.loads(json.dumps(samples[0]["json"]))["caption"] == blob_records[0]["caption"]
     images = load_images(tmp_path / "shards", index.to_pylist()[:5])
     assert images.shape == (5, 16, 16, 3) and (images[:, 0, 0] == 255).all()  # corners: white, not black
+
+
+def test_the_same_samples_make_the_same_shard_bytes_at_any_time(tmp_path):
+    """A rerun of download rewrites its tars; their bytes (so encode's fingerprints) must not move."""
+    import time
+
+    from sdlab.data.shards import write_shard
+
+    samples = [{"key": "a", "png": png(Image.new("RGB", (4, 4), (1, 2, 3))), "json": b"{}"}]
+    write_shard(tmp_path / "one.tar", samples)
+    time.sleep(1.1)  # tar mtimes have one-second resolution
+    write_shard(tmp_path / "two.tar", samples)
+    assert (tmp_path / "one.tar").read_bytes() == (tmp_path / "two.tar").read_bytes()

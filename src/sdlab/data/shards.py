@@ -21,7 +21,9 @@ def write_shard(path: Path, samples: list[dict]) -> None:
     """Write samples ({'key', 'png', 'json'}) to a tar at `path` via a temp name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp")
-    with wds.TarWriter(str(temp)) as sink:
+    # a fixed member mtime: the same samples give the same bytes, so a rerun of download leaves
+    # the tars' sha256, and so every encode fingerprint, unchanged (nothing is encoded again)
+    with wds.TarWriter(str(temp), mtime=0.0) as sink:
         for sample in samples:
             sink.write({"__key__": sample["key"], "png": sample["png"], "json": sample["json"]})
     os.replace(temp, path)
