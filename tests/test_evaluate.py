@@ -145,8 +145,8 @@ def test_generate_command_names_a_folder_that_is_not_a_pipeline(tmp_path):
         (["--guidance", "-1"], "--guidance must be 0 or more"),
         (["--out", "picture.txt"], "--out picture.txt: name an image file"),
         (["--device", "cuda:7"], "--device cuda:7: no CUDA device is visible"),
-        (["--height", "17"], "--height 17: must be a positive multiple of 4 (trained at 16)"),
-        (["--width", "0"], "--width 0: must be a positive multiple of 4 (trained at 16)"),
+        (["--height", "17"], "--height 17: must be a positive multiple of 4 (trained at 16 px)"),
+        (["--width", "0"], "--width 0: must be a positive multiple of 4 (trained at 16 px)"),
     ],
 )
 def test_bad_generate_options_are_one_line_errors_and_write_nothing(tiny_pipeline_dir, tmp_path, args, message):

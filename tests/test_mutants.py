@@ -195,7 +195,7 @@ MUTANTS = (
     Mutant(
         "encode_redoes_finished_shards",
         "src/sdlab/encode.py",
-        "        if not is_complete(latent_path(out, job.stem), fingerprint, shape=spec.latent_shape):",
+        "        if not is_complete(latent_path(out, job.stem), fingerprint, shape=spec.bucket_latent_shape):",
         "        if True:",
         (T + "test_encode.py::test_kill_mid_shard_then_rerun_is_bit_exact_and_skips_finished_shards",),
     ),
