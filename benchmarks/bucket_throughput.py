@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -31,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO / "tests"), str(REPO / "benchmarks")]
 
 from support.photos import PICTURES_TARBALL, photo_folder  # noqa: E402
-from train_streamed_vs_in_memory import samples_per_s  # noqa: E402
+from train_streamed_vs_in_memory import run, samples_per_s  # noqa: E402
 
 from sdlab.config import DownloadConfig, Params, VaeConfig  # noqa: E402
 from sdlab.data.download import download  # noqa: E402
@@ -39,15 +37,6 @@ from sdlab.data.images import bucket_size  # noqa: E402
 from sdlab.io import write_table  # noqa: E402
 from sdlab.models.vae import build_vae  # noqa: E402
 from sdlab.sources.folder import scrape as folder_records  # noqa: E402
-
-
-def stage(script: str, args: list[str], cwd: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), HF_HUB_OFFLINE="1")
-    result = subprocess.run(
-        [sys.executable, str(REPO / "stages" / script), *args], cwd=cwd, env=env, capture_output=True, text=True
-    )
-    if result.returncode:
-        raise SystemExit(f"{script} failed:\n{result.stderr[-3000:]}")
 
 
 def main() -> None:
@@ -93,7 +82,8 @@ def main() -> None:
                 checkpoint_every_steps=args.steps,
             )
             (work / "params.yaml").write_text(yaml.safe_dump(params))
-            stage(
+            run(
+                REPO,
                 "encode.py",
                 [
                     "--params",
@@ -119,7 +109,8 @@ def main() -> None:
             rates = {}
             for fit in ("crop", "bucket"):
                 work = tmp / fit
-                stage(
+                run(
+                    REPO,
                     "train.py",
                     [
                         "--params",
