@@ -11,7 +11,7 @@ from test_emoji_sets import scrape
 
 from sdlab.data.dedupe import SplitRule, dedupe
 from sdlab.data.images import composite_on_white, fit_square
-from sdlab.label_judge import judge_labelled_samples, retrieval_at_k, train_label_judge
+from sdlab.label_judge import judge_labelled_samples, retrieval_at_k, train_label_judge, train_label_judges
 
 COLUMNS = ["category", "style"]
 
@@ -47,7 +47,7 @@ def judged(corpus):
 
     def judge(generated):
         return judge_labelled_samples(
-            classifier,
+            [classifier],
             generated,
             val_rows,
             real_val=val,
@@ -113,3 +113,22 @@ def test_the_judge_pool_teaches_the_label_heads_and_never_the_concept_head(corpu
     assert set(judge.classes["concept"]) == {r["concept"] for r in train_rows}
     without = train_label_judge(train, train_rows, heads, steps=5, seed=0)
     assert "pool-only" not in without.classes["subcategory"]
+
+
+def test_the_columns_a_pool_teaches_get_a_judge_of_their_own(corpus):
+    """With a pool, style (taught by it) is read by a second classifier trained on the pool too;
+    category and concept by one that never saw a pool image (its classes are the train rows')."""
+    train, train_rows, val, val_rows = corpus
+    pool_rows = [dict(r, category="pool-only", style="pool-style") for r in val_rows]
+    heads = [*COLUMNS, "concept"]
+    judges = train_label_judges(
+        train, train_rows, heads, steps=5, seed=0, pool=(val, pool_rows), pool_columns=["style"]
+    )
+    assert [list(j.classes) for j in judges] == [["category", "concept"], ["style"]]
+    assert "pool-only" not in judges[0].classes["category"] and "pool-style" in judges[1].classes["style"]
+    # no pool: one judge, every head
+    assert [list(j.classes) for j in train_label_judges(train, train_rows, heads, steps=5, seed=0)] == [heads]
+    scores = judge_labelled_samples(
+        judges, val, val_rows, real_val=val, real_train=train, train_rows=train_rows, concept_column="concept"
+    )
+    assert set(scores["adherence"]) == set(heads) and scores["label_classes"]["style"] == 3

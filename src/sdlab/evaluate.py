@@ -23,7 +23,7 @@ from sdlab.distribution import distribution_metrics, fid_kid, psnr, reconstruct,
 from sdlab.evaluation_files import write_evaluation
 from sdlab.io import file_sha256, first_rows, spread_rows
 from sdlab.judge import judge_samples
-from sdlab.label_judge import judge_labelled_samples, train_label_judge
+from sdlab.label_judge import judge_labelled_samples, train_label_judges
 from sdlab.models.pipeline import denoiser_of, load_pipeline
 from sdlab.reports import Overview, bucket_rows, sample_grid, write_report
 from sdlab.sampling import generate, generate_at_sizes, use_scheduler
@@ -437,7 +437,7 @@ def run(params: Params, paths: EvaluatePaths) -> None:
             real_train = load_images(paths.shards, train_rows, max_pixels, square)
             heads = [*columns, *[c for c in [judging.concept_column] if c and c not in columns]]
             pool = judge_pool(paths.raw, params.download, square, cfg.judge_pool_rows)
-            judge = train_label_judge(
+            judges = train_label_judges(
                 real_train,
                 train_rows,
                 heads,
@@ -452,7 +452,7 @@ def run(params: Params, paths: EvaluatePaths) -> None:
                 metrics["judge_pool_images"] = len(pool[1])
             metrics.update(
                 judge_labelled_samples(
-                    judge,
+                    judges,
                     images,
                     rows,
                     real_val=real,
