@@ -56,12 +56,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check src stages tests benchmarks
 	$(BIN)/ruff format --check src stages tests benchmarks
 
+# Two pytest-xdist workers share the 2 cores (tests/conftest.py gives each its share of threads):
+# a test file stays on one worker, so its module fixtures are built once. The slowest 40 tests
+# are listed at the end of the log. `make test WORKERS=0` runs them in one process.
+WORKERS ?= 2
 test: install lint
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -v --durations=15
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -v -n $(WORKERS) --dist loadfile --durations=40
 
 # Each named breakage in tests/test_mutants.py must make its test fail (issue 19).
 mutants: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -v -m mutants tests/test_mutants.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -v -n $(WORKERS) --dist load --durations=10 -m mutants tests/test_mutants.py
 
 tiny:
 	$(MAKE) repro PROFILE=tiny

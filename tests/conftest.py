@@ -19,11 +19,20 @@ from sdlab.sources import synthetic
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 
+# `pytest -n N` (pytest-xdist, `make test`): N worker processes share the cores, so each worker
+# and every process its tests start (stages, DVC, accelerate) gets its share of them as threads
+if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 # Loopback only, even when the code under test is broken: this process and every Python
 # process it starts (sitecustomize on PYTHONPATH) refuse and record non-loopback traffic.
 GUARD_DIR = REPO / "tests" / "netguard"
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(GUARD_DIR), os.environ.get("PYTHONPATH")]))
-if "SDLAB_NETGUARD_LOG" not in os.environ:
+# one log per pytest process: under pytest-xdist each worker's tests read their own attempts only
+if "SDLAB_NETGUARD_LOG" not in os.environ or os.environ.get("PYTEST_XDIST_WORKER"):
     import tempfile
 
     os.environ["SDLAB_NETGUARD_LOG"] = str(Path(tempfile.mkdtemp(prefix="sdlab-netguard-")) / "attempts.jsonl")

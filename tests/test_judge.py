@@ -3,7 +3,7 @@ import pytest
 
 from sdlab.data.images import composite_on_white, fit_square
 from sdlab.distribution import fid_kid
-from sdlab.judge import FeatureExtractor, accuracy, judge_samples, train_classifier
+from sdlab.judge import FeatureExtractor, accuracy, judge_samples, train_blob_judge
 from sdlab.sources.synthetic import ATTRIBUTES, draw_blob, sample_blob
 
 
@@ -16,9 +16,7 @@ def blobs(seed: int, count: int, px: int = 32):
 @pytest.fixture(scope="module")
 def judge():
     train, train_rows = blobs(1, 800)
-    return train_classifier(
-        train, train_rows, steps=300, seed=0
-    )  # the profile's judge_steps: eyes 0.98 here, 0.78 at 200
+    return train_blob_judge(train, train_rows, steps=300, seed=0)  # the profile's judge_steps: eyes 0.98, 0.78 at 200
 
 
 def test_classifier_reads_attributes_of_real_images_and_not_of_noise(judge):
@@ -43,16 +41,13 @@ def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise(judge):
     assert scores[0][1] < scores[2][1]  # KID too
 
 
-def test_judge_samples_scores_the_generated_images_against_their_own_rows():
+def test_judge_samples_scores_the_generated_images_against_their_own_rows(judge):
     """The adherence table rests on this: judging the real images instead of the generated
     ones, or pairing images with the wrong rows, must show. Here the "generated" images are
     the real val images rolled by one, each beside another image's prompt."""
 
-    train, train_rows = blobs(1, 600)
     val, rows = blobs(2, 64)
-    scores = judge_samples(
-        np.roll(val, 1, axis=0), rows, real_val=val, real_train=train, train_rows=train_rows, judge_steps=300, seed=0
-    )
+    scores = judge_samples(judge, np.roll(val, 1, axis=0), rows, real_val=val)
     for name, chance in scores["chance"].items():
         assert scores["judge_accuracy_on_real"][name] >= 0.85, (name, scores["judge_accuracy_on_real"])
         assert scores["adherence"][name] <= chance + 0.2, (name, scores["adherence"])

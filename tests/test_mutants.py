@@ -390,8 +390,8 @@ MUTANTS = (
     Mutant(
         "label_judge_reads_the_real_images",
         "src/sdlab/label_judge.py",
-        '"adherence": label_accuracy(classifier, generated[index], judged),',
-        '"adherence": label_accuracy(classifier, real_val[index], judged),',
+        '"adherence": predicted_accuracy(judges, generated[index], judged),',
+        '"adherence": predicted_accuracy(judges, real_val[index], judged),',
         (T + "test_label_judge.py::test_images_judged_against_other_rows_score_near_chance",),
     ),
     Mutant(
@@ -407,6 +407,13 @@ MUTANTS = (
         "taught = [c for c in columns if c in pool_columns]",
         "taught = list(columns)",
         (T + "test_label_judge.py::test_the_judge_pool_teaches_the_label_heads_and_never_the_concept_head",),
+    ),
+    Mutant(
+        "pool_judge_shares_its_trunk_with_category",  # the one-trunk judge that read category 0.77
+        "src/sdlab/label_judge.py",
+        "rest = [c for c in columns if c not in from_pool]",
+        "rest = list(columns)",
+        (T + "test_label_judge.py::test_the_columns_a_pool_teaches_get_a_judge_of_their_own",),
     ),
     # Aspect buckets (issue 28)
     Mutant(

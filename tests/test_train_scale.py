@@ -175,9 +175,24 @@ def test_two_gloo_processes_follow_one_process_with_twice_the_batch(latents, tmp
     assert images == ["step-0000015.png", "step-0000030.png"]
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(latents, tmp_path_factory):
+    """The 40-step run a killed and resumed run must equal, trained once per process count
+    (the kill tests and the two-machine test compare against the same one): (folder, stats)."""
+    made: dict[int, tuple[Path, dict]] = {}
+
+    def run(processes: int) -> tuple[Path, dict]:
+        if processes not in made:
+            folder = tmp_path_factory.mktemp(f"uninterrupted-{processes}")
+            made[processes] = folder, run_train(latents, folder, max_steps=40, num_processes=processes)
+        return made[processes]
+
+    return run
+
+
 @pytest.mark.parametrize("processes", [1, 2])
-def test_kill_9_mid_epoch_resumes_to_the_exact_weights_and_step(latents, tmp_path, processes):
-    reference = run_train(latents, tmp_path / "reference", max_steps=40, num_processes=processes)
+def test_kill_9_mid_epoch_resumes_to_the_exact_weights_and_step(latents, uninterrupted, tmp_path, processes):
+    reference_run, reference = uninterrupted(processes)
     run = tmp_path / "killed"
     proc = start_train(latents, run, max_steps=40, num_processes=processes)
     kill_when(proc, lambda: any(p.name == "step-0000020" for p in checkpoints(run)))  # mid-run, mid-epoch
@@ -188,7 +203,7 @@ def test_kill_9_mid_epoch_resumes_to_the_exact_weights_and_step(latents, tmp_pat
     per_rank = 56 // processes  # 7 train shards of 8 (shards round robin over ranks)
     assert state["step"] == 40 and state["data_position_rank0"]["samples_seen_in_epoch"] != 0  # mid-epoch
     assert state["data_position_rank0"]["samples_per_epoch"] in (per_rank, 56 - per_rank)
-    reference_weights, resumed_weights = unet_weights(tmp_path / "reference"), unet_weights(run)
+    reference_weights, resumed_weights = unet_weights(reference_run), unet_weights(run)
     assert reference_weights.keys() == resumed_weights.keys()
     for name, tensor in reference_weights.items():
         assert torch.equal(tensor, resumed_weights[name]), name  # bit-exact on CPU
@@ -302,8 +317,8 @@ def finish(machines: list[subprocess.Popen], timeout_s: float = 600) -> list[int
 
 
 @pytest.mark.scale_out
-def test_two_machines_train_as_one_machine_of_two_and_resume_after_a_kill(latents, tmp_path):
-    reference = run_train(latents, tmp_path / "one-machine", max_steps=40, num_processes=2)
+def test_two_machines_train_as_one_machine_of_two_and_resume_after_a_kill(latents, uninterrupted, tmp_path):
+    one_machine, reference = uninterrupted(2)
     shared = tmp_path / "shared" / "checkpoints"
     config = two_machine_config(tmp_path / "accelerate-2-machines.yaml")
     runs = [tmp_path / f"machine{rank}" for rank in (0, 1)]
@@ -321,7 +336,7 @@ def test_two_machines_train_as_one_machine_of_two_and_resume_after_a_kill(latent
     assert resumed["start_step"] in (20, 30) and resumed["final_step"] == 40
     # the same trajectory as one machine of two processes: the loss curve within the 2-process
     # test's tolerance, and both ranks' final weights identical (synced) and equal to it
-    a, b = curve(tmp_path / "one-machine"), curve(runs[0])
+    a, b = curve(one_machine), curve(runs[0])
     assert sorted(b) == list(range(1, 41))  # every step once, before and after the kill
     for window in (range(1, 11), range(11, 21), range(21, 31), range(31, 41)):
         mean_a, mean_b = np.mean([a[s] for s in window]), np.mean([b[s] for s in window])

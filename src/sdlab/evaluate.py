@@ -22,7 +22,7 @@ from sdlab.diffusion import denoising_loss, loss_schedule
 from sdlab.distribution import distribution_metrics, fid_kid, psnr, reconstruct, to_uint8_nchw
 from sdlab.evaluation_files import write_evaluation
 from sdlab.io import file_sha256, first_rows, spread_rows
-from sdlab.judge import judge_samples
+from sdlab.judge import judge_samples, train_blob_judge
 from sdlab.label_judge import judge_labelled_samples, train_label_judges
 from sdlab.models.pipeline import denoiser_of, load_pipeline
 from sdlab.reports import Overview, bucket_rows, sample_grid, write_report
@@ -401,18 +401,10 @@ def run(params: Params, paths: EvaluatePaths) -> None:
                 "(skin_color, head_shape, ...); these val rows have none (set evaluate.judge: null)"
             )
         train_rows = first_rows(latents_dir / "index.parquet", 4000, "split", "train").to_pylist()
+        real_train = load_images(paths.shards, train_rows, max_pixels, square)
+        judge = train_blob_judge(real_train, train_rows, cfg.judge_steps, cfg.seed, pipeline.vae)
         metrics.update(
-            judge_samples(
-                images,
-                rows,
-                real_val=real,
-                real_train=load_images(paths.shards, train_rows, max_pixels, square),
-                train_rows=train_rows,
-                judge_steps=cfg.judge_steps,
-                seed=cfg.seed,
-                vae=pipeline.vae,
-                reconstructed_val=reconstructed,
-            )
+            judge_samples(judge, images, rows, real_val=real, vae=pipeline.vae, reconstructed_val=reconstructed)
         )
         overview.adherence = [
             (name, value, metrics["judge_accuracy_on_real"][name], metrics["chance"][name])

@@ -202,31 +202,31 @@ class FeatureExtractor(nn.Module):
 # -- both, on generated images -----------------------------------------------------------------
 
 
+def train_blob_judge(
+    real_train: np.ndarray, train_rows: list[dict], steps: int, seed: int, vae=None
+) -> AttributeClassifier:
+    """The blob attributes' classifier, trained on the real train images and, given the `vae`,
+    on their VAE reconstructions too: every generated image is a VAE decode, and a judge that
+    has only seen sharp drawings misreads the VAE's softer strokes."""
+    images, labels = real_train, train_rows
+    if vae is not None:
+        images, labels = np.concatenate([real_train, reconstruct(vae, real_train)]), train_rows + train_rows
+    return train_classifier(images, labels, steps, seed)
+
+
 def judge_samples(
+    classifier: AttributeClassifier,
     generated: np.ndarray,
     rows: list[dict],
     *,
     real_val: np.ndarray,
-    real_train: np.ndarray,
-    train_rows: list[dict],
-    judge_steps: int,
-    seed: int,
     vae=None,
     reconstructed_val: np.ndarray | None = None,
 ) -> dict:
-    """Adherence per attribute (a pixel judge for skin color, a classifier for the rest), each
-    judge's accuracy on the real val images (and on their VAE reconstructions: the most a
-    model that samples through this VAE can reach), chance, and FID/KID in the classifier's
-    feature space (named as the substitute they are).
-
-    The classifier is trained on the real train images and, given the `vae`, on their VAE
-    reconstructions too: every generated image is a VAE decode, and a judge that has only
-    seen sharp drawings misreads the VAE's softer strokes."""
-
-    images, labels = real_train, train_rows
-    if vae is not None:
-        images, labels = np.concatenate([real_train, reconstruct(vae, real_train)]), train_rows + train_rows
-    classifier = train_classifier(images, labels, judge_steps, seed)
+    """Adherence per attribute (a pixel judge for skin color, the `classifier` of
+    `train_blob_judge` for the rest), each judge's accuracy on the real val images (and on their
+    VAE reconstructions: the most a model that samples through this VAE can reach), chance, and
+    FID/KID in the classifier's feature space (named as the substitute they are)."""
 
     def judged(images: np.ndarray) -> dict[str, float]:
         return {**adherence(images, rows), **accuracy(classifier, images, rows)}

@@ -129,12 +129,13 @@ def train_label_judges(
     classifier of their own: on a trunk shared with the pool's 3x more images the category
     head read 0.77 instead of 0.87 on real val, and a style head shared with the concept's read
     0.63 instead of 0.69 (BENCHMARKS.md)."""
-    taught = [c for c in columns if c in pool_columns] if pool is not None and len(pool[1]) else []
-    rest = [c for c in columns if c not in taught]
+    has_pool = pool is not None and len(pool[1]) > 0
+    from_pool = [c for c in columns if has_pool and c in pool_columns]
+    rest = [c for c in columns if c not in from_pool]
     judges = [train_label_judge(real_train, train_rows, rest, steps, seed, vae)] if rest else []
-    if taught:
+    if from_pool:
         judges.append(
-            train_label_judge(real_train, train_rows, taught, steps, seed, vae, pool=pool, pool_columns=taught)
+            train_label_judge(real_train, train_rows, from_pool, steps, seed, vae, pool=pool, pool_columns=from_pool)
         )
     return judges
 
