@@ -84,7 +84,8 @@ def main() -> None:
         judge = metrics["judge_accuracy_on_real"][name]
         print(f"- adherence {name}: {value:.3f} (judge on real val images: {judge:.3f})")
     if "retrieval_at_5" in metrics:  # evaluate.judge: labels
-        print(f"- chance: {metrics['chance']}; held-out pairs judged: {metrics['judged_rows']}")
+        group = metrics.get("judged_group", "held_out_pairs").replace("_", " ")
+        print(f"- chance: {metrics['chance']}; {group} judged: {metrics['judged_rows']}")
         print(
             f"- retrieval@5: {metrics['retrieval_at_5']:.3f} (real val images: {metrics['retrieval_at_5_real']:.3f}, "
             f"chance {metrics['retrieval_at_5_chance']:.3f})"

@@ -11,9 +11,11 @@ import shutil
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from conftest import REPO
+from PIL import Image
 from support.local_site import LocalSite, Response
 
 from sdlab.config import ConfigError, parse_params
@@ -75,6 +77,55 @@ def test_the_judge_pool_holds_every_concept_left_out_and_none_of_the_chosen(tmp_
     plain, _ = scrape(tmp_path / "plain", max_concepts=60)
     assert not (tmp_path / "plain" / "raw" / "judge_records.parquet").exists()
     assert [r["key"] for r in plain] == [r["key"] for r in records]  # the model's records are unchanged
+
+
+def white_16px(path) -> np.ndarray:
+    image = Image.open(path).convert("RGBA")
+    white = Image.new("RGBA", image.size, "white")
+    white.alpha_composite(image)
+    return np.asarray(white.convert("RGB").resize((16, 16), Image.Resampling.BOX), float).ravel()
+
+
+def test_the_noto_font_is_one_more_vendor_drawn_in_googles_style(tmp_path):
+    records, stats = scrape(tmp_path, vendors=["google", "noto"], max_concepts=60)
+    noto = {r["concept"]: r for r in records if r["vendor"] == "noto"}
+    google = {r["concept"]: r for r in records if r["vendor"] == "google"}
+    assert len(google) == 60 and len(noto) + sum(stats["skipped_by_reason"].values()) == 60 and len(noto) >= 55
+    for concept, row in noto.items():  # one design: one style, and one pair the split keeps on one side
+        assert row["key"] == f"emoji-noto-{concept}" and row["vendor"] == "noto"
+        assert (row["style"], row["pair"], row["name"], row["category"]) == (
+            "google",
+            google[concept]["pair"],
+            google[concept]["name"],
+            google[concept]["category"],
+        )
+        assert Image.open(row["path"]).size == (64, 64)
+    # the font's glyph is Google's drawing of the same concept: the nearest of the package's 60 images
+    concepts = list(google)
+    package = np.stack([white_16px(google[c]["path"]) for c in concepts])
+    nearest = [concepts[int(np.argmin(((package - white_16px(r["path"])) ** 2).sum(1)))] for r in noto.values()]
+    assert np.mean([n == c for n, c in zip(nearest, noto, strict=True)]) >= 0.9
+    assert "Open Font License" in stats["licences"]["noto"]
+    alone, stats = scrape(tmp_path / "alone", vendors=["noto"], max_concepts=60)  # named by Google's emoji.json
+    assert stats["packages"] == [f"emoji-datasource-google@{VERSION}"] and [r["key"] for r in alone] == [
+        r["key"] for r in records if r["vendor"] == "noto"
+    ]
+    with pytest.raises(DataError, match=r"scrape\.noto\.font: /nowhere\.ttf not found"):
+        SOURCES["emoji_sets"](
+            parse_params(
+                {
+                    "scrape": {
+                        "source": "emoji_sets",
+                        "noto": {"font": "/nowhere.ttf"},
+                        "emoji_sets": {"vendors": ["noto"], "tarballs": str(TARBALLS)},
+                    },
+                    "evaluate": {"judge": None},
+                }
+            ).scrape,
+            tmp_path / "raw3",
+            tmp_path / "state",
+            {},
+        )
 
 
 def test_skin_tones_add_their_own_concepts(tmp_path):

@@ -40,10 +40,14 @@ def corpus(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def judged(corpus):
-    train, train_rows, val, val_rows = corpus
+def classifier(corpus):
+    train, train_rows, _, _ = corpus
+    return train_label_judge(train, train_rows, COLUMNS, steps=150, seed=0)
 
-    classifier = train_label_judge(train, train_rows, COLUMNS, steps=150, seed=0)
+
+@pytest.fixture(scope="module")
+def judged(corpus, classifier):
+    train, train_rows, val, val_rows = corpus
 
     def judge(generated):
         return judge_labelled_samples(
@@ -63,6 +67,7 @@ def judged(corpus):
 def test_the_judges_read_real_val_images(judged):
     perfect, _ = judged
     assert perfect["judged_rows"] > 40 and perfect["unseen_concepts"]["judged_rows"] > 10
+    assert perfect["judged_group"] == "held_out_pairs"
     real = perfect["judge_accuracy_on_real"]
     print(*judged)  # for the log: what the judges read here
     # 680 train images at 32 px: far above chance, far from the full corpus's judge
@@ -70,6 +75,28 @@ def test_the_judges_read_real_val_images(judged):
     assert real["category"] > perfect["chance"]["category"] + 0.25
     # the real images of a held-out pair find their concept drawn in the other style
     assert perfect["retrieval_at_5_real"] > 3 * perfect["retrieval_at_5_chance"]
+
+
+def test_with_no_val_concept_trained_on_the_headline_is_the_unseen_concepts(corpus, classifier):
+    """One image per concept (the Noto font): no held-out pair exists, every val prompt names an
+    unseen concept; those are judged as the headline, and said to be."""
+    train, train_rows, val, val_rows = corpus
+    val_concepts = {r["concept"] for r in val_rows}
+    keep = [i for i, r in enumerate(train_rows) if r["concept"] not in val_concepts]
+    scores = judge_labelled_samples(
+        [classifier],
+        val,
+        val_rows,
+        real_val=val,
+        real_train=train[keep],
+        train_rows=[train_rows[i] for i in keep],
+        concept_column="concept",
+    )
+    assert scores["judged_group"] == "unseen_concepts" and scores["judged_rows"] == len(val_rows)
+    assert "unseen_concepts" not in scores  # not twice
+    assert set(scores["adherence"]) == set(COLUMNS)  # the concept head cannot name an unseen concept
+    assert scores["adherence"] == scores["judge_accuracy_on_real"]  # the real val images judged as samples
+    assert 0 < scores["retrieval_at_5_chance"] < scores["retrieval_at_5"]
 
 
 def test_a_perfect_generator_scores_what_the_judge_reads_on_real_images(judged):

@@ -71,9 +71,11 @@ def test_sdlab_profile_prints_the_experiment_it_runs_and_refuses_a_bad_profile()
     assert dry.returncode == 0, dry.stderr
     assert shlex.split(dry.stdout) == [
         *("dvc", "exp", "run", "--temp", "-n", "noto"),
-        *("-S", "scrape.source='noto'", "-S", "caption.template='{title} emoji'"),
+        *("-S", "scrape.source='emoji_sets'", "-S", "scrape.emoji_sets.vendors=['noto']"),
+        *("-S", "scrape.emoji_sets.skin_tones=true", "-S", "caption.template='{name} emoji'"),
         *("-S", "vae.latent_channels=8", "-S", "vae.steps=1200"),
         *("-S", "train.transformer.patch_size=1", "-S", "train.lr=0.001", "-S", "train.snr_gamma=null"),
+        *("-S", "evaluate.num_samples=128"),
     ]
     bad = subprocess.run(
         [sys.executable, "-m", "sdlab.cli", "profile", "nope"], capture_output=True, text=True, cwd=REPO

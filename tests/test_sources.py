@@ -232,7 +232,7 @@ def test_noto_without_the_font_says_how_to_install_it(tmp_path):
         scrape(ScrapeConfig(source="noto", noto=NotoConfig(font=str(tmp_path / "none.ttf"))), tmp_path)
 
 
-@pytest.mark.parametrize("name", ["laion", "noto"])
-def test_profiles_validate(name):
+@pytest.mark.parametrize(("name", "source"), [("laion", "laion"), ("noto", "emoji_sets")])
+def test_profiles_validate(name, source):
     params = parse_params(profile(name))
-    assert params.scrape.source == name
+    assert params.scrape.source == source

@@ -119,11 +119,12 @@ class NotoConfig(Section):
     image_px: int = Field(128, ge=16)
 
 
-EMOJI_VENDORS = ("apple", "google", "twitter", "facebook")  # the emoji-datasource-<vendor> npm packages
+EMOJI_PACKAGES = ("apple", "google", "twitter", "facebook")  # the emoji-datasource-<vendor> npm packages
+EMOJI_VENDORS = (*EMOJI_PACKAGES, "noto")  # noto: the font (scrape.noto.font), Google's design
 
 
 class EmojiSetsConfig(Section):
-    vendors: list[Literal[EMOJI_VENDORS]] = Field(list(EMOJI_VENDORS), min_length=1)
+    vendors: list[Literal[EMOJI_VENDORS]] = Field(list(EMOJI_PACKAGES), min_length=1)
     version: str = Field("16.0.0", pattern=r"^[0-9][0-9A-Za-z.+-]*$")  # of every emoji-datasource-<vendor> package
     integrity: dict[str, str] = {}  # `NAME@VERSION: sha512-...` for versions sdlab has no pin of
     tarballs: str | None = None  # a folder already holding the packages' .tgz (a mirror); else `npm pack`

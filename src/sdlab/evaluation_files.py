@@ -23,6 +23,7 @@ LABEL_JUDGE_DETAIL_KEYS = (  # evaluate.judge: labels only
     "retrieval_at_5_real",
     "retrieval_at_5_chance",
     "unseen_concepts",
+    "judged_group",
     "label_classes",
     "kid_label_judge_real_vs_real",
     "label_columns_not_judged",

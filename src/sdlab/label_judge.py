@@ -171,26 +171,36 @@ def judge_labelled_samples(
     pairs = [i for i, s in enumerate(is_seen) if s]  # the concept was trained on (in another style)
     unseen = [i for i, s in enumerate(is_seen) if not s]
 
-    def scores(index: list[int]) -> dict:
+    def scores(index: list[int], unseen_group: bool = False) -> dict:
         judged = [rows[i] for i in index]
+        # the concept head knows only the train concepts: on unseen ones it is wrong by construction
+        shown = [c for c in columns if not (unseen_group and c == concept_column)]
+
+        def read(images: np.ndarray) -> dict[str, float]:
+            return {c: v for c, v in predicted_accuracy(judges, images, judged).items() if c in shown}
+
         out = {
-            "adherence": predicted_accuracy(judges, generated[index], judged),
-            "judge_accuracy_on_real": predicted_accuracy(judges, real_val[index], judged),
-            "chance": majority_share(judged, columns),
+            "adherence": read(generated[index]),
+            "judge_accuracy_on_real": read(real_val[index]),
+            "chance": majority_share(judged, shown),
         }
         if reconstructed_val is not None:
-            out["judge_accuracy_on_vae_reconstructions"] = predicted_accuracy(judges, reconstructed_val[index], judged)
+            out["judge_accuracy_on_vae_reconstructions"] = read(reconstructed_val[index])
         if concept_column:
             out.update(retrieval(extractor, generated, pool, pool_concepts, index))
         return out
 
+    # the headline is the held-out pairs; where no val concept was trained on (one image per
+    # concept, as the Noto font) it is the unseen concepts, and `judged_group` says so
+    headline, group = (pairs, "held_out_pairs") if pairs else (unseen, "unseen_concepts")
     out = {
-        **scores(pairs),
-        "judged_rows": len(pairs),
+        **scores(headline, unseen_group=not pairs),
+        "judged_rows": len(headline),
+        "judged_group": group,
         "label_classes": {c: len(v) for judge in judges for c, v in judge.classes.items()},
     }
-    if unseen:
-        out["unseen_concepts"] = {**scores(unseen), "judged_rows": len(unseen)}
+    if unseen and pairs:
+        out["unseen_concepts"] = {**scores(unseen, unseen_group=True), "judged_rows": len(unseen)}
     # val's interleaved halves A, B (as distribution_metrics): the samples for A's prompts vs real B,
     # beside real A vs real B; train images are what the judge learnt from, not a fair baseline
     a, b = slice(0, None, 2), slice(1, None, 2)

@@ -10,18 +10,26 @@ Each package is fetched once with `npm pack NAME@VERSION` into the persisted scr
 taken from `emoji_sets.tarballs`, a folder that already has it) and refused unless its sha512
 is the one the registry published for that version (`INTEGRITY`, or `emoji_sets.integrity`).
 The tarball is data: only the PNGs and `emoji.json` are read from it, by member name.
+
+The `noto` vendor is the Noto Color Emoji font (Debian `fonts-noto-color-emoji`, `scrape.noto.font`):
+each concept Google's package draws is rendered from the font's glyph (the `noto` source's
+`render`), named by Google's `emoji.json`. The font and Google's package are one design, so both
+are style `google` and one concept's two images share their (concept, style) pair: the split
+never puts one in train and the other in val.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import shutil
 import subprocess
 import tarfile
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -30,6 +38,7 @@ from tqdm import tqdm
 from sdlab.config import EmojiSetsConfig, ScrapeConfig
 from sdlab.data.records import JUDGE_RECORDS, DataError
 from sdlab.io import write_table
+from sdlab.sources.noto import load_font, render
 
 # `npm view NAME@VERSION dist.integrity`, checked against the files `npm pack` gave here
 INTEGRITY = {
@@ -48,13 +57,22 @@ LICENCES = {
     "google": "Google's Noto Emoji: Apache-2.0",
     "twitter": "Twitter's Twemoji: CC-BY 4.0",
     "facebook": "Facebook's emoji: Facebook's terms",
+    "noto": "Noto Color Emoji font (fonts-noto-color-emoji): SIL Open Font License 1.1",
 }
+# a vendor drawn from a font rather than a package's PNGs: the package whose emoji.json names its
+# concepts, which is also its design (the style it counts as)
+FONT_VENDORS = {"noto": "google"}
 SKIN_TONES = {"1F3FB": "light", "1F3FC": "medium-light", "1F3FD": "medium", "1F3FE": "medium-dark", "1F3FF": "dark"}
 IMAGE_PX = 64  # the packages' PNG size used here (they also ship sprite sheets)
 
 
 def package_of(vendor: str, version: str) -> str:
-    return f"emoji-datasource-{vendor}@{version}"
+    return f"emoji-datasource-{FONT_VENDORS.get(vendor, vendor)}@{version}"
+
+
+def style_of(vendor: str) -> str:
+    """The design a vendor's images are in: the font's vendor counts as its package's."""
+    return FONT_VENDORS.get(vendor, vendor)
 
 
 def sri_sha512(path: Path) -> str:
@@ -111,9 +129,10 @@ def check_integrity(path: Path, expected: str, package: str) -> None:
         raise DataError(f"{path}: sha512 {actual[:20]}... is not the one published for {package} ({expected[:20]}...)")
 
 
-def read_package(tarball: Path, vendor: str) -> tuple[list[dict], dict[str, bytes]]:
-    """(emoji.json's entries, the vendor's 64 px PNG bytes by file name), in one pass over the tarball."""
-    prefix = f"package/img/{vendor}/{IMAGE_PX}/"
+def read_package(tarball: Path, vendor: str | None) -> tuple[list[dict], dict[str, bytes]]:
+    """(emoji.json's entries, the vendor's 64 px PNG bytes by file name), in one pass over the tarball;
+    no PNGs for vendor None."""
+    prefix = f"package/img/{vendor}/{IMAGE_PX}/" if vendor else None
     entries, pngs = None, {}
     with tarfile.open(tarball, "r:gz") as archive:
         for member in archive:
@@ -121,7 +140,7 @@ def read_package(tarball: Path, vendor: str) -> tuple[list[dict], dict[str, byte
                 continue
             if member.name == "package/emoji.json":
                 entries = json.load(archive.extractfile(member))
-            elif member.name.startswith(prefix) and member.name.endswith(".png"):
+            elif prefix and member.name.startswith(prefix) and member.name.endswith(".png"):
                 pngs[member.name[len(prefix) :]] = archive.extractfile(member).read()
     if entries is None:
         raise DataError(f"{tarball}: no package/emoji.json in the tarball")
@@ -130,7 +149,7 @@ def read_package(tarball: Path, vendor: str) -> tuple[list[dict], dict[str, byte
 
 def concepts(entries: list[dict], vendor: str, skin_tones: bool) -> list[dict]:
     """(concept, name, category, subcategory, image file) of every emoji the vendor draws."""
-    out = []
+    out, vendor = [], style_of(vendor)  # a font draws what its package draws
     for entry in sorted(entries, key=lambda e: e["sort_order"]):
         name = (entry.get("name") or entry["short_name"].replace("_", " ")).lower()
         base = {"category": entry["category"], "subcategory": entry["subcategory"], "sort_order": entry["sort_order"]}
@@ -167,7 +186,8 @@ def scrape(config: ScrapeConfig, out_dir: Path, state_dir: Path, stats: dict) ->
     chosen: set[str] | None = None  # one list of concepts for every vendor (emoji.json is the same in each)
     for vendor in cfg.vendors:
         tarball = fetch_package(package_of(vendor, cfg.version), cfg, state_dir / "npm")
-        entries, pngs = read_package(tarball, vendor)
+        entries, pngs = read_package(tarball, None if vendor in FONT_VENDORS else vendor)
+        draw = font_drawing(config.noto.font) if vendor in FONT_VENDORS else package_drawing(pngs)
         if chosen is None:
             every = {c["concept"]: c for v in cfg.vendors for c in concepts(entries, v, cfg.skin_tones)}
             ordered = sorted(every, key=lambda k: (every[k]["sort_order"], k))
@@ -176,27 +196,30 @@ def scrape(config: ScrapeConfig, out_dir: Path, state_dir: Path, stats: dict) ->
         images.mkdir(parents=True, exist_ok=True)
         drawn = [c for c in concepts(entries, vendor, cfg.skin_tones) if c["concept"] in chosen]
         for item in tqdm(drawn, desc=f"scrape emoji_sets {vendor}", unit="emoji"):
-            if item["image"] not in pngs:
-                skipped["image_missing_in_package"] += 1
+            image = draw(item)
+            if isinstance(image, str):
+                skipped[image] += 1
                 continue
             path = images / item["image"]
-            path.write_bytes(pngs[item["image"]])
+            path.write_bytes(image)
             records.append(record(item, vendor, path))
             per_vendor[vendor] += 1
         if cfg.judge_pool:  # the concepts left out, for the judge only
             left = [c for c in concepts(entries, vendor, cfg.skin_tones) if c["concept"] not in chosen]
             (out_dir / "judge" / vendor).mkdir(parents=True, exist_ok=True)
-            for item in (c for c in left if c["image"] in pngs):
-                path = out_dir / "judge" / vendor / item["image"]
-                path.write_bytes(pngs[item["image"]])
-                judge_records.append(record(item, vendor, path))
+            for item in tqdm(left, desc=f"judge pool {vendor}", unit="emoji"):
+                image = draw(item)
+                if isinstance(image, bytes):
+                    path = out_dir / "judge" / vendor / item["image"]
+                    path.write_bytes(image)
+                    judge_records.append(record(item, vendor, path))
     if cfg.judge_pool:
         empty = pa.table({"key": pa.array([], pa.string())})
         write_table(out_dir / JUDGE_RECORDS, pa.Table.from_pylist(judge_records) if judge_records else empty)
         stats["judge_pool_images"] = len(judge_records)
     stats.update(
         {
-            "packages": [package_of(vendor, cfg.version) for vendor in cfg.vendors],
+            "packages": sorted({package_of(vendor, cfg.version) for vendor in cfg.vendors}),
             "concepts": len(chosen or ()),
             "images_per_vendor": {v: per_vendor[v] for v in cfg.vendors},
             "skipped_by_reason": dict(skipped),
@@ -204,6 +227,26 @@ def scrape(config: ScrapeConfig, out_dir: Path, state_dir: Path, stats: dict) ->
         }
     )
     return [records]
+
+
+def package_drawing(pngs: dict[str, bytes]) -> Callable[[dict], bytes | str]:
+    """An emoji's image as its package ships it, or the reason it has none."""
+    return lambda item: pngs.get(item["image"], "image_missing_in_package")
+
+
+def font_drawing(font_path: str) -> Callable[[dict], bytes | str]:
+    """An emoji's image rendered from the font's glyph as a 64 px PNG, or the reason it has none."""
+    font = load_font(font_path)
+
+    def draw(item: dict) -> bytes | str:
+        image = render(char_of(item["concept"]), font, IMAGE_PX)
+        if isinstance(image, str):
+            return f"font_{image}"  # font_glyph_missing, font_no_single_glyph
+        encoded = io.BytesIO()
+        image.save(encoded, format="PNG")
+        return encoded.getvalue()
+
+    return draw
 
 
 def record(item: dict, vendor: str, path: Path) -> dict:
@@ -221,7 +264,7 @@ def record(item: dict, vendor: str, path: Path) -> dict:
         "category": item["category"],
         "subcategory": item["subcategory"],
         "vendor": vendor,
-        "style": vendor,
-        "pair": f"{item['concept']}/{vendor}",  # what the split holds out: one concept in one style
+        "style": style_of(vendor),
+        "pair": f"{item['concept']}/{style_of(vendor)}",  # what the split holds out: one concept in one style
         "emoji": char_of(item["concept"]),
     }

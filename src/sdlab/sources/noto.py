@@ -53,14 +53,19 @@ def key_of(char: str) -> str:
     return "noto-" + "-".join(f"{ord(c):x}" for c in char)
 
 
-def scrape(config: ScrapeConfig, out_dir: Path, state_dir: Path, stats: dict) -> list[list[dict]]:
-    cfg = config.noto
-    if not Path(cfg.font).is_file():
+def load_font(path: str) -> ImageFont.FreeTypeFont:
+    """The font at its bitmap size, or an error naming the key and how to install it."""
+    if not Path(path).is_file():
         raise DataError(
-            f"scrape.noto.font: {cfg.font} not found; install it with "
+            f"scrape.noto.font: {path} not found; install it with "
             "`apt-get install fonts-noto-color-emoji` (`make install` does it)"
         )
-    font = ImageFont.truetype(cfg.font, FONT_PX)
+    return ImageFont.truetype(path, FONT_PX)
+
+
+def scrape(config: ScrapeConfig, out_dir: Path, state_dir: Path, stats: dict) -> list[list[dict]]:
+    cfg = config.noto
+    font = load_font(cfg.font)
     images = out_dir / "images"
     images.mkdir(parents=True, exist_ok=True)
     entries = emoji_list()[: cfg.max_emoji]
