@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,6 +56,20 @@ def encode(dataset, out: Path, image_px: int = 16, **overrides) -> dict:
     )
 
 
+@pytest.fixture(scope="module")
+def encoded(dataset, tmp_path_factory) -> Path:
+    """The dataset encoded once with the defaults (states, one view): read by several tests,
+    copied by those that change it (an encode is a worker process and ~10 s here)."""
+    out = tmp_path_factory.mktemp("encoded") / "out"
+    encode(dataset, out)
+    return out
+
+
+def copy_of(encoded: Path, out: Path) -> Path:
+    shutil.copytree(encoded, out)
+    return out
+
+
 def outputs(folder: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(folder)): p.read_bytes()
@@ -91,29 +106,27 @@ def test_stored_latents_are_the_scaled_posterior_of_each_image_in_tar_order(data
     assert torch.allclose(stored["mean"][:3, 1].float(), flipped, atol=2e-2)
 
 
-def test_text_files_hold_splits_and_the_states_of_each_row_and_the_index_points_at_them(dataset, tmp_path):
+def test_text_files_hold_splits_and_the_states_of_each_row_and_the_index_points_at_them(dataset, encoded):
     _, rows = dataset
-    meta = encode(dataset, tmp_path / "out")
-    text = load_file(str(tmp_path / "out/text/00000.safetensors"))
-    keys = read_header(tmp_path / "out/shards/00000.safetensors")["keys"]
+    meta = json.loads((encoded / "meta.json").read_text())
+    text = load_file(str(encoded / "text/00000.safetensors"))
+    keys = read_header(encoded / "shards/00000.safetensors")["keys"]
     by_key = {r["key"]: r for r in rows.to_pylist()}
     assert text["split"].tolist() == [SPLIT_CODES[by_key[k]["split"]] if k in by_key else NOT_KEPT for k in keys]
     assert text["split"][3] == NOT_KEPT  # row 3 was dropped upstream (a duplicate)
     tokenizer, model = load_text_encoder(None, 77)
     expected = encode_prompts(tokenizer, model, [by_key[keys[0]]["caption"], ""])
     assert torch.allclose(text["hidden"][0].float(), expected[0], atol=1e-2)
-    assert torch.allclose(
-        load_file(str(tmp_path / "out/uncond.safetensors"))["hidden"][0].float(), expected[1], atol=1e-2
-    )
-    index = pq.read_table(tmp_path / "out/index.parquet").to_pylist()
+    assert torch.allclose(load_file(str(encoded / "uncond.safetensors"))["hidden"][0].float(), expected[1], atol=1e-2)
+    index = pq.read_table(encoded / "index.parquet").to_pylist()
     assert [r["key"] for r in index] == rows["key"].to_pylist()
     assert all(keys[r["row"]] == r["key"] for r in index if r["latent_shard"] == "00000.safetensors")
     assert sum(s["train"] for s in meta["shards"]) == rows["split"].to_pylist().count("train")
     assert meta["text"] == "states" and meta["text_dim"] == 384
 
 
-def test_tokens_store_ids_and_masks_only_at_a_fraction_of_the_bytes(dataset, tmp_path):
-    encode(dataset, tmp_path / "states")
+def test_tokens_store_ids_and_masks_only_at_a_fraction_of_the_bytes(dataset, encoded, tmp_path):
+    states = encoded
     meta = encode(dataset, tmp_path / "tokens", text="tokens")
     text = load_file(str(tmp_path / "tokens/text/00000.safetensors"))
     assert set(text) == {"split", "input_ids", "attention_mask"} and text["input_ids"].shape == (8, 77)
@@ -122,18 +135,17 @@ def test_tokens_store_ids_and_masks_only_at_a_fraction_of_the_bytes(dataset, tmp
     caption = next(r for r in dataset[1].to_pylist() if r["key"] == key)["caption"]
     assert text["input_ids"][0].tolist() == tokenizer(caption, padding="max_length", max_length=77).input_ids
     size = lambda folder: (folder / "text/00000.safetensors").stat().st_size  # noqa: E731
-    assert size(tmp_path / "tokens") * 50 < size(tmp_path / "states")
+    assert size(tmp_path / "tokens") * 50 < size(states)
     assert meta["text"] == "tokens"
     # the latents do not depend on the text mode: same bytes
     assert (tmp_path / "tokens/shards/00001.safetensors").read_bytes() == (
-        tmp_path / "states/shards/00001.safetensors"
+        states / "shards/00001.safetensors"
     ).read_bytes()
 
 
-def test_a_caption_change_rewrites_only_that_shards_text_never_a_latent(dataset, tmp_path):
+def test_a_caption_change_rewrites_only_that_shards_text_never_a_latent(dataset, encoded, tmp_path):
     root, rows = dataset
-    out = tmp_path / "out"
-    encode(dataset, out)
+    out = copy_of(encoded, tmp_path / "out")
     inodes = {p.relative_to(out): p.stat().st_ino for p in out.rglob("*.safetensors")}
     table = rows.to_pylist()
     table[0]["caption"] = "a brand new caption"
@@ -150,9 +162,8 @@ def test_a_caption_change_rewrites_only_that_shards_text_never_a_latent(dataset,
     assert changed == {"text/00000.safetensors"}
 
 
-def test_a_corrupt_or_truncated_shard_is_detected_and_encoded_again(dataset, tmp_path):
-    out = tmp_path / "out"
-    encode(dataset, out)
+def test_a_corrupt_or_truncated_shard_is_detected_and_encoded_again(dataset, encoded, tmp_path):
+    out = copy_of(encoded, tmp_path / "out")
     good = outputs(out)
     corrupt, truncated, untouched = (
         out / "shards/00001.safetensors",
@@ -169,11 +180,10 @@ def test_a_corrupt_or_truncated_shard_is_detected_and_encoded_again(dataset, tmp
     assert untouched.stat().st_ino == inode  # valid shards are not rewritten
 
 
-def test_new_image_px_under_the_same_vae_re_encodes_every_shard_with_the_new_shape(dataset, tmp_path):
+def test_new_image_px_under_the_same_vae_re_encodes_every_shard_with_the_new_shape(dataset, encoded, tmp_path):
     """The VAE folder is byte-identical (a pinned VAE); only the images changed size."""
     root, rows = dataset
-    out = tmp_path / "out"
-    encode(dataset, out)
+    out = copy_of(encoded, tmp_path / "out")
     index32 = packed_blobs(tmp_path, seed=5, count=40, image_px=32, shard_size=8)  # the same blobs at 32 px
     by_key = {r["key"]: r for r in rows.to_pylist()}
     assert set(by_key) <= {r["key"] for r in index32}
@@ -192,13 +202,12 @@ def test_new_image_px_under_the_same_vae_re_encodes_every_shard_with_the_new_sha
         assert load_file(str(path))["mean"].shape[2:] == (4, 16, 16), path.name
 
 
-def test_two_nodes_started_at_different_times_on_one_folder_write_what_one_node_writes(dataset, tmp_path):
-    encode(dataset, tmp_path / "single")
+def test_two_nodes_started_at_different_times_on_one_folder_write_what_one_node_writes(dataset, encoded, tmp_path):
     shared = tmp_path / "shared"
     with pytest.raises(Exception, match="not encoded yet"):
         encode(dataset, shared, num_nodes=2, node_rank=1)  # node 1 first: its share only
     encode(dataset, shared, num_nodes=2, node_rank=0)  # node 0 later: finds node 1's work, finishes
-    assert outputs(shared) == outputs(tmp_path / "single")
+    assert outputs(shared) == outputs(encoded)
 
 
 def test_another_nodes_temp_file_is_never_deleted(dataset, tmp_path):
@@ -259,10 +268,9 @@ def test_kill_mid_shard_then_rerun_is_bit_exact_and_skips_finished_shards(datase
         assert (work / "latents/shards" / name).stat().st_ino == inode, f"{name} was encoded twice"
 
 
-def test_read_rows_returns_the_rows_of_one_split(dataset, tmp_path):
-    encode(dataset, tmp_path / "out")
-    val = read_rows(tmp_path / "out", "00000", SPLIT_CODES["val"])
-    train = read_rows(tmp_path / "out", "00000", SPLIT_CODES["train"])
+def test_read_rows_returns_the_rows_of_one_split(encoded):
+    val = read_rows(encoded, "00000", SPLIT_CODES["val"])
+    train = read_rows(encoded, "00000", SPLIT_CODES["train"])
     assert len(val["mean"]) + len(train["mean"]) == 7  # 8 images, one not kept
     assert val["hidden"].shape[0] == len(val["mean"])
 

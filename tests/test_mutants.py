@@ -11,8 +11,10 @@ passes when they fail. A mutant whose `old` text is gone fails too: update it wi
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -415,6 +417,20 @@ MUTANTS = (
         "rest = list(columns)",
         (T + "test_label_judge.py::test_the_columns_a_pool_teaches_get_a_judge_of_their_own",),
     ),
+    Mutant(
+        "noto_counted_as_a_style_of_its_own",  # Noto's font and Google's package are one design
+        "src/sdlab/sources/emoji_sets.py",
+        '"style": style_of(vendor),',
+        '"style": vendor,',
+        (T + "test_emoji_sets.py::test_the_noto_font_is_one_more_vendor_drawn_in_googles_style",),
+    ),
+    Mutant(
+        "no_headline_without_held_out_pairs",  # the Noto profile: every val concept unseen
+        "src/sdlab/label_judge.py",
+        'headline, group = (pairs, "held_out_pairs") if pairs else (unseen, "unseen_concepts")',
+        'headline, group = pairs, "held_out_pairs"',
+        (T + "test_label_judge.py::test_with_no_val_concept_trained_on_the_headline_is_the_unseen_concepts",),
+    ),
     # Aspect buckets (issue 28)
     Mutant(
         "bucket_fit_ignored_at_download",
@@ -453,10 +469,109 @@ def pristine(tmp_path_factory) -> Path:
     return root
 
 
-def run_in(copy: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def mutant_env(copy: Path) -> dict[str, str]:
     # the copy holds tracked files only: the emoji packages `make install` fetched are read from here
-    env = dict(os.environ, PYTHONPATH=str(copy / "src"), SDLAB_EMOJI_TARBALLS=str(REPO / ".cache" / "emoji-tarballs"))
-    return subprocess.run([sys.executable, *args], cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+    return dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(copy / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        SDLAB_EMOJI_TARBALLS=str(REPO / ".cache" / "emoji-tarballs"),
+    )
+
+
+# The libraries every mutant's tests import (torch, diffusers, transformers, ...) take ~6 s per
+# interpreter here, as long as many mutants' tests run. One interpreter per pytest worker imports
+# them once, never sdlab, and forks a child per mutant: the child puts the broken copy first on
+# sys.path, imports sdlab from it (checked) and runs the mutant's tests with pytest.main. Nothing
+# of the copy is in the parent, so every child imports the mutant's code afresh.
+PRELOADED = ("numpy", "pyarrow", "PIL.Image", "torch", "transformers", "accelerate", "peft", "pytest")
+ZYGOTE = r"""
+import importlib, json, os, sys, threading
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+from diffusers import AutoencoderKL, UNet2DConditionModel  # diffusers imports its models lazily
+assert not any(name == "sdlab" or name.startswith("sdlab.") for name in sys.modules), "sdlab in the zygote"
+print(json.dumps({"ready": threading.active_count()}), flush=True)
+for line in sys.stdin:
+    ask = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        log = os.open(ask["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.chdir(ask["cwd"])
+        os.environ.clear()
+        os.environ.update(ask["env"])
+        sys.path[:0] = [ask["src"], ask["tests"]]
+        code = 3
+        try:
+            import sdlab
+            if not sdlab.__file__.startswith(ask["src"]):
+                print("sdlab imported from", sdlab.__file__, "not the broken copy", flush=True)
+            else:
+                import pytest
+                code = int(pytest.main(ask["args"]))
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    print(json.dumps({"pid": pid}), flush=True)
+    print(json.dumps({"code": os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])}), flush=True)
+"""
+
+
+class Zygote:
+    """A Python process that has imported the heavy libraries and forks a child per mutant."""
+
+    def __init__(self, workdir: Path):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", ZYGOTE, *PRELOADED],
+            cwd=workdir,  # nothing importable here: sdlab comes from each copy
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        ready = self.answer(timeout_s=300)
+        assert "ready" in ready, ready
+
+    def answer(self, timeout_s: float) -> dict:
+        import select
+
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            raise TimeoutError(f"the mutant zygote gave no answer in {timeout_s:.0f} s (exit {self.proc.poll()})")
+        return json.loads(line)
+
+    def pytest(self, copy: Path, args: list[str], log: Path, timeout_s: float = 900) -> int:
+        """pytest ARGS in a fork whose sdlab is the copy's; its output in `log`; the exit code."""
+        ask = {
+            "cwd": str(copy),
+            "src": str(copy / "src"),
+            "tests": str(copy / "tests"),
+            "env": mutant_env(copy),
+            "args": args,
+            "log": str(log),
+        }
+        self.proc.stdin.write(json.dumps(ask) + "\n")
+        self.proc.stdin.flush()
+        pid = self.answer(timeout_s=60)["pid"]
+        try:
+            return self.answer(timeout_s)["code"]
+        except TimeoutError:
+            os.kill(pid, signal.SIGKILL)
+            self.answer(timeout_s=60)
+            raise
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def zygote(tmp_path_factory):
+    made = Zygote(tmp_path_factory.mktemp("zygote"))
+    yield made
+    made.close()
 
 
 def test_every_mutant_names_its_breakage_once_and_existing_tests():
@@ -471,18 +586,17 @@ def test_every_mutant_names_its_breakage_once_and_existing_tests():
 
 @pytest.mark.mutants
 @pytest.mark.parametrize("mutant", MUTANTS, ids=lambda m: m.name)
-def test_the_matching_test_fails_against_the_breakage(mutant: Mutant, pristine: Path, tmp_path):
+def test_the_matching_test_fails_against_the_breakage(mutant: Mutant, pristine: Path, zygote, tmp_path):
     copy = tmp_path / "repo"
     shutil.copytree(pristine, copy)
     target = copy / mutant.path
     text = target.read_text()
     assert text.count(mutant.old) == 1, f"{mutant.name}: the code it breaks changed; update the mutant"
     target.write_text(text.replace(mutant.old, mutant.new))
-    where = run_in(copy, "-c", "import sdlab; print(sdlab.__file__)")
-    assert where.stdout.strip().startswith(str(copy)), where.stdout + where.stderr  # the broken copy is imported
-    result = run_in(copy, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutant.tests)
-    assert result.returncode == 1, (  # 1: tests ran and failed (not a collection or usage error)
-        f"{mutant.name}: {' '.join(mutant.tests)} exited {result.returncode} against the breakage\n"
-        + result.stdout[-3000:]
-        + result.stderr[-2000:]
+    log = tmp_path / "pytest.log"
+    code = zygote.pytest(copy, ["-x", "-q", "-p", "no:cacheprovider", *mutant.tests], log)
+    output = log.read_text()
+    assert "not the broken copy" not in output, output[-2000:]  # the broken copy is what was imported
+    assert code == 1, (  # 1: tests ran and failed (not a collection or usage error)
+        f"{mutant.name}: {' '.join(mutant.tests)} exited {code} against the breakage\n" + output[-5000:]
     )

@@ -14,15 +14,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 import yaml
-from conftest import REPO, packed_blobs
+from conftest import REPO
 from safetensors.torch import load_file
 
-from sdlab.config import EncodeConfig, TextEncoderConfig, TrainConfig, UnetConfig, VaeConfig
-from sdlab.encode import encode_dataset
+from sdlab.config import TrainConfig, UnetConfig, VaeConfig
 from sdlab.launch import free_port
 from sdlab.models.denoiser import select_trainable
 from sdlab.models.unet import build_unet
@@ -42,22 +40,16 @@ BUCKETS = {"32x32": (4, 8, 8), "40x24": (4, 6, 10), "24x40": (4, 10, 6)}  # late
 
 @pytest.fixture(scope="module")
 def latents(tmp_path_factory) -> Path:
-    """64 blob images (8 shards) encoded by a tiny VAE into 8x8x4 latents, 56 train / 8 val."""
+    """64 rows in the encode stage's layout (8 shards of 8, 8x8x4 latents, 77 MiniLM-sized text
+    states; every 8th row val: 56 train / 8 val) and a tiny VAE to export with. Written, not
+    encoded: what these tests check is training, and a VAE worker process per module (and per
+    mutant) cost ~10 s here (test_encode covers encoding)."""
+    from latent_fixtures import write_latents
+
     root = tmp_path_factory.mktemp("train-scale")
-    index = packed_blobs(root, seed=11, count=64, image_px=16, shard_size=8)
+    write_latents(root / "latents", images=64, shard_size=8, shape=(4, 8, 8), text_dim=TEXT_DIM, length=77, val_every=8)
     torch.manual_seed(0)
-    vae = build_vae(VaeConfig(block_out_channels=[8, 16]), 16)
-    vae.save_pretrained(root / "vae")
-    rows = [dict(r, split="val" if i % 8 == 7 else "train") for i, r in enumerate(index)]
-    encode_dataset(
-        pa.Table.from_pylist(rows),
-        shards_dir=str(root / "shards"),
-        vae_dir=str(root / "vae"),
-        out_dir=str(root / "latents"),
-        image_px=16,
-        cfg=EncodeConfig(batch_size=16, workers=1),
-        te=TextEncoderConfig(),
-    )
+    build_vae(VaeConfig(block_out_channels=[8, 16]), 16).save_pretrained(root / "vae")
     return root
 
 
