@@ -196,7 +196,10 @@ def _read_body(
         if sock is not None:
             sock.settimeout(min(policy.timeout_s, left))
         try:
-            chunk = response.read(CHUNK)
+            # read1: what one receive gives (at most one chunk of a chunked body), so the deadline
+            # is checked between receives; read(CHUNK) would wait for CHUNK bytes, and a body
+            # dripped a few bytes at a time would hold the fetch far past deadline_s
+            chunk = response.read1(CHUNK)
         except TimeoutError:
             raise FetchRefused("timeout", f"{url}: read timed out") from None
         if not chunk:
