@@ -392,8 +392,8 @@ MUTANTS = (
     Mutant(
         "label_judge_reads_the_real_images",
         "src/sdlab/label_judge.py",
-        '"adherence": predicted_accuracy(judges, generated[index], judged),',
-        '"adherence": predicted_accuracy(judges, real_val[index], judged),',
+        '"adherence": read(generated[index]),',
+        '"adherence": read(real_val[index]),',
         (T + "test_label_judge.py::test_images_judged_against_other_rows_score_near_chance",),
     ),
     Mutant(
