@@ -473,7 +473,7 @@ def test_train_stage_peak_memory_is_flat_between_dataset_sizes(tmp_path, buckets
         write_latents(
             root / "latents",
             images=images,
-            shard_size=500,
+            shard_size=100,  # windows of 2 shards: the 12 steps below read across two of them
             shape=(4, 8, 8),
             text="tokens",
             text_dim=384,
@@ -483,7 +483,7 @@ def test_train_stage_peak_memory_is_flat_between_dataset_sizes(tmp_path, buckets
         build_vae(VaeConfig(block_out_channels=[8, 16]), 16).save_pretrained(root / "vae")
         run = root / "run"
         run.mkdir()
-        params = train_params(run, max_steps=30, batch_size=32, checkpoint_every_steps=30, log_every_steps=10)
+        params = train_params(run, max_steps=12, batch_size=32, checkpoint_every_steps=12, log_every_steps=4)
         code = (
             "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
