@@ -66,13 +66,14 @@ SKIN_TONES = {"1F3FB": "light", "1F3FC": "medium-light", "1F3FD": "medium", "1F3
 IMAGE_PX = 64  # the packages' PNG size used here (they also ship sprite sheets)
 
 
-def package_of(vendor: str, version: str) -> str:
-    return f"emoji-datasource-{FONT_VENDORS.get(vendor, vendor)}@{version}"
-
-
 def style_of(vendor: str) -> str:
     """The design a vendor's images are in: the font's vendor counts as its package's."""
     return FONT_VENDORS.get(vendor, vendor)
+
+
+def package_of(vendor: str, version: str) -> str:
+    """The npm package holding the vendor's emoji.json (and PNGs, unless it is a font)."""
+    return f"emoji-datasource-{style_of(vendor)}@{version}"
 
 
 def sri_sha512(path: Path) -> str:
