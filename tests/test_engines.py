@@ -63,7 +63,9 @@ def test_the_reference_run_fetches_every_url_once_and_keeps_each_reason(referenc
     assert len(shard_contents(reference)) == 5  # 18 ok images, 4 a shard
 
 
-@pytest.mark.parametrize("started", [False, True], ids=["local", "started-cluster"])
+# Each engine once (issue 31), on a cluster started with the runbook's commands: the engine's
+# own local session (`cluster: null`) differs only in the master it is given.
+@pytest.mark.parametrize("started", [True], ids=["started-cluster"])
 @pytest.mark.parametrize("distributor", ["pyspark", "ray"])
 def test_a_cluster_engine_downloads_what_multiprocessing_does(reference, tmp_path, distributor, started, netguard):
     out = sealed_download(tmp_path / distributor, distributor, started)

@@ -1,9 +1,20 @@
 import numpy as np
 import pytest
+from support.fixture_cache import cached, fixture_key
 
 from sdlab.data.images import composite_on_white, fit_square
 from sdlab.distribution import fid_kid
-from sdlab.judge import FeatureExtractor, accuracy, judge_samples, train_blob_judge
+from sdlab.judge import (
+    AttributeClassifier,
+    FeatureExtractor,
+    accuracy,
+    head_loss,
+    judge_samples,
+    train_blob_judge,
+    train_classifier,
+)
+from sdlab.judge import labels as judge_labels
+from sdlab.models.vae import to_tensor
 from sdlab.sources.synthetic import ATTRIBUTES, draw_blob, sample_blob
 
 
@@ -18,7 +29,10 @@ def judge():
     train, train_rows = blobs(1, 300)
     # every attribute >= 0.97 on real val at 1 and 2 threads (eyes 0.99 of 200); the profile
     # trains 300 steps on up to 4,000 images: this is the cheapest judge the tests still trust
-    return train_blob_judge(train, train_rows, steps=150, seed=0)
+    # (kept on disk by its training code and inputs: the mutants of judge_samples reuse it)
+    code = (train_blob_judge, train_classifier, AttributeClassifier, judge_labels, head_loss, to_tensor)
+    key = fixture_key(code, [train], {"rows": train_rows, "steps": 150, "seed": 0})
+    return cached("blob-judge", key, lambda: train_blob_judge(train, train_rows, steps=150, seed=0))
 
 
 def test_classifier_reads_attributes_of_real_images_and_not_of_noise(judge):

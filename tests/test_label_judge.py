@@ -4,26 +4,37 @@ to chance when the images do not belong to the rows they are judged against."""
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
+import pyarrow as pa
 import pytest
 from PIL import Image
-from test_emoji_sets import scrape
+from support.fixture_cache import cached, fixture_key
+from test_emoji_sets import TARBALLS, scrape
 
+import sdlab.data.dedupe as dedupe_module
+import sdlab.data.images as images_module
 from sdlab.data.dedupe import SplitRule, dedupe
 from sdlab.data.images import composite_on_white, fit_square
-from sdlab.label_judge import judge_labelled_samples, retrieval_at_k, train_label_judge, train_label_judges
+from sdlab.judge import AttributeClassifier, head_loss, train_classifier
+from sdlab.judge import labels as judge_labels
+from sdlab.label_judge import (
+    classes_of,
+    judge_labelled_samples,
+    retrieval_at_k,
+    train_label_judge,
+    train_label_judges,
+)
+from sdlab.models.vae import to_tensor
+from sdlab.sources import emoji_sets
 
 COLUMNS = ["category", "style"]
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """400 concepts x 2 styles at 32 px, split by (concept, style) pair with 5% of concepts unseen."""
-    import hashlib
-
-    import pyarrow as pa
-
-    records, _ = scrape(tmp_path_factory.mktemp("emoji"), max_concepts=400)
+def split_corpus(folder: Path):
+    records, _ = scrape(folder, max_concepts=400)
     index = pa.Table.from_pylist(
         [{**r, "status": "ok", "md5": hashlib.md5(r["key"].encode()).hexdigest()} for r in records]
     )
@@ -40,9 +51,21 @@ def corpus(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """400 concepts x 2 styles at 32 px, split by (concept, style) pair with 5% of concepts unseen
+    (kept on disk by the code that reads and splits the packages, and the packages' names)."""
+    code = (split_corpus, scrape, emoji_sets, dedupe_module, images_module)
+    key = fixture_key(code, [], sorted(p.name for p in TARBALLS.glob("*.tgz")))
+    return cached("label-corpus", key, lambda: split_corpus(tmp_path_factory.mktemp("emoji")))
+
+
+@pytest.fixture(scope="module")
 def classifier(corpus):
     train, train_rows, _, _ = corpus
-    return train_label_judge(train, train_rows, COLUMNS, steps=150, seed=0)
+    # kept on disk by its training code and inputs: the mutants of the reading side reuse it
+    code = (train_label_judge, classes_of, train_classifier, AttributeClassifier, judge_labels, head_loss, to_tensor)
+    key = fixture_key(code, [train], {"rows": train_rows, "columns": COLUMNS, "steps": 150, "seed": 0})
+    return cached("label-judge", key, lambda: train_label_judge(train, train_rows, COLUMNS, steps=150, seed=0))
 
 
 @pytest.fixture(scope="module")

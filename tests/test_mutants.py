@@ -78,7 +78,7 @@ MUTANTS = (
         "    checkpoint = resumable_checkpoint(run_dir)\n"
         "    if checkpoint is not None:\n        accelerator.load_state",
         "    checkpoint = None\n    if checkpoint is not None:\n        accelerator.load_state",
-        (T + "test_train_scale.py::test_kill_9_mid_epoch_resumes_to_the_exact_weights_and_step[1]",),
+        (T + "test_train_scale.py::test_kill_9_mid_epoch_resumes_to_the_exact_weights_and_step",),
     ),
     Mutant(
         "epoch_draws_rows_with_replacement",
@@ -470,11 +470,14 @@ def pristine(tmp_path_factory) -> Path:
 
 
 def mutant_env(copy: Path) -> dict[str, str]:
-    # the copy holds tracked files only: the emoji packages `make install` fetched are read from here
+    # the copy holds tracked files only: the emoji packages `make install` fetched are read from
+    # here, and the fixtures `make test` trained (tests/support/fixture_cache.py: keyed by their
+    # training code, so a mutant of that code trains its own)
     return dict(
         os.environ,
         PYTHONPATH=os.pathsep.join([str(copy / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]),
         SDLAB_EMOJI_TARBALLS=str(REPO / ".cache" / "emoji-tarballs"),
+        SDLAB_TEST_FIXTURES=str(REPO / ".cache" / "test-fixtures"),
     )
 
 

@@ -182,8 +182,9 @@ def uninterrupted(latents, tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("processes", [1, 2])
-def test_kill_9_mid_epoch_resumes_to_the_exact_weights_and_step(latents, uninterrupted, tmp_path, processes):
+# The kill tests run once each (issue 31): one process here, two processes with aspect buckets
+# below, and two machines of one process each (a kill, a resume, the same weights) further down.
+def test_kill_9_mid_epoch_resumes_to_the_exact_weights_and_step(latents, uninterrupted, tmp_path, processes=1):
     reference_run, reference = uninterrupted(processes)
     run = tmp_path / "killed"
     proc = start_train(latents, run, max_steps=40, num_processes=processes)
@@ -223,8 +224,7 @@ def bucket_latents(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("processes", [1, 2])
-def test_kill_9_with_aspect_buckets_resumes_to_the_exact_weights(bucket_latents, tmp_path, processes):
+def test_kill_9_with_aspect_buckets_resumes_to_the_exact_weights(bucket_latents, tmp_path, processes=2):
     reference = run_train(bucket_latents, tmp_path / "reference", max_steps=40, num_processes=processes)
     assert reference["buckets"] == ["24x40", "32x32", "40x24"] and reference["buckets_not_drawn"] == {}
     run = tmp_path / "killed"
@@ -340,6 +340,9 @@ def test_two_machines_train_as_one_machine_of_two_and_resume_after_a_kill(latent
     assert not any((runs[1] / name).exists() for name in ("pipeline", "report", "live"))
     (run,) = shared.glob("run-*")
     final = run / "step-0000040"
+    state = json.loads(final.joinpath("run.json").read_text())
+    assert state["data_position_rank0"]["samples_seen_in_epoch"] != 0  # resumed mid-epoch, as one machine of two
+    assert state["data_position_rank0"]["samples_per_epoch"] == 56 // 2  # as in the one-machine kill test
     assert sorted(p.name for p in final.glob("random_states_*.pkl")) == ["random_states_0.pkl", "random_states_1.pkl"]
     assert len(list(final.glob("model*.safetensors"))) == 1 and not list(run.glob(".tmp-*"))
 
