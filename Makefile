@@ -63,9 +63,12 @@ WORKERS ?= 2
 test: install lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -v -n $(WORKERS) --dist loadfile --durations=40
 
-# Each named breakage in tests/test_mutants.py must make its test fail (issue 19).
+# Each named breakage in tests/test_mutants.py must make its test fail (issue 19). Three workers
+# on the 2 cores: a mutant's test waits on its subprocesses (DVC, accelerate, servers) often
+# enough that a third keeps the cores busy (369 s -> 317 s here).
+MUTANT_WORKERS ?= 3
 mutants: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -v -n $(WORKERS) --dist load --durations=10 -m mutants tests/test_mutants.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -v -n $(MUTANT_WORKERS) --dist load --durations=10 -m mutants tests/test_mutants.py
 
 tiny:
 	$(MAKE) repro PROFILE=tiny

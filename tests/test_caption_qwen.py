@@ -13,6 +13,7 @@ from sdlab.caption import CAPTIONERS
 from sdlab.caption.cache import CacheWriter, read_cache
 from sdlab.caption.qwen_vl import GenerationSettings, QwenCaptioner, clean_caption, validate_caption
 from sdlab.config import CaptionConfig
+from sdlab.errors import DataError
 
 
 @pytest.fixture(scope="module")
@@ -111,13 +112,26 @@ def test_invalid_captions_fall_back_to_the_template_with_a_counted_reason(tiny_q
     ]
 
 
-def test_two_cpu_workers_give_the_same_table_as_one(tiny_qwen, images, tmp_path):
+def test_two_cpu_workers_and_two_nodes_give_the_same_table_as_one(tiny_qwen, images, tmp_path):
     shards, rows = images
     cfg = config(tiny_qwen, require_title=False, min_chars=0)
     one = run(rows, cfg, shards, tmp_path / "one")
     two = run(rows, cfg.model_copy(update={"workers": 2}), shards, tmp_path / "two")
     assert one.pairs() == two.pairs()
     assert len(list((tmp_path / "two").glob("*.jsonl"))) == 2  # each worker wrote its own part
+
+    # two nodes on one cache folder, node 1 started first: it captions its shard (the second of
+    # three) and stops; node 0, started later, captions the other two and writes the table
+    shared, node = tmp_path / "shared", {"num_nodes": 2, "workers": 1}
+    with pytest.raises(DataError, match="8 image\\(s\\) not captioned yet, e.g. .* in 00000.tar: other nodes"):
+        run(rows, cfg.model_copy(update={**node, "node_rank": 1}), shards, shared)
+    assert {entry["image"] for entry in read_cache(shared).values()} == {
+        r["key"] for r in rows if r["shard"] == "00001.tar"
+    }
+    later = run(rows, cfg.model_copy(update={**node, "node_rank": 0}), shards, shared)
+    assert later.pairs() == one.pairs() and later.stats["captioned_now"] == 8
+    lines = [json.loads(line)["image"] for part in shared.glob("*.jsonl") for line in part.read_text().splitlines()]
+    assert sorted(lines) == sorted(r["key"] for r in rows)  # each image captioned once, by one node
 
 
 def test_a_write_cut_short_by_a_kill_is_ignored(tmp_path):

@@ -182,9 +182,16 @@ MUTANTS = (
     Mutant(
         "caption_cache_ignored",
         "src/sdlab/caption/qwen_pool.py",
-        "if cache_key not in cache and cache_key not in queued:",
-        "if cache_key not in queued:",
+        "todo = [j for j in mine if j.cache_key not in cache]",
+        "todo = mine",
         (T + "test_caption_qwen.py::test_cache_hits_on_rerun_and_only_new_images_are_captioned",),
+    ),
+    Mutant(
+        "caption_nodes_split_what_is_missing",  # a later node's split differs: images captioned twice or never
+        "src/sdlab/caption/qwen_pool.py",
+        "mine = assign_by_shard(jobs, lambda j: j.shard, node_rank, num_nodes)",
+        "mine = [j for j in jobs if j.cache_key not in cache][node_rank::num_nodes]",
+        (T + "test_caption_qwen.py::test_two_cpu_workers_and_two_nodes_give_the_same_table_as_one",),
     ),
     # Encode (README: bit-identical latents whatever the worker count; corrupt files redone)
     Mutant(

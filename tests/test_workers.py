@@ -3,7 +3,7 @@ import os
 import pytest
 
 from sdlab.config import ConfigError
-from sdlab.workers import Slot, WorkerError, assign, node_split, plan_slots, run_pool
+from sdlab.workers import Slot, WorkerError, assign, assign_by_shard, node_split, plan_slots, run_pool
 
 
 def test_nodes_and_workers_split_the_jobs_exactly_once():
@@ -14,6 +14,15 @@ def test_nodes_and_workers_split_the_jobs_exactly_once():
         for worker in range(2):
             seen += assign(node_jobs, worker, 2)
     assert sorted(seen) == jobs
+
+
+def test_a_shard_split_gives_each_shard_to_one_rank():
+    jobs = [(f"{shard:05d}.tar", image) for shard in range(7) for image in range(3)]
+    shares = [assign_by_shard(jobs, lambda job: job[0], rank, 3) for rank in range(3)]
+    assert sorted(job for share in shares for job in share) == sorted(jobs)
+    assert [sorted({shard for shard, _ in share}) for share in shares][1] == ["00001.tar", "00004.tar"]
+    # the same shards for the same shard names, in whatever order the jobs come
+    assert assign_by_shard(jobs[::-1], lambda job: job[0], 1, 3) == shares[1][::-1]
 
 
 def test_node_split_reads_params_then_the_launcher_environment(monkeypatch):
@@ -27,6 +36,8 @@ def test_node_split_reads_params_then_the_launcher_environment(monkeypatch):
     assert node_split(None, None) == (1, 2)  # torchrun: 2 nodes of 8
     with pytest.raises(ConfigError, match="encode.node_rank"):
         node_split(2, 5)
+    with pytest.raises(ConfigError, match="caption.node_rank: must be in 0..1"):
+        node_split(2, 5, "caption")
 
 
 def test_cpu_slots_split_the_cores(monkeypatch):

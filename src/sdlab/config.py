@@ -247,6 +247,8 @@ class CaptionConfig(Section):
     workers: int | None = Field(None, gt=0)  # null: one per visible GPU; on CPU, cores / threads_per_worker
     threads_per_worker: int | None = Field(None, gt=0)  # CPU; null: all cores in one worker
     precision: Literal["fp32", "fp16", "bf16"] = "bf16"  # on GPUs; CPUs always use fp32
+    num_nodes: int | None = Field(None, gt=0)  # null: from NNODES / NODE_RANK, else 1 (as encode)
+    node_rank: int | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _check_ranges(self) -> CaptionConfig:

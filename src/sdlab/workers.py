@@ -57,9 +57,9 @@ def plan_slots(workers: int | None, threads_per_worker: int = 1) -> list[Slot]:
     return [Slot(i, count, None, threads_per_worker) for i in range(count)]
 
 
-def node_split(num_nodes: int | None, node_rank: int | None) -> tuple[int, int]:
-    """(node rank, number of nodes) from params, else from the launcher's environment:
-    `NNODES`/`NODE_RANK`, or torchrun's `WORLD_SIZE / LOCAL_WORLD_SIZE` and `GROUP_RANK`."""
+def node_split(num_nodes: int | None, node_rank: int | None, section: str = "encode") -> tuple[int, int]:
+    """(node rank, number of nodes) from params (`section`'s keys), else from the launcher's
+    environment: `NNODES`/`NODE_RANK`, or torchrun's `WORLD_SIZE / LOCAL_WORLD_SIZE` and `GROUP_RANK`."""
     env = os.environ
     if num_nodes is None:
         if "NNODES" in env:
@@ -71,13 +71,25 @@ def node_split(num_nodes: int | None, node_rank: int | None) -> tuple[int, int]:
     if node_rank is None:
         node_rank = int(env.get("NODE_RANK", env.get("GROUP_RANK", "0")))
     if not 0 <= node_rank < num_nodes:
-        raise ConfigError(f"encode.node_rank: must be in 0..{num_nodes - 1} (num_nodes {num_nodes}), got {node_rank}")
+        raise ConfigError(
+            f"{section}.node_rank: must be in 0..{num_nodes - 1} (num_nodes {num_nodes}), got {node_rank}"
+        )
     return node_rank, num_nodes
 
 
 def assign(jobs: Sequence, rank: int, world: int) -> list:
     """Deterministic share of `jobs` for `rank` of `world` (every world-th job)."""
     return list(jobs[rank::world])
+
+
+def assign_by_shard(jobs: Sequence, shard_of: Callable[[Any], str], rank: int, world: int) -> list:
+    """The jobs whose shard is this `rank`'s: every world-th of the sorted shard names, so a
+    rank reads only its own shards and the split depends on the set of shard names alone
+    (give it every job, then drop the done ones: then it does not depend on what another
+    node has already done)."""
+    shards = sorted({shard_of(job) for job in jobs})
+    mine = set(shards[rank::world])
+    return [job for job in jobs if shard_of(job) in mine]
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from sdlab.caption import template
 from sdlab.config import CaptionConfig
+from sdlab.workers import node_split
 
 
 @dataclass
@@ -80,10 +81,11 @@ def caption_qwen(rows: pa.Table, cfg: CaptionConfig, shards_dir: Path, cache_dir
         settings,
         str(shards_dir),
         str(cache_dir),
-        cfg.batch_size,
-        cfg.workers,
-        cfg.threads_per_worker,
-        cfg.precision,
+        batch_size=cfg.batch_size,
+        workers=cfg.workers,
+        threads_per_worker=cfg.threads_per_worker,
+        precision=cfg.precision,
+        node=node_split(cfg.num_nodes, cfg.node_rank, "caption"),
     )
     out = []
     for row in rows:

@@ -15,7 +15,8 @@ from tqdm import tqdm
 from sdlab.caption.cache import CacheWriter, read_cache
 from sdlab.caption.qwen_vl import GenerationSettings
 from sdlab.data.shards import read_shard, sample_image
-from sdlab.workers import Slot, assign, plan_slots, run_pool
+from sdlab.errors import DataError
+from sdlab.workers import Slot, assign_by_shard, plan_slots, run_pool
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def caption_worker(slot: Slot, spec: CaptionSpec) -> None:
     from sdlab.caption.qwen_vl import QwenCaptioner
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s caption[{slot.rank}] %(levelname)s: %(message)s")
-    jobs = assign(spec.jobs, slot.rank, slot.world)
+    jobs = assign_by_shard(spec.jobs, lambda j: j.shard, slot.rank, slot.world)  # each shard read by one worker
     if not jobs:
         return
     captioner = QwenCaptioner(spec.settings, None, spec.precision)
@@ -92,33 +93,59 @@ def cache_keys(rows: list[dict], settings: GenerationSettings, shards_dir: str) 
     return keys
 
 
+def unique_jobs(rows: list[dict], keys: dict[str, str]) -> list[CaptionJob]:
+    """One job per cache key (the same bytes and title are captioned once), at its first row
+    in (shard, key) order."""
+    jobs, queued = [], set()
+    for row in sorted(rows, key=lambda r: (r["shard"], r["key"])):
+        if keys[row["key"]] not in queued:
+            queued.add(keys[row["key"]])
+            jobs.append(CaptionJob(keys[row["key"]], row["key"], row["shard"], str(row.get("title") or "")))
+    return jobs
+
+
 def caption_missing(
     rows: list[dict],
     settings: GenerationSettings,
     shards_dir: str,
     cache_dir: str,
+    *,
     batch_size: int,
     workers: int | None,
     threads_per_worker: int | None,
     precision: str,
+    node: tuple[int, int] = (0, 1),
 ) -> tuple[dict[str, dict], dict[str, str], int]:
-    """Caption every row whose cache key is missing; return (cache, row key -> cache key,
-    number captioned now)."""
+    """Caption every row of this `node`'s (rank, number of nodes) image shards whose cache key
+    is missing; return (cache, row key -> cache key, number captioned now). Nodes split the
+    shards, not the missing rows, so two nodes started at different times on one cache folder
+    caption each image once; a node that finds another node's share missing raises."""
     cache = read_cache(cache_dir)
     keys = cache_keys(rows, settings, shards_dir)
-    todo, queued = [], set()
-    for row in sorted(rows, key=lambda r: (r["shard"], r["key"])):
-        cache_key = keys[row["key"]]
-        if cache_key not in cache and cache_key not in queued:  # same bytes: captioned once
-            queued.add(cache_key)
-            todo.append(CaptionJob(cache_key, row["key"], row["shard"], str(row.get("title") or "")))
+    jobs = unique_jobs(rows, keys)
+    node_rank, num_nodes = node
+    mine = assign_by_shard(jobs, lambda j: j.shard, node_rank, num_nodes)
+    todo = [j for j in mine if j.cache_key not in cache]
     if todo:
         slots = plan_slots(workers, threads_per_worker or os.cpu_count() or 1)
-        log.info("captioning %d of %d images on %d worker(s)", len(todo), len(rows), len(slots))
+        log.info(
+            "node %d/%d: captioning %d of %d images on %d worker(s)",
+            node_rank,
+            num_nodes,
+            len(todo),
+            len(rows),
+            len(slots),
+        )
         run_pool(
             caption_worker,
             CaptionSpec(settings, str(shards_dir), str(cache_dir), batch_size, precision, tuple(todo)),
             slots,
         )
         cache = read_cache(cache_dir)
+    missing = [j for j in jobs if j.cache_key not in cache]
+    if missing:
+        raise DataError(
+            f"{len(missing)} image(s) not captioned yet, e.g. {missing[0].key} in {missing[0].shard}: other "
+            "nodes have not finished their share; run this stage again once they have"
+        )
     return cache, keys, len(todo)
