@@ -5,7 +5,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sdlab.caption import CAPTIONERS
+from sdlab.caption import CAPTIONERS, source_captions
 from sdlab.io import read_table, write_json, write_table
 from sdlab.reports import sheet_of_shards
 from sdlab.stage import parse_args, stage
@@ -27,6 +27,8 @@ def main(args, params):
             **result.columns,
         }
     )
+    if cfg.keep_original:  # the source's own caption beside the backend's, for train.caption_mix
+        table = table.append_column("original_caption", source_captions(rows))
     write_table(Path(args.out) / "captions.parquet", table)
     counts = pc.value_counts(reasons).to_pylist()
     by_reason = {c["values"]: c["counts"] for c in counts if c["values"]}
@@ -37,6 +39,8 @@ def main(args, params):
         "empty": int(pc.sum(pc.equal(captions, "")).as_py() or 0),
         **result.stats,
     }
+    if cfg.keep_original:
+        stats["original_captions"] = int(pc.sum(pc.not_equal(table["original_caption"], "")).as_py() or 0)
     stats["sheet_unreadable"] = sheet_of_shards(
         Path(args.report) / "sheet.png",
         table.select(["key", "caption"]).append_column("shard", rows["shard"]),

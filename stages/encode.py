@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from sdlab.encode import encode_dataset, kept_rows
+from sdlab.encode import CAPTION_COLUMNS, encode_dataset, kept_rows
 from sdlab.io import require_table, write_json
 from sdlab.stage import parse_args, stage
 
@@ -14,8 +14,10 @@ from sdlab.stage import parse_args, stage
 def main(args, params):
     index, captions = require_table(args.index), require_table(args.captions)
     # only the columns planning needs; the wide record columns are streamed into the index at the end
+    caption_columns = [c for c in CAPTION_COLUMNS if c in pq.read_schema(captions).names]
     rows = kept_rows(
-        pq.read_table(index, columns=["key", "shard", "split"]), pq.read_table(captions, columns=["key", "caption"])
+        pq.read_table(index, columns=["key", "shard", "split"]),
+        pq.read_table(captions, columns=["key", *caption_columns]),
     )
     meta = encode_dataset(
         rows,

@@ -160,10 +160,11 @@ def test_caption_stage_writes_the_table_and_counts_fallbacks(tiny_qwen, images, 
     from conftest import run_stage
 
     shards, rows = images
+    rows = [dict(r, caption=f" alt text {i} " if i % 2 else "") for i, r in enumerate(rows)]  # LAION-like
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "index.parquet")
     (tmp_path / "params.yaml").write_text(
         f"caption:\n  backend: qwen2.5-vl\n  model: {tiny_qwen}\n  batch_size: 6\n  max_new_tokens: 6\n"
-        f"  min_pixels: 3136\n  max_pixels: 3136\n  workers: 1\n"
+        f"  min_pixels: 3136\n  max_pixels: 3136\n  workers: 1\n  keep_original: true\n"
     )
     args = [
         "--params",
@@ -182,10 +183,11 @@ def test_caption_stage_writes_the_table_and_counts_fallbacks(tiny_qwen, images, 
     result = run_stage("caption.py", *args)
     assert result.returncode == 0, result.stderr
     table = pq.read_table(tmp_path / "out" / "captions.parquet")
-    assert table.column_names == ["key", "caption", "backend", "reason", "model", "prompt_hash"]
+    assert table.column_names == ["key", "caption", "backend", "reason", "model", "prompt_hash", "original_caption"]
     assert table["key"].to_pylist() == [r["key"] for r in rows]
+    assert table["original_caption"].to_pylist() == [r["caption"].strip() for r in rows]  # beside the VLM's
     stats = json.loads((tmp_path / "report" / "stats.json").read_text())
-    assert stats["captioned_now"] == 12 and stats["fallbacks"] == 12
+    assert stats["captioned_now"] == 12 and stats["fallbacks"] == 12 and stats["original_captions"] == 6
     assert sum(stats["by_reason"].values()) == 12 and all(k.startswith("invalid_") for k in stats["by_reason"])
     assert run_stage("caption.py", *args).returncode == 0  # rerun: all from the cache
     assert json.loads((tmp_path / "report" / "stats.json").read_text())["cache_hits"] == 12

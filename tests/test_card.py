@@ -97,6 +97,18 @@ def test_counts_reasons_and_metrics_are_the_runs_own():
     assert "| 24.500 |" in rows["CLIP score"] and "adherence" not in text  # no judge in this profile
 
 
+def test_a_caption_mix_names_both_captions_the_model_saw():
+    facts = laion(caption_mix=0.3)
+    facts.params = facts.params.model_copy(
+        update={"caption": facts.params.caption.model_copy(update={"backend": "qwen2.5-vl", "keep_original": True})}
+    )
+    facts.stats = {**facts.stats, "caption": {"captioned": 990, "fallbacks": 3, "original_captions": 970}}
+    rows = {line.split("|")[1].strip(): line for line in model_card(facts).text.splitlines() if line.startswith("| ")}
+    assert "the source's own caption kept beside for 970" in rows["caption"]
+    assert "own caption in 30% of draws where an image has one, Qwen/Qwen2.5-VL-3B-Instruct's" in rows["captions seen"]
+    assert "| captions seen |" not in model_card(laion()).text
+
+
 def test_the_how_to_carries_the_prompt_and_evaluates_settings_exactly():
     text = model_card(laion()).text
     snippet, words = how_to(text)

@@ -162,6 +162,38 @@ def test_a_caption_change_rewrites_only_that_shards_text_never_a_latent(dataset,
     assert changed == {"text/00000.safetensors"}
 
 
+def test_kept_original_captions_are_stored_beside_the_backends_without_touching_a_latent(dataset, encoded, tmp_path):
+    root, rows = dataset
+    out = copy_of(encoded, tmp_path / "out")
+    inodes = {p.name: p.stat().st_ino for p in (out / "shards").glob("*.safetensors")}
+    originals = [f"alt text number {i}" if i % 3 else "" for i in range(rows.num_rows)]  # a third have none
+    meta = encode_dataset(
+        rows.append_column("original_caption", pa.array(originals)),
+        shards_dir=str(root / "shards"),
+        vae_dir=str(root / "vae"),
+        out_dir=str(out),
+        image_px=16,
+        cfg=EncodeConfig(batch_size=5),
+        te=TEXT,
+    )
+    assert {p.name: p.stat().st_ino for p in (out / "shards").glob("*.safetensors")} == inodes
+    assert meta["original_captions"] == sum(1 for o in originals if o)
+    text = load_file(str(out / "text/00001.safetensors"))
+    keys = read_header(out / "shards/00001.safetensors")["keys"]
+    by_key = {r["key"]: (r["caption"], o) for r, o in zip(rows.to_pylist(), originals, strict=True)}
+    tokenizer, model = load_text_encoder(None, 77)
+    for row, key in enumerate(keys):
+        if key not in by_key:
+            assert text["has_original"][row] == 0
+            continue
+        caption, original = by_key[key]
+        assert text["has_original"][row] == bool(original)
+        expected = encode_prompts(tokenizer, model, [original or caption])[0]
+        assert torch.allclose(text["original_hidden"][row].float(), expected, atol=1e-2), key
+        assert torch.allclose(text["hidden"][row].float(), encode_prompts(tokenizer, model, [caption])[0], atol=1e-2)
+    assert text["has_original"].sum() > 0 and (text["has_original"] == 0).sum() > 0
+
+
 def test_a_corrupt_or_truncated_shard_is_detected_and_encoded_again(dataset, encoded, tmp_path):
     out = copy_of(encoded, tmp_path / "out")
     good = outputs(out)

@@ -193,6 +193,13 @@ MUTANTS = (
         "mine = [j for j in jobs if j.cache_key not in cache][node_rank::num_nodes]",
         (T + "test_caption_qwen.py::test_two_cpu_workers_and_two_nodes_give_the_same_table_as_one",),
     ),
+    Mutant(
+        "kept_original_caption_not_encoded",  # train.caption_mix would draw the backend's caption twice
+        "src/sdlab/encode.py",
+        "texts = [originals[keys[i]] or captions[keys[i]] for i in positions]",
+        "texts = [captions[keys[i]] for i in positions]",
+        (T + "test_encode.py::test_kept_original_captions_are_stored_beside_the_backends_without_touching_a_latent",),
+    ),
     # Encode (README: bit-identical latents whatever the worker count; corrupt files redone)
     Mutant(
         "encode_noise_depends_on_the_worker",

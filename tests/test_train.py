@@ -5,17 +5,22 @@ import torch
 from latent_fixtures import LossRecorder, write_latents
 
 from sdlab.config import TrainConfig, UnetConfig
+from sdlab.data.records import DataError
 from sdlab.models.unet import build_unet
 from sdlab.stream import LatentStream, Part, rank_parts
 from sdlab.train import (
     Conditioning,
+    RunPaths,
     list_checkpoints,
+    mix_captions,
     prepare_run,
     prune_runs,
     recipe_id,
     restore_curves,
+    run,
     run_identity,
     run_recipe,
+    step_generator,
     train_denoiser,
 )
 
@@ -130,6 +135,65 @@ def test_run_identity_ignores_cadence_and_length_but_not_the_recipe():
     assert run_identity(CFG.model_copy(update={"lr": 5e-4}), "data-v1") != base
     assert run_identity(CFG, "data-v2") != base
     assert run_identity(CFG, "data-v1", world=2) != base
+
+
+def test_caption_mix_keeps_old_run_names_at_zero_and_names_a_new_run_otherwise():
+    recipe = run_recipe(CFG, "data-v1")
+    assert "caption_mix" not in recipe["train"]  # a run from before the key existed keeps its folder
+    assert run_identity(CFG.model_copy(update={"caption_mix": 0.5}), "data-v1") != run_identity(CFG, "data-v1")
+
+
+def test_caption_mix_draws_the_source_caption_for_that_share_of_rows_that_have_one():
+    rows = 4000
+    stored = {
+        "hidden": torch.zeros(rows, 3, 2),
+        "original_hidden": torch.ones(rows, 3, 2),
+        "attention_mask": torch.zeros(rows, 3, dtype=torch.uint8),
+        "original_attention_mask": torch.ones(rows, 3, dtype=torch.uint8),
+        "has_original": (torch.arange(rows) % 4 != 0).to(torch.uint8),  # a quarter have none
+    }
+    assert mix_captions(stored, 0.0, step_generator(0, 0)) is stored
+    everything = mix_captions(stored, 1.0, step_generator(0, 0))
+    assert torch.equal(everything["hidden"][:, 0, 0], stored["has_original"].float())
+    half = mix_captions(stored, 0.5, step_generator(0, 7, rank=1, salt=1))
+    drawn = half["hidden"][:, 0, 0]
+    assert drawn[stored["has_original"] == 0].sum() == 0  # never a row without a source caption
+    assert 0.45 < drawn[stored["has_original"] == 1].mean() < 0.55
+    assert torch.equal(half["attention_mask"][:, 0].float(), drawn)  # the mask follows its states
+    again = mix_captions(stored, 0.5, step_generator(0, 7, rank=1, salt=1))
+    assert torch.equal(again["hidden"], half["hidden"])  # a pure function of (seed, step, rank)
+    other = mix_captions(stored, 0.5, step_generator(0, 8, rank=1, salt=1))
+    assert not torch.equal(other["hidden"], half["hidden"])
+
+
+def test_a_batch_trains_on_the_source_captions_when_caption_mix_is_one(latents):
+    from safetensors.torch import load_file
+
+    from sdlab.latents import read_header, save_checked
+    from sdlab.train import make_batch
+
+    for path in sorted((latents / "text").glob("*.safetensors")):  # as encode writes with caption.keep_original
+        tensors = load_file(str(path))
+        tensors |= {
+            "original_hidden": torch.ones_like(tensors["hidden"]),
+            "has_original": torch.ones_like(tensors["split"]),
+        }
+        save_checked(path, tensors, read_header(path)["fingerprint"])
+    cpu = torch.device("cpu")
+    _, plain, _, _ = make_batch(
+        stream(latents), conditioning(), 0, CFG.model_copy(update={"caption_dropout": 0}), 0, cpu
+    )
+    mixed = CFG.model_copy(update={"caption_dropout": 0, "caption_mix": 1.0})
+    latents_mixed, hidden, _, _ = make_batch(stream(latents), conditioning(), 0, mixed, 0, cpu)
+    assert torch.equal(hidden, torch.ones_like(hidden)) and not torch.equal(plain, hidden)
+    latents_plain, _, _, _ = make_batch(stream(latents), conditioning(), 0, CFG, 0, cpu)
+    assert torch.equal(latents_plain, latents_mixed)  # its own draw: the latents' draws do not move
+
+
+def test_caption_mix_without_source_captions_in_the_latents_is_a_clear_error(latents, tmp_path):
+    paths = RunPaths(latents, tmp_path / "vae", tmp_path / "ckpt", tmp_path / "live", tmp_path / "out", tmp_path / "r")
+    with pytest.raises(DataError, match=r"train.caption_mix: 0.5 .*caption.keep_original"):
+        run(CFG.model_copy(update={"caption_mix": 0.5}), paths)
 
 
 def test_raising_max_steps_continues_the_run(latents, tmp_path):

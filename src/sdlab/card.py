@@ -99,11 +99,29 @@ def data_rows(facts: Facts) -> list[tuple]:
     if "caption" in s:
         c = s["caption"]
         backend = p.caption.backend + (f" (`{p.caption.model}`)" if p.caption.backend == "qwen2.5-vl" else "")
-        rows.append(("caption", "", f"{c['captioned']:,}", f"{backend}; {c.get('fallbacks', 0):,} fallback captions"))
+        note = f"{backend}; {c.get('fallbacks', 0):,} fallback captions"
+        if "original_captions" in c:
+            note += f"; the source's own caption kept beside for {c['original_captions']:,}"
+        rows.append(("caption", "", f"{c['captioned']:,}", note))
     if "encode" in s:
         e = s["encode"]
         rows.append(("encode", "", f"{e['images']:,}", f"VAE latents + {_text_encoder(p)} text states"))
     return rows
+
+
+def _caption_mix(p) -> list[tuple[str, str]]:
+    """Which captions the model saw, when it saw two kinds (train.caption_mix)."""
+    if not p.train.caption_mix:
+        return []
+    backend = p.caption.model if p.caption.backend == "qwen2.5-vl" else f"the {p.caption.backend} captioner"
+    share = p.train.caption_mix
+    return [
+        (
+            "captions seen",
+            f"the source's own caption in {share:.0%} of draws where an image has one, {backend}'s "
+            f"in the rest ({1 - share:.0%}; all draws for images without one)",
+        )
+    ]
 
 
 def training_rows(facts: Facts) -> list[tuple[str, str]]:
@@ -133,6 +151,7 @@ def training_rows(facts: Facts) -> list[tuple[str, str]]:
             f"{cfg.weight_decay:g}, grad clip {cfg.max_grad_norm:g}, EMA {cfg.ema_decay:g}",
         ),
         ("caption dropout", f"{cfg.caption_dropout:g} (for classifier-free guidance)"),
+        *_caption_mix(p),
         ("precision", cfg.mixed_precision if cfg.mixed_precision != "no" else "fp32"),
     ]
     if t:

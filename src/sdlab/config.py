@@ -249,9 +249,14 @@ class CaptionConfig(Section):
     precision: Literal["fp32", "fp16", "bf16"] = "bf16"  # on GPUs; CPUs always use fp32
     num_nodes: int | None = Field(None, gt=0)  # null: from NNODES / NODE_RANK, else 1 (as encode)
     node_rank: int | None = Field(None, ge=0)
+    # keep the source's own caption (LAION's alt text) beside the backend's, as `original_caption`: encode
+    # stores its text too and train.caption_mix draws between them (PixArt-alpha, SD3)
+    keep_original: bool = False
 
     @model_validator(mode="after")
     def _check_ranges(self) -> CaptionConfig:
+        if self.keep_original and self.backend == "original":
+            raise ValueError("keep_original: backend original already keeps the source's caption; set false")
         if self.min_chars > self.max_chars:
             raise ValueError(f"min_chars: {self.min_chars} is above max_chars {self.max_chars}")
         if self.min_pixels > self.max_pixels:
@@ -357,6 +362,9 @@ class TrainConfig(Section):
     ema_power: float = Field(2 / 3, gt=0)
     max_grad_norm: float = Field(1.0, gt=0)
     caption_dropout: float = Field(0.1, ge=0, lt=1)
+    # with caption.keep_original: the fraction of draws (per row, from seed, step and rank) that train on the
+    # source's own caption instead of the backend's, where the image has one (SD3: 0.5 alt text, 0.5 CogVLM)
+    caption_mix: float = Field(0.0, ge=0, le=1)
     # the objective: epsilon or v on the DDPM schedule, or flow_matching (rectified flow, as SD3/Flux: the
     # velocity noise - x0 on straight paths; sampled by DPM-Solver++ or UniPC with flow sigmas)
     prediction_type: Literal["epsilon", "v_prediction", "flow_matching"] = "epsilon"

@@ -54,6 +54,7 @@ from sdlab.data.shards import png_to_array
 from sdlab.io import atomic_path, file_sha256, read_json, write_json, write_table
 from sdlab.latents import (
     NOT_KEPT,
+    ORIGINAL,
     ROWS,
     SPLIT_CODES,
     STORAGE_DTYPE,
@@ -71,6 +72,7 @@ from sdlab.workers import Slot, assign, device_and_dtype, node_split, plan_slots
 
 log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
+CAPTION_COLUMNS = ("caption", "original_caption")  # what encode reads of the caption stage's table
 BATCH_DELAY_ENV = "SDLAB_ENCODE_BATCH_DELAY_S"  # seconds per batch: lets a test's kill land inside a shard
 
 
@@ -284,34 +286,43 @@ class TextConditioner:
             self.model = self.model.to(device)
 
     def __call__(self, keys: list[str], rows: pa.Table) -> dict[str, torch.Tensor]:
-        kept = dict(
-            zip(
-                rows["key"].to_pylist(),
-                zip(rows["caption"].to_pylist(), rows["split"].to_pylist(), strict=True),
-                strict=True,
-            )
-        )
-        split = torch.tensor([SPLIT_CODES[kept[k][1]] if k in kept else NOT_KEPT for k in keys], dtype=torch.uint8)
-        positions = [i for i, k in enumerate(keys) if k in kept]
-        captions = [kept[keys[i]][0] for i in positions]
-        index = torch.tensor(positions, dtype=torch.long)
+        """Split codes and the text fields of `keys` (tar order); with an `original_caption`
+        column, the source caption's fields too (`original_*`, the backend caption's where a row
+        has none) and `has_original`."""
+        splits = dict(zip(rows["key"].to_pylist(), rows["split"].to_pylist(), strict=True))
+        split = torch.tensor([SPLIT_CODES[splits[k]] if k in splits else NOT_KEPT for k in keys], dtype=torch.uint8)
+        positions = [i for i, k in enumerate(keys) if k in splits]
+        in_order = torch.tensor(positions, dtype=torch.long)
+        captions = dict(zip(rows["key"].to_pylist(), rows["caption"].to_pylist(), strict=True))
+        tensors = {"split": split, **self.fields(len(keys), in_order, [captions[keys[i]] for i in positions])}
+        if "original_caption" not in rows.column_names:
+            return tensors
+        originals = dict(zip(rows["key"].to_pylist(), rows["original_caption"].to_pylist(), strict=True))
+        texts = [originals[keys[i]] or captions[keys[i]] for i in positions]
+        has_original = torch.zeros(len(keys), dtype=torch.uint8)
+        has_original[in_order] = torch.tensor([bool(originals[keys[i]]) for i in positions], dtype=torch.uint8)
+        fields = self.fields(len(keys), in_order, texts)
+        return tensors | {ORIGINAL + name: t for name, t in fields.items()} | {"has_original": has_original}
+
+    def fields(self, count: int, index: torch.Tensor, captions: list[str]) -> dict[str, torch.Tensor]:
+        """Text fields of `count` rows, `captions` at rows `index`, zeros elsewhere."""
         ids, mask = tokenize(self.tokenizer, captions)
-        attention_mask = torch.zeros(len(keys), ids.shape[1], dtype=torch.uint8)
+        attention_mask = torch.zeros(count, ids.shape[1], dtype=torch.uint8)
         attention_mask[index] = mask.to(torch.uint8)
         if self.spec.text == "tokens":
-            input_ids = torch.zeros(len(keys), ids.shape[1], dtype=torch.int32)
+            input_ids = torch.zeros(count, ids.shape[1], dtype=torch.int32)
             input_ids[index] = ids.to(torch.int32)
-            return {"split": split, "input_ids": input_ids, "attention_mask": attention_mask}
+            return {"input_ids": input_ids, "attention_mask": attention_mask}
         distinct = list(dict.fromkeys(captions))
         states = encode_prompts(
             self.tokenizer, self.model, distinct, self.spec.batch_size, self.device, masked=self.spec.text_mask
         )
         where = {caption: i for i, caption in enumerate(distinct)}
-        hidden = torch.zeros(len(keys), *states.shape[1:], dtype=STORAGE_DTYPE)
+        hidden = torch.zeros(count, *states.shape[1:], dtype=STORAGE_DTYPE)
         hidden[index] = states[[where[c] for c in captions]].to(STORAGE_DTYPE)
         if self.spec.text_mask:
-            return {"split": split, "hidden": hidden, "attention_mask": attention_mask}
-        return {"split": split, "hidden": hidden}
+            return {"hidden": hidden, "attention_mask": attention_mask}
+        return {"hidden": hidden}
 
 
 def encode_worker(slot: Slot, spec: EncodeSpec) -> None:
@@ -358,12 +369,15 @@ def encode_worker(slot: Slot, spec: EncodeSpec) -> None:
 
 def kept_rows(index: pa.Table, captions: pa.Table) -> pa.Table:
     """The dedupe index (or some of its columns) with the caption stage's `caption` column
-    (same keys, any order), in index order."""
-    index = index.drop_columns([c for c in ("caption",) if c in index.column_names])
+    (and `original_caption`, where the stage kept it) (same keys, any order), in index order."""
+    columns = [c for c in CAPTION_COLUMNS if c in captions.column_names]
+    index = index.drop_columns([c for c in CAPTION_COLUMNS if c in index.column_names])
     if index["key"].equals(captions["key"]):
-        return index.append_column("caption", captions["caption"])
+        for column in columns:
+            index = index.append_column(column, captions[column])
+        return index
     position = pa.array(np.arange(index.num_rows))
-    joined = index.append_column("__position", position).join(captions.select(["key", "caption"]), "key")
+    joined = index.append_column("__position", position).join(captions.select(["key", *columns]), "key")
     if joined.num_rows != index.num_rows:
         raise DataError(f"captions: {index.num_rows - joined.num_rows} kept image(s) have no caption")
     return joined.sort_by("__position").drop_columns(["__position"])
@@ -371,17 +385,18 @@ def kept_rows(index: pa.Table, captions: pa.Table) -> pa.Table:
 
 def write_plan(rows: pa.Table, path: Path) -> list[ShardJob]:
     """The kept rows sorted by (shard, key), one parquet row group per shard; a job per shard."""
-    ordered = rows.select(["shard", "key", "caption", "split"]).sort_by([("shard", "ascending"), ("key", "ascending")])
+    planned = ["key", "caption", "split", *(["original_caption"] if "original_caption" in rows.column_names else [])]
+    ordered = rows.select(["shard", *planned]).sort_by([("shard", "ascending"), ("key", "ascending")])
     shard_ids = pc.dictionary_encode(ordered["shard"]).combine_chunks()
     codes = shard_ids.indices.to_numpy()
     starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if len(codes) else np.array([], int)
     bounds = list(starts) + [len(codes)]
     jobs = []
-    with pq.ParquetWriter(path, ordered.select(["key", "caption", "split"]).schema) as writer:
+    with pq.ParquetWriter(path, ordered.select(planned).schema) as writer:
         for group, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
             part = ordered.slice(start, stop - start).combine_chunks()
-            writer.write_table(part.select(["key", "caption", "split"]), row_group_size=stop - start)
-            digest = arrow_digest(*(part[c].chunk(0) for c in ("key", "caption", "split")))
+            writer.write_table(part.select(planned), row_group_size=stop - start)
+            digest = arrow_digest(*(part[c].chunk(0) for c in planned))
             jobs.append(ShardJob(part["shard"][0].as_py(), group, digest))
     return jobs
 
@@ -577,6 +592,8 @@ def encode_dataset(
         "images": rows.num_rows,
         "shards": shards,
     }
+    if "original_caption" in rows.column_names:  # caption.keep_original: for train.caption_mix
+        meta["original_captions"] = int(pc.sum(pc.not_equal(rows["original_caption"], "")).as_py() or 0)
     if bucketed:  # aspect buckets: each one's latent shape (the square's is `latent_shape`)
         names = sorted({b for s in shards for b in s["buckets"]}, key=lambda b: bucket_size(b)[0] / bucket_size(b)[1])
         meta["buckets"] = {b: list(spec.bucket_latent_shape(None if b == square else b)) for b in names}

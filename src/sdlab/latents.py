@@ -15,6 +15,9 @@
                              e.g. a duplicate) and the conditioning: `hidden` (N, L, D) fp16
                              (text: states) or `input_ids` (N, L) int32 + `attention_mask`
                              (N, L) uint8 (text: tokens, the encoder runs in the train step).
+                             With `caption.keep_original`: the source caption's fields as
+                             `original_hidden` (...) (the backend caption's where a row has
+                             none) and `has_original` (N,) uint8, for `train.caption_mix`.
   uncond.safetensors         the empty prompt for classifier-free guidance, in the same fields.
   index.parquet              key, split, latent_shard, row, caption (+ the record's columns).
 
@@ -46,6 +49,7 @@ SPLIT_CODES = {"train": 0, "val": 1}
 NOT_KEPT = 2
 LATENT_FIELDS = ("mean", "std", "sample")
 TEXT_FIELDS = ("hidden", "input_ids", "attention_mask")
+ORIGINAL = "original_"  # prefix of the source caption's text fields (caption.keep_original)
 ROWS = "rows"  # per bucket: where its rows sit in tar order
 
 

@@ -45,7 +45,7 @@ from sdlab.config import ConfigError, TrainConfig
 from sdlab.data.records import DataError
 from sdlab.diffusion import drop_captions, make_noise_scheduler, sample_latents, training_loss
 from sdlab.io import atomic_path, first_rows, write_json
-from sdlab.latents import LATENT_FIELDS, read_meta, read_uncond
+from sdlab.latents import LATENT_FIELDS, ORIGINAL, TEXT_FIELDS, read_meta, read_uncond
 from sdlab.models.denoiser import make_denoiser, select_trainable
 from sdlab.models.pipeline import build_pipeline, export_pipeline
 from sdlab.models.text_encoder import encode_tokens, load_text_encoder
@@ -54,6 +54,7 @@ from sdlab.sampling import generate
 from sdlab.stream import BucketStream, LatentStream, bucket_parts, rank_parts
 
 log = logging.getLogger(__name__)
+CAPTION_MIX_SALT = 1  # step_generator salt of train.caption_mix's draw
 CHECKPOINT_PREFIX = "step-"
 LOSS_SMOOTHING = 0.9  # the EMA-smoothed loss curve logged beside the raw one
 LIVE_SNAPSHOT = "live"  # the dvclive folder as it stood at a checkpoint
@@ -76,6 +77,7 @@ NOT_IN_RUN_IDENTITY = {  # cadence, bookkeeping and machine settings: they never
     "num_processes",
     "accelerate_config",
 }
+ADDED_SINCE = {"caption_mix": 0.0}  # keys added after runs existed: at this value a run keeps the name it had
 
 
 @dataclass
@@ -143,15 +145,36 @@ def prepare_run(run_dir: Path, keep_runs: int, live_dir: Path, recipe: dict | No
     return True
 
 
-def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + step + 104_729 * rank)
+def step_generator(seed: int, step: int, rank: int = 0, salt: int = 0) -> torch.Generator:
+    """The generator of micro-step `step` on `rank`; a `salt` gives an independent one (a
+    draw added later must not shift the draws runs already make)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step + 104_729 * rank + salt * 2_147_483_647)
+
+
+def mix_captions(stored: dict[str, torch.Tensor], fraction: float, generator: torch.Generator) -> dict:
+    """A batch's text fields with each row's replaced by its source caption's (`original_*`)
+    with probability `fraction`, where the row has one (`has_original`); unchanged at 0."""
+    if not fraction:
+        return stored
+    draw = torch.rand(len(stored["has_original"]), generator=generator) < fraction
+    use = draw & stored["has_original"].bool()
+    mixed = dict(stored)
+    for name in TEXT_FIELDS:
+        if name in stored:
+            where = use.view(-1, *[1] * (stored[name].dim() - 1))
+            mixed[name] = torch.where(where, stored[ORIGINAL + name], stored[name])
+    return mixed
 
 
 def run_recipe(cfg: TrainConfig, data_fingerprint: str, world: int = 1) -> dict:
     """What changes a run's trajectory (recipe, data, world size), not its cadence or length, so
     raising max_steps or log_every_steps continues the same run."""
     unused = {"unet", "transformer"} - {cfg.denoiser}  # the other denoiser's section
-    recipe = {k: v for k, v in cfg.model_dump().items() if k not in NOT_IN_RUN_IDENTITY | unused}
+    recipe = {
+        k: v
+        for k, v in cfg.model_dump().items()
+        if k not in NOT_IN_RUN_IDENTITY | unused and not (k in ADDED_SINCE and v == ADDED_SINCE[k])
+    }
     return {"train": recipe, "data": data_fingerprint, "world": world}
 
 
@@ -271,6 +294,7 @@ def make_batch(
     view = torch.randint(views, (size,), generator=generator)  # original or flipped
     picked = {name: stored[name][torch.arange(size), view].float() for name in fields}  # (B, C, h, w) each
     latents = picked["sample"] if "sample" in picked else sample_latents(picked["mean"], picked["std"], generator)
+    stored = mix_captions(stored, cfg.caption_mix, step_generator(cfg.seed, micro_step, rank, salt=CAPTION_MIX_SALT))
     hidden, mask = conditioning(stored, device)
     hidden, mask = drop_captions(
         hidden, conditioning.uncond.to(device), cfg.caption_dropout, generator, mask, conditioning.uncond_mask
@@ -554,6 +578,11 @@ def run(cfg: TrainConfig, paths: RunPaths) -> None:
     stream = data_stream(paths.latents, meta, rank, world, batch_size, cfg)
     if isinstance(stream, BucketStream) and stream.dropped and accelerator.is_main_process:
         print(f"train: aspect buckets with fewer train rows than a batch, not drawn: {stream.dropped}", file=sys.stderr)
+    if cfg.caption_mix and not meta.get("original_captions"):
+        raise DataError(
+            f"train.caption_mix: {cfg.caption_mix:g} draws the source's own captions, and {paths.latents} holds "
+            "none (set caption.keep_original: true on a source with captions, e.g. LAION's alt text)"
+        )
     masked = cfg.denoiser == "transformer"
     if masked != meta.get("text_mask", False):
         raise DataError(

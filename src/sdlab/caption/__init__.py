@@ -53,12 +53,16 @@ def caption_template(rows: pa.Table, cfg: CaptionConfig, shards_dir: Path, cache
     return CaptionResult.of_pairs(template.caption_rows(_template_rows(rows, cfg), cfg))
 
 
+def source_captions(rows: pa.Table) -> pa.Array:
+    """The caption each row's source brought (LAION's alt text), trimmed; '' where it has none."""
+    if "caption" not in rows.column_names:
+        return pa.array([""] * rows.num_rows, pa.string())
+    return pc.utf8_trim_whitespace(pc.fill_null(rows["caption"].combine_chunks().cast(pa.string()), ""))
+
+
 def caption_original(rows: pa.Table, cfg: CaptionConfig, shards_dir: Path, cache_dir: Path) -> CaptionResult:
     """Keep the caption the source brought (LAION's alt text), vectorised; the template where it is empty."""
-    if "caption" in rows.column_names:
-        original = pc.utf8_trim_whitespace(pc.fill_null(rows["caption"].combine_chunks().cast(pa.string()), ""))
-    else:
-        original = pa.array([""] * rows.num_rows, pa.string())
+    original = source_captions(rows)
     empty = pc.equal(original, "")
     where = np.flatnonzero(empty.to_numpy(zero_copy_only=False))
     captions = original
