@@ -1,6 +1,6 @@
 """Encode stage throughput vs the raw VAE forward on the same batches already in memory.
 
-    .venv/bin/python benchmarks/encode_throughput.py [--images 24000] [--workers 1 2]
+    .venv/bin/python benchmarks/encode_throughput.py [--images 24000] [--workers 1 2] [--captions template]
 
 Builds a synthetic dataset of `--images` blobs at the default profile's resolution (shards
 of `download.shard_size`), and takes the VAE from a finished default run (`--vae`, e.g.
@@ -10,8 +10,10 @@ architecture (throughput does not depend on the weights). Then, side by side:
 - raw: `vae.encode(batch)` over the decoded images already in memory, batch by batch,
   in this process (the physical limit of the stage);
 - stage: `encode_dataset` (the real stage code: worker processes, shard reading and PNG
-  decoding, posterior mean/std, fp16 safetensors with checksums), text excluded: every
-  row has the same caption, so the text job is one prompt.
+  decoding, posterior mean/std, fp16 safetensors with checksums). `--captions same` (default):
+  every row has the same caption, so the text job is one prompt; `--captions template`: each
+  row's caption from the default template (the default profile's captions, mostly distinct), so
+  the stage also encodes every shard's captions with the text encoder, as it does in a run.
 The stage is timed twice: whole (including spawning workers and loading models) and
 steady state (first shard written -> last shard written, from the files' mtimes).
 """
@@ -31,6 +33,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from sdlab.caption import CAPTIONERS  # noqa: E402
 from sdlab.config import DownloadConfig, EncodeConfig, ScrapeConfig, SyntheticConfig, TextEncoderConfig, load_params  # noqa: E402
 from sdlab.data.download import download as download_images  # noqa: E402
 from sdlab.data.shards import load_images  # noqa: E402
@@ -39,7 +42,7 @@ from sdlab.models.vae import build_vae, load_pretrained_vae, to_tensor  # noqa: 
 from sdlab.sources import synthetic  # noqa: E402
 
 
-def make_dataset(root: Path, count: int, params) -> list[dict]:
+def make_dataset(root: Path, count: int, params, captions: str = "same") -> list[dict]:
     # drawn directly at the training resolution: the benchmark is about encoding, not drawing
     scrape = ScrapeConfig(
         synthetic=SyntheticConfig(num_images=count, image_px=params.download.image_px, duplicate_fraction=0)
@@ -47,7 +50,10 @@ def make_dataset(root: Path, count: int, params) -> list[dict]:
     records = synthetic.scrape(scrape, root / "raw")
     download = DownloadConfig(**{**params.download.model_dump(), "processes": 2})
     index, _ = download_images(pa.Table.from_pylist(records), download, root / "shards")
-    return [dict(r, caption="blob", split="train") for r in index.to_pylist()]
+    if captions == "same":
+        return [dict(r, caption="blob", split="train") for r in index.to_pylist()]
+    written = CAPTIONERS["template"](index, params.caption, root / "shards", root / "caption-cache")
+    return [dict(r, caption=c, split="train") for r, (c, _) in zip(index.to_pylist(), written.pairs(), strict=True)]
 
 
 @torch.no_grad()
@@ -65,11 +71,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=24000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--vae", default=str(REPO / "models" / "vae"))
+    parser.add_argument("--captions", choices=["same", "template"], default="same")
     args = parser.parse_args()
     params = load_params(REPO / "params.yaml")
     root = Path(tempfile.mkdtemp(prefix="sdlab-encode-bench-"))
     try:
-        rows = make_dataset(root, args.images, params)
+        rows = make_dataset(root, args.images, params, args.captions)
         vae_dir = Path(args.vae)
         if not (vae_dir / "config.json").is_file():
             vae_dir = root / "vae"
