@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install repro lint test mutants tiny browser emoji-tarballs photos
+.PHONY: install repro lint test mutants tiny browser emoji-tarballs photos vllm
 
 EMOJI_TARBALLS := .cache/emoji-tarballs
 # Real photos for the aspect-bucket path: the IFCT 2017 food pictures (542 JPEGs, 6.6 MB);
@@ -43,6 +43,16 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# vLLM's own environment for `caption.engine: vllm` (its torch/transformers pins differ from the
+# project's): ~3 min and ~6.3 GB cold. `--isolated`: pip's machine config must not swap in another torch.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+vllm: $(VLLM_STAMP)
+$(VLLM_STAMP): requirements-vllm.txt
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --isolated --quiet --no-deps -r requirements-vllm.txt
+	touch $(VLLM_STAMP)
+
 # `make repro PROFILE=noto`: configs/noto.yaml laid over params.yaml, run as a DVC experiment
 # (`sdlab profile`; no tracked file changes). Without PROFILE: `dvc repro` of params.yaml.
 repro: $(STAMP)
@@ -60,7 +70,7 @@ lint: $(STAMP)
 # a test file stays on one worker, so its module fixtures are built once. The slowest 40 tests
 # are listed at the end of the log. `make test WORKERS=0` runs them in one process.
 WORKERS ?= 2
-test: install lint
+test: install vllm lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -v -n $(WORKERS) --dist loadfile --durations=40
 
 # Each named breakage in tests/test_mutants.py must make its test fail (issue 19). Three workers

@@ -249,6 +249,10 @@ class CaptionConfig(Section):
     precision: Literal["fp32", "fp16", "bf16"] = "bf16"  # on GPUs; CPUs always use fp32
     num_nodes: int | None = Field(None, gt=0)  # null: from NNODES / NODE_RANK, else 1 (as encode)
     node_rank: int | None = Field(None, ge=0)
+    # qwen2.5-vl's engine: transformers (batched generate) or vllm (continuous batching, in its own
+    # environment: `make vllm` builds .venv-vllm; vllm_python is that interpreter)
+    engine: Literal["transformers", "vllm"] = "transformers"
+    vllm_python: str = ".venv-vllm/bin/python"
     # keep the source's own caption (LAION's alt text) beside the backend's, as `original_caption`: encode
     # stores its text too and train.caption_mix draws between them (PixArt-alpha, SD3)
     keep_original: bool = False

@@ -90,6 +90,8 @@ def caption_qwen(rows: pa.Table, cfg: CaptionConfig, shards_dir: Path, cache_dir
         threads_per_worker=cfg.threads_per_worker,
         precision=cfg.precision,
         node=node_split(cfg.num_nodes, cfg.node_rank, "caption"),
+        engine=cfg.engine,
+        python=cfg.vllm_python,
     )
     out = []
     for row in rows:

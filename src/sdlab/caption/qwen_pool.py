@@ -6,8 +6,10 @@ import hashlib
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 from tqdm import tqdm
@@ -37,6 +39,14 @@ class CaptionSpec:
     batch_size: int
     precision: str
     jobs: tuple[CaptionJob, ...]
+    engine: str = "transformers"  # | vllm: the worker runs under `python` (vLLM's environment)
+    python: str = ""
+
+
+def spec_from_dict(data: dict) -> CaptionSpec:
+    """A `CaptionSpec` from `dataclasses.asdict` of one (how a vLLM worker receives its share)."""
+    fields = dict(data, settings=GenerationSettings(**data["settings"]))
+    return CaptionSpec(**fields | {"jobs": tuple(CaptionJob(**job) for job in data["jobs"])})
 
 
 class ShardImages:
@@ -52,14 +62,25 @@ class ShardImages:
 
 
 def caption_worker(slot: Slot, spec: CaptionSpec) -> None:
-    """Worker body: caption this slot's share, appending each finished batch to the cache."""
+    """Worker body: caption this slot's share on the chosen engine (vLLM in its own environment)."""
+    if spec.engine == "vllm":
+        from sdlab.caption.vllm_engine import run_in_vllm_env
+
+        run_in_vllm_env(slot, spec)
+        return
     from sdlab.caption.qwen_vl import QwenCaptioner
 
+    caption_jobs(slot, spec, lambda: QwenCaptioner(spec.settings, None, spec.precision))
+
+
+def caption_jobs(slot: Slot, spec: CaptionSpec, make_captioner: Callable[[], Any]) -> None:
+    """Caption this slot's share with `make_captioner()` (anything with `generate(images,
+    titles)`), appending each finished batch to the cache."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s caption[{slot.rank}] %(levelname)s: %(message)s")
     jobs = assign_by_shard(spec.jobs, lambda j: j.shard, slot.rank, slot.world)  # each shard read by one worker
     if not jobs:
         return
-    captioner = QwenCaptioner(spec.settings, None, spec.precision)
+    captioner = make_captioner()
     # one part file per process and host: nodes that share the cache folder never append to one file
     writer = CacheWriter(spec.cache_dir, f"part-{socket.gethostname()}-{slot.rank:03d}-{os.getpid()}")
     images = ShardImages(spec.shards_dir)
@@ -115,6 +136,8 @@ def caption_missing(
     threads_per_worker: int | None,
     precision: str,
     node: tuple[int, int] = (0, 1),
+    engine: str = "transformers",
+    python: str = "",
 ) -> tuple[dict[str, dict], dict[str, str], int]:
     """Caption every row of this `node`'s (rank, number of nodes) image shards whose cache key
     is missing; return (cache, row key -> cache key, number captioned now). Nodes split the
@@ -127,6 +150,10 @@ def caption_missing(
     mine = assign_by_shard(jobs, lambda j: j.shard, node_rank, num_nodes)
     todo = [j for j in mine if j.cache_key not in cache]
     if todo:
+        if engine == "vllm":
+            from sdlab.caption.vllm_engine import check_vllm_python
+
+            check_vllm_python(python)
         slots = plan_slots(workers, threads_per_worker or os.cpu_count() or 1)
         log.info(
             "node %d/%d: captioning %d of %d images on %d worker(s)",
@@ -138,7 +165,7 @@ def caption_missing(
         )
         run_pool(
             caption_worker,
-            CaptionSpec(settings, str(shards_dir), str(cache_dir), batch_size, precision, tuple(todo)),
+            CaptionSpec(settings, str(shards_dir), str(cache_dir), batch_size, precision, tuple(todo), engine, python),
             slots,
         )
         cache = read_cache(cache_dir)

@@ -1,0 +1,72 @@
+"""`caption.engine: vllm`: Qwen2.5-VL on vLLM, in the environment `make vllm` builds (`make test`
+builds it first), gives the transformers path's captions byte for byte (greedy, the tiny model)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+from conftest import REPO, packed_blobs
+from support.tiny_qwen import build_tiny_qwen
+
+from sdlab.caption import CAPTIONERS
+from sdlab.caption.cache import read_cache
+from sdlab.config import CaptionConfig, ConfigError
+
+VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen(tmp_path_factory):
+    return str(build_tiny_qwen(tmp_path_factory.mktemp("qwen") / "tiny-qwen"))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """12 blob images in 3 shards, as the download stage writes them."""
+    root = tmp_path_factory.mktemp("vllm-data")
+    return root / "shards", packed_blobs(root, seed=11, count=12, image_px=32, shard_size=4)
+
+
+def config(model: str, **overrides) -> CaptionConfig:
+    base = dict(
+        backend="qwen2.5-vl",
+        model=model,
+        prompt="Describe this emoji named {title} in one sentence.",
+        batch_size=4,
+        max_new_tokens=12,
+        min_pixels=56 * 56,
+        max_pixels=56 * 56,
+        min_chars=0,
+        require_title=False,  # keep what random weights write: the raw strings are compared
+        workers=1,
+        threads_per_worker=2,
+    )
+    return CaptionConfig(**{**base, **overrides})
+
+
+def caption(rows, cfg, shards, cache):
+    return CAPTIONERS["qwen2.5-vl"](pa.Table.from_pylist(rows), cfg, shards, cache)
+
+
+def test_vllm_captions_equal_the_transformers_captions_byte_for_byte(tiny_qwen, images, tmp_path):
+    if not VLLM_PYTHON.is_file():
+        pytest.fail(f"{VLLM_PYTHON} missing: `make vllm` builds vLLM's environment (`make test` does it first)")
+    shards, rows = images
+    transformers = caption(rows, config(tiny_qwen), shards, tmp_path / "transformers")
+    vllm = caption(rows, config(tiny_qwen, engine="vllm", vllm_python=str(VLLM_PYTHON)), shards, tmp_path / "vllm")
+    assert vllm.stats["captioned_now"] == 12
+    raw_t = {e["image"]: e["raw"] for e in read_cache(tmp_path / "transformers").values()}
+    raw_v = {e["image"]: e["raw"] for e in read_cache(tmp_path / "vllm").values()}
+    assert raw_v == raw_t  # every generation, byte for byte
+    assert len(set(raw_t.values())) > 1 and all(raw_t.values())  # real, differing generations, not empty ones
+    assert vllm.pairs() == transformers.pairs()
+    again = caption(rows, config(tiny_qwen, engine="vllm", vllm_python="/nowhere/python"), shards, tmp_path / "vllm")
+    assert again.stats["cache_hits"] == 12  # the cache is the engine's too: nothing to caption, no engine started
+
+
+def test_a_missing_vllm_environment_is_a_clear_error_before_any_worker_starts(tiny_qwen, images, tmp_path):
+    shards, rows = images
+    cfg = config(tiny_qwen, engine="vllm", vllm_python=str(tmp_path / "no-venv/bin/python"))
+    with pytest.raises(ConfigError, match=r"caption.vllm_python: .*no-venv/bin/python not found.*make vllm"):
+        caption(rows, cfg, shards, tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("*.jsonl"))
