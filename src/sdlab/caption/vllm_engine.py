@@ -3,7 +3,7 @@
 vLLM pins its own torch and transformers, which the project's cannot share, so `make vllm`
 builds `.venv-vllm` and each caption worker runs this module under that interpreter:
 
-    .venv-vllm/bin/python -m sdlab.caption.vllm_engine < job.json
+    .venv-vllm/bin/python -m sdlab.caption.vllm_worker < job.json
 
 (`run_in_vllm_env` writes the job: the worker's slot and its `CaptionSpec`). The worker loop,
 the prompt, the title-as-data rule and the cache are the transformers path's own
@@ -103,7 +103,7 @@ def run_in_vllm_env(slot, spec) -> None:
     check_vllm_python(spec.python)
     job = json.dumps({"slot": dataclasses.asdict(slot), "spec": dataclasses.asdict(spec)})
     done = subprocess.run(
-        [spec.python, "-m", "sdlab.caption.vllm_engine"],
+        [spec.python, "-m", "sdlab.caption.vllm_worker"],
         input=job,
         text=True,
         stdout=sys.stdout,
@@ -113,20 +113,3 @@ def run_in_vllm_env(slot, spec) -> None:
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-15:])
         raise WorkerError(f"caption worker {slot.rank} on vLLM ({spec.python}) exited with {done.returncode}:\n{tail}")
-
-
-def main() -> None:
-    """Entry point under vLLM's interpreter: one worker's share, from the job on stdin."""
-    import torch
-
-    from sdlab.caption.qwen_pool import caption_jobs, spec_from_dict
-    from sdlab.workers import Slot
-
-    job = json.loads(sys.stdin.read())
-    slot, spec = Slot(**job["slot"]), spec_from_dict(job["spec"])
-    torch.set_num_threads(slot.threads)
-    caption_jobs(slot, spec, lambda: VllmCaptioner(spec.settings, spec.precision))
-
-
-if __name__ == "__main__":
-    main()
