@@ -14,6 +14,9 @@ architecture (throughput does not depend on the weights). Then, side by side:
   every row has the same caption, so the text job is one prompt; `--captions template`: each
   row's caption from the default template (the default profile's captions, mostly distinct), so
   the stage also encodes every shard's captions with the text encoder, as it does in a run.
+Each worker has `encode.threads_per_worker` threads (1: the bytes do not depend on the
+worker count), so each stage run is compared with the raw forward on as many threads as its
+workers have in all (1 worker: raw on 1 thread, as one GPU worker against that GPU's forward).
 The stage is timed twice: whole (including spawning workers and loading models) and
 steady state (first shard written -> last shard written, from the files' mtimes).
 """
@@ -21,12 +24,16 @@ steady state (first shard written -> last shard written, from the files' mtimes)
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow as pa
 import torch
 
@@ -57,6 +64,27 @@ def make_dataset(root: Path, count: int, params, captions: str = "same") -> list
 
 
 @torch.no_grad()
+class WorkerMemory:
+    """Peak resident memory of any one child process (the encode workers), polled every 50 ms."""
+
+    def __enter__(self):
+        self.peak, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        me = psutil.Process()
+        while not self._stop.wait(0.05):
+            for child in me.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    self.peak = max(self.peak, child.memory_info().rss)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def raw_throughput(vae, images: torch.Tensor, batch_size: int) -> float:
     for start in range(0, min(len(images), 4 * batch_size), batch_size):  # warm-up (oneDNN primitives)
         vae.encode(images[start : start + batch_size])
@@ -72,8 +100,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--vae", default=str(REPO / "models" / "vae"))
     parser.add_argument("--captions", choices=["same", "template"], default="same")
+    parser.add_argument("--shard-size", type=int, help="images per shard (default: download.shard_size)")
     args = parser.parse_args()
     params = load_params(REPO / "params.yaml")
+    if args.shard_size:
+        download = params.download.model_copy(update={"shard_size": args.shard_size})
+        params = params.model_copy(update={"download": download})
     root = Path(tempfile.mkdtemp(prefix="sdlab-encode-bench-"))
     try:
         rows = make_dataset(root, args.images, params, args.captions)
@@ -85,25 +117,30 @@ def main() -> None:
             vae.save_pretrained(vae_dir)
         vae = load_pretrained_vae(str(vae_dir)).eval()
         images = to_tensor(load_images(root / "shards", rows))
-        raw = raw_throughput(vae, images, params.encode.batch_size)
-        print(
-            f"images: {len(rows)} at {params.download.image_px} px, batch {params.encode.batch_size}, "
-            f"{torch.get_num_threads()} threads"
-        )
-        print(f"raw vae.encode in memory: {raw:.0f} images/s")
+        threads = params.encode.threads_per_worker
+        raws = {}  # the raw forward on the threads the stage's workers have in all
+        for count in sorted({min(w * threads, os.cpu_count() or 1) for w in args.workers}):
+            torch.set_num_threads(count)
+            raws[count] = raw_throughput(vae, images, params.encode.batch_size)
+        print(f"images: {len(rows)} at {params.download.image_px} px, batch {params.encode.batch_size}")
+        for count, rate in raws.items():
+            print(f"raw vae.encode in memory, one process, {count} thread(s): {rate:.0f} images/s")
         for workers in args.workers:
+            raw = raws[min(workers * threads, os.cpu_count() or 1)]
             out = root / f"latents-{workers}"
             cfg = EncodeConfig(**{**params.encode.model_dump(), "workers": workers})
             started = time.perf_counter()
-            encode_dataset(
-                pa.Table.from_pylist(rows),
-                shards_dir=str(root / "shards"),
-                vae_dir=str(vae_dir),
-                out_dir=str(out),
-                image_px=params.download.image_px,
-                cfg=cfg,
-                te=TextEncoderConfig(),
-            )
+            with WorkerMemory() as memory:
+                encode_dataset(
+                    pa.Table.from_pylist(rows),
+                    shards_dir=str(root / "shards"),
+                    vae_dir=str(vae_dir),
+                    out_dir=str(out),
+                    image_px=params.download.image_px,
+                    cfg=cfg,
+                    te=TextEncoderConfig(),
+                )
+            ended = time.time()
             whole = len(rows) / (time.perf_counter() - started)
             # Worker w wrote every workers-th shard; its steady rate is (shards - 1) / (last - first).
             shards = sorted((out / "shards").glob("*.safetensors"))
@@ -112,9 +149,14 @@ def main() -> None:
             for w in range(workers):
                 mtimes = sorted(p.stat().st_mtime for p in shards[w::workers])
                 steady += per_shard * (len(mtimes) - 1) / (mtimes[-1] - mtimes[0])
+            written = sorted(p.stat().st_mtime for p in shards)
+            # up to the first latent file: spawning, imports, model loads, the first shard itself
+            first, after = written[0] - (ended - len(rows) / whole), ended - written[-1]
             print(
-                f"stage, {workers} worker(s): whole {whole:.0f} images/s ({whole / raw:.0%} of raw), "
-                f"steady state {steady:.0f} images/s ({steady / raw:.0%} of raw)"
+                f"stage, {workers} worker(s) x {threads} thread(s): whole {whole:.0f} images/s ({whole / raw:.0%} of "
+                f"raw on as many threads), steady state {steady:.0f} images/s ({steady / raw:.0%}); "
+                f"first shard written after {first:.1f} s, {after:.1f} s after the last one; "
+                f"peak worker RSS {memory.peak / 2**20:.0f} MiB"
             )
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -305,63 +306,110 @@ class TextConditioner:
         return tensors | {ORIGINAL + name: t for name, t in fields.items()} | {"has_original": has_original}
 
     def fields(self, count: int, index: torch.Tensor, captions: list[str]) -> dict[str, torch.Tensor]:
-        """Text fields of `count` rows, `captions` at rows `index`, zeros elsewhere."""
-        ids, mask = tokenize(self.tokenizer, captions)
-        attention_mask = torch.zeros(count, ids.shape[1], dtype=torch.uint8)
-        attention_mask[index] = mask.to(torch.uint8)
-        if self.spec.text == "tokens":
-            input_ids = torch.zeros(count, ids.shape[1], dtype=torch.int32)
-            input_ids[index] = ids.to(torch.int32)
-            return {"input_ids": input_ids, "attention_mask": attention_mask}
+        """Text fields of `count` rows, `captions` at rows `index`, zeros elsewhere. Each
+        distinct caption is tokenized and encoded once, then gathered to its rows."""
         distinct = list(dict.fromkeys(captions))
-        states = encode_prompts(
-            self.tokenizer, self.model, distinct, self.spec.batch_size, self.device, masked=self.spec.text_mask
-        )
         where = {caption: i for i, caption in enumerate(distinct)}
-        hidden = torch.zeros(count, *states.shape[1:], dtype=STORAGE_DTYPE)
-        hidden[index] = states[[where[c] for c in captions]].to(STORAGE_DTYPE)
-        if self.spec.text_mask:
-            return {"hidden": hidden, "attention_mask": attention_mask}
-        return {"hidden": hidden}
+        rows_of = torch.tensor([where[c] for c in captions], dtype=torch.long)
+        ids, mask = tokenize(self.tokenizer, distinct)
+        fields = {"attention_mask": mask.to(torch.uint8)}
+        if self.spec.text == "tokens":
+            fields["input_ids"] = ids.to(torch.int32)
+        else:
+            states = encode_prompts(
+                self.tokenizer, self.model, distinct, self.spec.batch_size, self.device, masked=self.spec.text_mask
+            )
+            fields["hidden"] = states.to(STORAGE_DTYPE)
+            if not self.spec.text_mask:
+                del fields["attention_mask"]
+        return {name: _scatter_rows(field[rows_of], count, index) for name, field in fields.items()}
 
 
-def encode_worker(slot: Slot, spec: EncodeSpec) -> None:
-    """Worker body: this slot's share of the node's jobs, skipping finished outputs."""
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s encode[{slot.rank}] %(levelname)s: %(message)s")
-    out, device_dtype = Path(spec.out_dir), device_and_dtype(spec.precision)
-    plan = pq.ParquetFile(spec.plan)
-    vae = conditioner = None
-    for job in tqdm(
-        assign(spec.jobs, slot.rank, slot.world), desc=f"encode[{slot.rank}]", unit="shard", disable=slot.rank != 0
-    ):
-        tar = Path(spec.shards_dir) / job.shard
-        if not tar.is_file():
-            raise DataError(f"{tar}: image shard listed in the index is missing")
-        fingerprint = spec.latent_fingerprint(file_sha256(tar))
-        if not is_complete(latent_path(out, job.stem), fingerprint, shape=spec.bucket_latent_shape):
-            if vae is None:
-                vae = load_pretrained_vae(spec.vae).to(device_dtype[0]).eval()
-                vae = vae if device_dtype[1] == torch.float32 else vae.to(device_dtype[1])
-            keys, tensors, buckets = encode_shard(vae, tar, spec, *device_dtype)
-            for name, tensor in tensors.items():
-                expected = spec.bucket_latent_shape(tensor_bucket(name))
-                if name.partition(".")[0] != ROWS and tuple(tensor.shape[2:]) != expected:
-                    raise DataError(
-                        f"{tar}: images give {tuple(tensor.shape[2:])} latents, {expected} expected "
-                        "(are the shards of download.image_px?)"
-                    )
+def _scatter_rows(values: torch.Tensor, count: int, index: torch.Tensor) -> torch.Tensor:
+    """`values` placed at rows `index` of `count` rows, zeros elsewhere (no copy when every
+    row is one of them, in order: a shard whose images were all kept)."""
+    if len(index) == count and torch.equal(index, torch.arange(count)):
+        return values
+    full = values.new_zeros(count, *values.shape[1:])
+    full[index] = values
+    return full
+
+
+class ShardFinisher:
+    """Writes a shard's latent file and builds and writes its text file in a thread of its own,
+    one shard at a time, while the worker's main thread encodes the next shard: on a GPU the
+    device never waits on hashing, the text job or the disk; memory holds at most two shards'
+    outputs (the one being finished, the one being encoded)."""
+
+    def __init__(self, spec: EncodeSpec, device: torch.device):
+        self.spec, self.device, self.out = spec, device, Path(spec.out_dir)
+        self.plan = pq.ParquetFile(spec.plan)
+        self.conditioner: TextConditioner | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="encode-finisher")
+        self._pending: Future | None = None
+
+    def submit(self, job: ShardJob, fingerprint: str, encoded: tuple | None) -> None:
+        """Finish `job` (`encoded`: keys, tensors, buckets to write, or None when its latent file
+        is complete); first waits for the previous shard, raising its error if it failed."""
+        self.wait()
+        self._pending = self._thread.submit(self._finish, job, fingerprint, encoded)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def close(self) -> None:
+        self.wait()
+        self._thread.shutdown()
+
+    def _finish(self, job: ShardJob, fingerprint: str, encoded: tuple | None) -> None:
+        if encoded is not None:
+            keys, tensors, buckets = encoded
             extra = {"buckets": buckets} if len(buckets) > 1 or ROWS in {n.partition(".")[0] for n in tensors} else {}
-            save_checked(latent_path(out, job.stem), tensors, fingerprint, keys=keys, **extra)
-        text_fingerprint = spec.text_fingerprint(fingerprint, job)
-        if not is_complete(text_path(out, job.stem), text_fingerprint):
-            conditioner = conditioner or TextConditioner(spec, device_dtype[0])
-            keys = read_header(latent_path(out, job.stem))["keys"]
+            save_checked(latent_path(self.out, job.stem), tensors, fingerprint, keys=keys, **extra)
+        text_fingerprint = self.spec.text_fingerprint(fingerprint, job)
+        if not is_complete(text_path(self.out, job.stem), text_fingerprint):
+            self.conditioner = self.conditioner or TextConditioner(self.spec, self.device)
+            keys = read_header(latent_path(self.out, job.stem))["keys"]
             save_checked(
-                text_path(out, job.stem),
-                conditioner(keys, plan.read_row_group(job.group)),
+                text_path(self.out, job.stem),
+                self.conditioner(keys, self.plan.read_row_group(job.group)),
                 text_fingerprint,
                 latents=fingerprint,
             )
+
+
+def encode_worker(slot: Slot, spec: EncodeSpec) -> None:
+    """Worker body: this slot's share of the node's jobs, skipping finished outputs; each shard's
+    files are written by the `ShardFinisher` while the next shard encodes."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s encode[{slot.rank}] %(levelname)s: %(message)s")
+    out, device_dtype = Path(spec.out_dir), device_and_dtype(spec.precision)
+    finisher, vae = ShardFinisher(spec, device_dtype[0]), None
+    try:
+        for job in tqdm(
+            assign(spec.jobs, slot.rank, slot.world), desc=f"encode[{slot.rank}]", unit="shard", disable=slot.rank != 0
+        ):
+            tar = Path(spec.shards_dir) / job.shard
+            if not tar.is_file():
+                raise DataError(f"{tar}: image shard listed in the index is missing")
+            fingerprint = spec.latent_fingerprint(file_sha256(tar))
+            encoded = None
+            if not is_complete(latent_path(out, job.stem), fingerprint, shape=spec.bucket_latent_shape):
+                if vae is None:
+                    vae = load_pretrained_vae(spec.vae).to(device_dtype[0]).eval()
+                    vae = vae if device_dtype[1] == torch.float32 else vae.to(device_dtype[1])
+                encoded = encode_shard(vae, tar, spec, *device_dtype)
+                for name, tensor in encoded[1].items():
+                    expected = spec.bucket_latent_shape(tensor_bucket(name))
+                    if name.partition(".")[0] != ROWS and tuple(tensor.shape[2:]) != expected:
+                        raise DataError(
+                            f"{tar}: images give {tuple(tensor.shape[2:])} latents, {expected} expected "
+                            "(are the shards of download.image_px?)"
+                        )
+            finisher.submit(job, fingerprint, encoded)
+    finally:
+        finisher.close()
 
 
 # ---- the node side -------------------------------------------------------------------------

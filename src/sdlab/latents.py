@@ -79,7 +79,7 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for name in sorted(tensors):
         digest.update(name.encode())
-        digest.update(tensors[name].contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(memoryview(tensors[name].contiguous().view(torch.uint8).numpy()))  # no copy
     return digest.hexdigest()
 
 
