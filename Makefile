@@ -75,7 +75,7 @@ test: install vllm lint
 
 # Each named breakage in tests/test_mutants.py must make its test fail (issue 19). Three workers
 # on the 2 cores: a mutant's test waits on its subprocesses (DVC, accelerate, servers) often
-# enough that a third keeps the cores busy (369 s -> 317 s here).
+# enough that a third keeps the cores busy (369 s -> 317 s here; a fourth does not: 381 s vs 359 s).
 MUTANT_WORKERS ?= 3
 mutants: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -v -n $(MUTANT_WORKERS) --dist load --durations=10 -m mutants tests/test_mutants.py
