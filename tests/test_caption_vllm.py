@@ -11,6 +11,7 @@ from support.tiny_qwen import build_tiny_qwen
 from sdlab.caption import CAPTIONERS
 from sdlab.caption.cache import read_cache
 from sdlab.config import CaptionConfig, ConfigError
+from sdlab.errors import WorkerError
 
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 
@@ -70,3 +71,14 @@ def test_a_missing_vllm_environment_is_a_clear_error_before_any_worker_starts(ti
     with pytest.raises(ConfigError, match=r"caption.vllm_python: .*no-venv/bin/python not found.*make vllm"):
         caption(rows, cfg, shards, tmp_path / "cache")
     assert not list((tmp_path / "cache").glob("*.jsonl"))
+
+
+def test_a_failing_vllm_worker_fails_the_stage_and_shows_why(images, tmp_path, capfd):
+    if not VLLM_PYTHON.is_file():
+        pytest.fail(f"{VLLM_PYTHON} missing: `make vllm` builds vLLM's environment (`make test` does it first)")
+    shards, rows = images
+    missing = str(tmp_path / "no-such-model")
+    cfg = config(missing, engine="vllm", vllm_python=str(VLLM_PYTHON))
+    with pytest.raises(WorkerError, match="worker 0 .* exited with"):
+        caption(rows, cfg, shards, tmp_path / "cache")
+    assert f"caption worker 0 on vLLM ({VLLM_PYTHON}) exited with" in capfd.readouterr().err

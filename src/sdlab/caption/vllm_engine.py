@@ -95,6 +95,15 @@ def check_vllm_python(python: str) -> None:
         )
 
 
+def _pass_on(chunk: bytes) -> None:
+    """Bytes of the worker's stderr to this process's, as they are (a tqdm bar redraws in place)."""
+    if hasattr(sys.stderr, "buffer"):
+        sys.stderr.buffer.write(chunk)
+    else:  # a replaced stderr (a test's capture) takes text
+        sys.stderr.write(chunk.decode(errors="replace"))
+    sys.stderr.flush()
+
+
 def run_in_vllm_env(slot, spec) -> None:
     """Run one caption worker's share under vLLM's interpreter (`spec.python`); raise with the
     end of its output if it fails."""
@@ -102,14 +111,20 @@ def run_in_vllm_env(slot, spec) -> None:
 
     check_vllm_python(spec.python)
     job = json.dumps({"slot": dataclasses.asdict(slot), "spec": dataclasses.asdict(spec)})
-    done = subprocess.run(
+    last = b""  # the end of its stderr, for the error; everything is passed on as it comes (progress bars too)
+    with subprocess.Popen(
         [spec.python, "-m", "sdlab.caption.vllm_worker"],
-        input=job,
-        text=True,
+        stdin=subprocess.PIPE,
         stdout=sys.stdout,
         stderr=subprocess.PIPE,
         env=engine_environment(spec.python),
-    )
+    ) as done:
+        done.stdin.write(job.encode())
+        done.stdin.close()
+        while chunk := done.stderr.read1(65536):
+            _pass_on(chunk)
+            last = (last + chunk)[-8192:]
     if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        lines = [line for line in last.decode(errors="replace").replace("\r", "\n").splitlines() if line.strip()]
+        tail = "\n".join(lines[-15:])
         raise WorkerError(f"caption worker {slot.rank} on vLLM ({spec.python}) exited with {done.returncode}:\n{tail}")
