@@ -188,3 +188,18 @@ def sdlab_in(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 
 def dvc(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     return run_module_in(workdir, "dvc", "dvc", *args)
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen(tmp_path_factory) -> str:
+    """A tiny random Qwen2.5-VL folder (`tests/support/tiny_qwen.py`), for both caption engines."""
+    from support.tiny_qwen import build_tiny_qwen
+
+    return str(build_tiny_qwen(tmp_path_factory.mktemp("qwen") / "tiny-qwen"))
+
+
+@pytest.fixture(scope="module")
+def qwen_images(tmp_path_factory):
+    """12 blob images in 3 shards, as the download stage writes them: (shards folder, index rows)."""
+    root = tmp_path_factory.mktemp("qwen-data")
+    return root / "shards", packed_blobs(root, seed=11, count=12, image_px=32, shard_size=4)

@@ -6,26 +6,12 @@ import json
 
 import pyarrow as pa
 import pytest
-from conftest import packed_blobs
-from support.tiny_qwen import build_tiny_qwen
 
 from sdlab.caption import CAPTIONERS
 from sdlab.caption.cache import CacheWriter, read_cache
 from sdlab.caption.qwen_vl import GenerationSettings, QwenCaptioner, clean_caption, validate_caption
 from sdlab.config import CaptionConfig
 from sdlab.errors import DataError
-
-
-@pytest.fixture(scope="module")
-def tiny_qwen(tmp_path_factory):
-    return str(build_tiny_qwen(tmp_path_factory.mktemp("qwen") / "tiny-qwen"))
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    """12 blob images in 3 shards, as the download stage writes them."""
-    root = tmp_path_factory.mktemp("qwen-data")
-    return root / "shards", packed_blobs(root, seed=11, count=12, image_px=32, shard_size=4)
 
 
 def config(model: str, **overrides) -> CaptionConfig:
@@ -46,12 +32,12 @@ def run(rows, cfg, shards, cache):
     return CAPTIONERS["qwen2.5-vl"](pa.Table.from_pylist(rows), cfg, shards, cache)
 
 
-def test_batched_captions_equal_unbatched_ones(tiny_qwen, images):
+def test_batched_captions_equal_unbatched_ones(tiny_qwen, qwen_images):
     from PIL import Image
 
     from sdlab.data.shards import load_images
 
-    shards, rows = images
+    shards, rows = qwen_images
     pictures = [Image.fromarray(a) for a in load_images(shards, rows[:4])]
     titles = [r["title"] + "x" * i for i, r in enumerate(rows[:4])]  # different prompt lengths: real padding
     captioner = QwenCaptioner(GenerationSettings(tiny_qwen, "Describe {title}.", 8, 56 * 56, 56 * 56))
@@ -60,8 +46,8 @@ def test_batched_captions_equal_unbatched_ones(tiny_qwen, images):
     assert all(isinstance(text, str) for text in batched)
 
 
-def test_cache_hits_on_rerun_and_only_new_images_are_captioned(tiny_qwen, images, tmp_path):
-    shards, rows = images
+def test_cache_hits_on_rerun_and_only_new_images_are_captioned(tiny_qwen, qwen_images, tmp_path):
+    shards, rows = qwen_images
     cfg = config(tiny_qwen, require_title=False, min_chars=0)  # accept what random weights write
     first = run(rows[:8], cfg, shards, tmp_path)
     assert first.stats["captioned_now"] == 8 and first.stats["cache_hits"] == 0
@@ -84,8 +70,8 @@ def test_cache_hits_on_rerun_and_only_new_images_are_captioned(tiny_qwen, images
     assert longer.stats["captioned_now"] == 12  # so do new generation settings
 
 
-def test_a_title_change_recaptions_only_that_image(tiny_qwen, images, tmp_path):
-    shards, rows = images
+def test_a_title_change_recaptions_only_that_image(tiny_qwen, qwen_images, tmp_path):
+    shards, rows = qwen_images
     run(rows, config(tiny_qwen), shards, tmp_path)
     renamed = [dict(r, title="blobrenamed") if i == 5 else r for i, r in enumerate(rows)]
     again = run(renamed, config(tiny_qwen), shards, tmp_path)
@@ -95,8 +81,8 @@ def test_a_title_change_recaptions_only_that_image(tiny_qwen, images, tmp_path):
     assert run(renamed, no_title, shards, tmp_path).stats["captioned_now"] == 0
 
 
-def test_invalid_captions_fall_back_to_the_template_with_a_counted_reason(tiny_qwen, images, tmp_path):
-    shards, rows = images
+def test_invalid_captions_fall_back_to_the_template_with_a_counted_reason(tiny_qwen, qwen_images, tmp_path):
+    shards, rows = qwen_images
     result = run(rows, config(tiny_qwen), shards, tmp_path)  # random weights never write the title
     assert all(reason.startswith("invalid_") for _, reason in result.pairs())
     assert [c for c, _ in result.pairs()] == [r["caption"] for r in rows]  # the template caption, exact
@@ -112,8 +98,8 @@ def test_invalid_captions_fall_back_to_the_template_with_a_counted_reason(tiny_q
     ]
 
 
-def test_two_cpu_workers_and_two_nodes_give_the_same_table_as_one(tiny_qwen, images, tmp_path):
-    shards, rows = images
+def test_two_cpu_workers_and_two_nodes_give_the_same_table_as_one(tiny_qwen, qwen_images, tmp_path):
+    shards, rows = qwen_images
     cfg = config(tiny_qwen, require_title=False, min_chars=0)
     one = run(rows, cfg, shards, tmp_path / "one")
     two = run(rows, cfg.model_copy(update={"workers": 2}), shards, tmp_path / "two")
@@ -155,11 +141,11 @@ def test_clean_and_validate():
     assert validate_caption("BlobHappy emoji face", "blobhappy", 5, 50, True) == ""
 
 
-def test_caption_stage_writes_the_table_and_counts_fallbacks(tiny_qwen, images, tmp_path):
+def test_caption_stage_writes_the_table_and_counts_fallbacks(tiny_qwen, qwen_images, tmp_path):
     import pyarrow.parquet as pq
     from conftest import run_stage
 
-    shards, rows = images
+    shards, rows = qwen_images
     rows = [dict(r, caption=f" alt text {i} " if i % 2 else "") for i, r in enumerate(rows)]  # LAION-like
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "index.parquet")
     (tmp_path / "params.yaml").write_text(

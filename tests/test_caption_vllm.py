@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pytest
-from conftest import REPO, packed_blobs
-from support.tiny_qwen import build_tiny_qwen
+from conftest import REPO
 
 from sdlab.caption import CAPTIONERS
 from sdlab.caption.cache import read_cache
@@ -14,18 +13,6 @@ from sdlab.config import CaptionConfig, ConfigError
 from sdlab.errors import WorkerError
 
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
-
-
-@pytest.fixture(scope="module")
-def tiny_qwen(tmp_path_factory):
-    return str(build_tiny_qwen(tmp_path_factory.mktemp("qwen") / "tiny-qwen"))
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    """12 blob images in 3 shards, as the download stage writes them."""
-    root = tmp_path_factory.mktemp("vllm-data")
-    return root / "shards", packed_blobs(root, seed=11, count=12, image_px=32, shard_size=4)
 
 
 def config(model: str, **overrides) -> CaptionConfig:
@@ -49,10 +36,10 @@ def caption(rows, cfg, shards, cache):
     return CAPTIONERS["qwen2.5-vl"](pa.Table.from_pylist(rows), cfg, shards, cache)
 
 
-def test_vllm_captions_equal_the_transformers_captions_byte_for_byte(tiny_qwen, images, tmp_path):
+def test_vllm_captions_equal_the_transformers_captions_byte_for_byte(tiny_qwen, qwen_images, tmp_path):
     if not VLLM_PYTHON.is_file():
         pytest.fail(f"{VLLM_PYTHON} missing: `make vllm` builds vLLM's environment (`make test` does it first)")
-    shards, rows = images
+    shards, rows = qwen_images
     transformers = caption(rows, config(tiny_qwen), shards, tmp_path / "transformers")
     vllm = caption(rows, config(tiny_qwen, engine="vllm", vllm_python=str(VLLM_PYTHON)), shards, tmp_path / "vllm")
     assert vllm.stats["captioned_now"] == 12
@@ -65,18 +52,18 @@ def test_vllm_captions_equal_the_transformers_captions_byte_for_byte(tiny_qwen, 
     assert again.stats["cache_hits"] == 12  # the cache is the engine's too: nothing to caption, no engine started
 
 
-def test_a_missing_vllm_environment_is_a_clear_error_before_any_worker_starts(tiny_qwen, images, tmp_path):
-    shards, rows = images
+def test_a_missing_vllm_environment_is_a_clear_error_before_any_worker_starts(tiny_qwen, qwen_images, tmp_path):
+    shards, rows = qwen_images
     cfg = config(tiny_qwen, engine="vllm", vllm_python=str(tmp_path / "no-venv/bin/python"))
     with pytest.raises(ConfigError, match=r"caption.vllm_python: .*no-venv/bin/python not found.*make vllm"):
         caption(rows, cfg, shards, tmp_path / "cache")
     assert not list((tmp_path / "cache").glob("*.jsonl"))
 
 
-def test_a_failing_vllm_worker_fails_the_stage_and_shows_why(images, tmp_path, capfd):
+def test_a_failing_vllm_worker_fails_the_stage_and_shows_why(qwen_images, tmp_path, capfd):
     if not VLLM_PYTHON.is_file():
         pytest.fail(f"{VLLM_PYTHON} missing: `make vllm` builds vLLM's environment (`make test` does it first)")
-    shards, rows = images
+    shards, rows = qwen_images
     missing = str(tmp_path / "no-such-model")
     cfg = config(missing, engine="vllm", vllm_python=str(VLLM_PYTHON))
     with pytest.raises(WorkerError, match="worker 0 .* exited with"):

@@ -42,8 +42,10 @@ def dataset(tmp_path_factory):
     return root, pa.Table.from_pylist(rows)
 
 
-def encode(dataset, out: Path, image_px: int = 16, **overrides) -> dict:
-    root, rows = dataset
+def encode(dataset, out: Path, image_px: int = 16, rows: pa.Table | None = None, **overrides) -> dict:
+    """Encode the dataset's rows (or `rows`: the same images, other captions) into `out`."""
+    root, kept = dataset
+    rows = kept if rows is None else rows
     cfg = EncodeConfig(**{"batch_size": 5, **overrides})
     return encode_dataset(
         rows,
@@ -144,38 +146,22 @@ def test_tokens_store_ids_and_masks_only_at_a_fraction_of_the_bytes(dataset, enc
 
 
 def test_a_caption_change_rewrites_only_that_shards_text_never_a_latent(dataset, encoded, tmp_path):
-    root, rows = dataset
+    _, rows = dataset
     out = copy_of(encoded, tmp_path / "out")
     inodes = {p.relative_to(out): p.stat().st_ino for p in out.rglob("*.safetensors")}
     table = rows.to_pylist()
     table[0]["caption"] = "a brand new caption"
-    encode_dataset(
-        pa.Table.from_pylist(table),
-        shards_dir=str(root / "shards"),
-        vae_dir=str(root / "vae"),
-        out_dir=str(out),
-        image_px=16,
-        cfg=EncodeConfig(batch_size=5),
-        te=TEXT,
-    )
+    encode(dataset, out, rows=pa.Table.from_pylist(table))
     changed = {str(p) for p, inode in inodes.items() if (out / p).stat().st_ino != inode}
     assert changed == {"text/00000.safetensors"}
 
 
 def test_kept_original_captions_are_stored_beside_the_backends_without_touching_a_latent(dataset, encoded, tmp_path):
-    root, rows = dataset
+    _, rows = dataset
     out = copy_of(encoded, tmp_path / "out")
     inodes = {p.name: p.stat().st_ino for p in (out / "shards").glob("*.safetensors")}
     originals = [f"alt text number {i}" if i % 3 else "" for i in range(rows.num_rows)]  # a third have none
-    meta = encode_dataset(
-        rows.append_column("original_caption", pa.array(originals)),
-        shards_dir=str(root / "shards"),
-        vae_dir=str(root / "vae"),
-        out_dir=str(out),
-        image_px=16,
-        cfg=EncodeConfig(batch_size=5),
-        te=TEXT,
-    )
+    meta = encode(dataset, out, rows=rows.append_column("original_caption", pa.array(originals)))
     assert {p.name: p.stat().st_ino for p in (out / "shards").glob("*.safetensors")} == inodes
     assert meta["original_captions"] == sum(1 for o in originals if o)
     text = load_file(str(out / "text/00001.safetensors"))

@@ -1,6 +1,9 @@
 import os
+import subprocess
+import sys
 
 import pytest
+from conftest import REPO
 
 from sdlab.config import ConfigError
 from sdlab.workers import Slot, WorkerError, assign, assign_by_shard, node_split, plan_slots, run_pool
@@ -75,3 +78,20 @@ def fail(slot: Slot, payload) -> None:
 def test_a_failing_worker_fails_the_pool_with_its_rank():
     with pytest.raises(WorkerError, match="worker 0 .* exited with 1"):
         run_pool(fail, None, [Slot(0, 1, None, 1)])
+
+
+def test_a_spawned_worker_does_not_run_the_parents_script_again(tmp_path):
+    """multiprocessing's spawn re-runs the parent's `__main__` in each child unless it is hidden
+    (seconds of imports per worker for a stage or a benchmark script)."""
+    marker, script = tmp_path / "runs.txt", tmp_path / "script.py"
+    script.write_text(
+        f"import sys\nsys.path.insert(0, {str(REPO / 'src')!r})\n"
+        f"with open({str(marker)!r}, 'a') as f:\n    f.write('ran\\n')\n"
+        "if __name__ == '__main__':\n"
+        "    from sdlab.workers import Slot, run_pool\n"
+        "    run_pool(print, 'payload', [Slot(0, 2, None, 1), Slot(1, 2, None, 1)])\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("payload") == 2  # both workers ran their target
+    assert marker.read_text() == "ran\n"  # and the script ran once: in the parent
