@@ -1,19 +1,33 @@
-"""DVC stage `dedupe`: drop exact duplicates by MD5, assign the train/val split."""
+"""DVC stage `dedupe`: drop exact duplicates by MD5, then (dedupe.near, dedupe.min_clip_score)
+near-duplicates and low scores from the embed stage's files; assign the train/val split."""
 
 from pathlib import Path
 
+from sdlab.data.curation import REMOVED_SCHEMA, Curation, curation_active
 from sdlab.data.dedupe import SplitRule, dedupe_file
 from sdlab.data.records import DataError
-from sdlab.io import write_json
-from sdlab.reports import sheet_of_shards
+from sdlab.io import write_json, write_table
+from sdlab.reports import pairs_sheet, sheet_of_shards
 from sdlab.stage import parse_args, stage
 
 
 @stage("dedupe")
 def main(args, params):
     out = Path(args.out)
-    rule = SplitRule(**params.dedupe.model_dump())
-    stats = dedupe_file(Path(args.index), out / "index.parquet", out / "duplicates.parquet", rule)
+    cfg = params.dedupe
+    rule = SplitRule(cfg.val_fraction, cfg.split_column, cfg.unseen_column, cfg.unseen_fraction)
+    curation = Curation(Path(args.embeddings), cfg) if curation_active(cfg) else None
+    stats = dedupe_file(Path(args.index), out / "index.parquet", out / "duplicates.parquet", rule, curation=curation)
+    removed = curation.removed if curation else REMOVED_SCHEMA.empty_table()
+    write_table(out / "removed.parquet", removed)  # every row curation dropped, with its reason
+    stats["near_pairs_unreadable"] = pairs_sheet(
+        Path(args.report) / "near_pairs.png",
+        removed,
+        args.index,
+        args.shards,
+        unit="bits" if cfg.near == "phash" else "cosine distance",
+        max_pixels=params.download.max_image_pixels,
+    )
     stats["sheet_unreadable"] = sheet_of_shards(
         Path(args.report) / "sheet.png",
         out / "index.parquet",
@@ -30,8 +44,11 @@ def main(args, params):
             )
     print(
         f"dedupe: kept {stats['kept']} ({stats['train']} train, {stats['val']} val), {stats['duplicates']} duplicates"
+        + "".join(
+            f", {stats[k]} {k.replace('_', ' ')}" for k in stats if k.startswith(("near_duplicate_", "clip_score_"))
+        )
     )
 
 
 if __name__ == "__main__":
-    main(parse_args(__doc__, "index", "shards", "out", "report"))
+    main(parse_args(__doc__, "index", "shards", "embeddings", "out", "report"))

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -18,10 +19,11 @@ from conftest import REPO, dvc, project_copy, sdlab_in
 from huggingface_hub import ModelCard
 from PIL import Image
 
-from sdlab.config import read_yaml
+from sdlab.config import SyntheticConfig, read_yaml
 from sdlab.evaluation_files import DETAIL_KEYS, read_evaluation
+from sdlab.sources.synthetic import duplicate_sources, near_copy_sources
 
-STAGES = ["scrape", "filter", "download", "dedupe", "caption", "vae", "encode", "train", "evaluate", "publish"]
+STAGES = ["scrape", "filter", "download", "embed", "dedupe", "caption", "vae", "encode", "train", "evaluate", "publish"]
 pytestmark = pytest.mark.e2e
 
 
@@ -57,14 +59,30 @@ def test_data_contracts_hold(repo):
     assert set(index["status"].to_pylist()) <= {"ok", "failed"}
     assert duplicates.num_rows == 8  # 5% planted copies
     assert not set(duplicates["key"].to_pylist()) & set(kept["key"].to_pylist())
-    assert kept.num_rows + duplicates.num_rows == index.num_rows
+    # the tiny profile's 5% planted re-uploads (resized, JPEG): each removed, naming its original
+    removed = pq.read_table(repo / "data/dedup/removed.parquet").to_pylist()
+    config = SyntheticConfig(num_images=160, image_px=64, duplicate_fraction=0.05, near_duplicate_fraction=0.05)
+    near = near_copy_sources(config, 0, duplicate_sources(160, 0.05, 0))
+    found = {r["key"]: r["duplicate_of"] for r in removed}
+    assert len(near) >= 5 and {f"syn-{i:06d}": found.get(f"syn-{i:06d}") for i in near} == {
+        f"syn-{i:06d}": f"syn-{o:06d}" for i, o in near.items()
+    }
+    assert all(r["reason"] == "near_duplicate_phash" and r["distance"] <= 2 for r in removed)
+    dedupe_stats = json.loads((repo / "reports/dedupe/stats.json").read_text())
+    assert dedupe_stats["near_duplicate_phash"] == len(removed)
+    assert not set(found) & set(kept["key"].to_pylist())
+    assert kept.num_rows + duplicates.num_rows + len(removed) == index.num_rows
+    embedded = pq.read_table(repo / "data/embeddings/index.parquet")
+    assert sorted(embedded["key"].to_pylist()) == sorted(
+        index.filter(pc.equal(index["status"], "ok"))["key"].to_pylist()
+    )
     assert set(kept["split"].to_pylist()) == {"train", "val"}
     assert captions["key"].to_pylist() == kept["key"].to_pylist()
     assert captions["caption"].to_pylist() == kept["caption"].to_pylist()  # template == ground truth
     meta = json.loads((repo / "data/latents/meta.json").read_text())
     assert meta["latent_shape"] == [4, 8, 8] and meta["images"] == kept.num_rows
     assert json.loads((repo / "models/vae/config.json").read_text())["scaling_factor"] == meta["scaling_factor"]
-    for stage in ["scrape", "filter", "download", "dedupe", "caption", "vae", "encode", "train"]:
+    for stage in ["scrape", "filter", "download", "embed", "dedupe", "caption", "vae", "encode", "train"]:
         assert json.loads((repo / f"reports/{stage}/stats.json").read_text())
 
 
@@ -171,6 +189,14 @@ def test_published_model_is_the_trained_folder_with_a_card_of_this_run(repo, tmp
 
 def test_second_repro_reruns_nothing(repo):
     assert ran(dvc(repo, "repro").stdout) == []
+
+
+def test_a_dedupe_threshold_edit_reruns_dedupe_and_never_the_embedding_pass(repo):
+    edit_params(repo, "dedupe", phash_bits=3)
+    changed = json.loads(dvc(repo, "status", "--json").stdout)
+    assert "dedupe" in changed and "embed" not in changed and "download" not in changed
+    edit_params(repo, "dedupe", phash_bits=2)  # as the tiny profile has it: nothing to rerun
+    assert json.loads(dvc(repo, "status", "--json").stdout) == {}
 
 
 def edit_params(repo: Path, section: str, **values) -> None:

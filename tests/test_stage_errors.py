@@ -113,6 +113,8 @@ def test_missing_input_table_names_the_path(tmp_path):
         str(tmp_path / "none.parquet"),
         "--shards",
         str(tmp_path),
+        "--embeddings",
+        str(tmp_path / "embeddings"),
         "--out",
         str(tmp_path / "o"),
         "--report",

@@ -34,6 +34,20 @@ def denoiser_parameters(train_stats: dict) -> int:
     return train_stats.get("denoiser_parameters", train_stats.get("unet_parameters", 0))
 
 
+def _curated(stats: dict, cfg) -> str:
+    """The near-duplicate and score drops of the dedupe stage, with the rule that made them."""
+    parts = []
+    if "near_duplicate_phash" in stats:
+        parts.append(f"{stats['near_duplicate_phash']:,} near-duplicates (perceptual hash, <= {cfg.phash_bits} bits)")
+    if "near_duplicate_embedding" in stats:
+        parts.append(
+            f"{stats['near_duplicate_embedding']:,} near-duplicates (CLIP cosine distance <= {cfg.embedding_distance})"
+        )
+    if "clip_score_below" in stats:
+        parts.append(f"{stats['clip_score_below']:,} with CLIP score < {cfg.min_clip_score:g}")
+    return "".join(f", {part}" for part in parts)
+
+
 def _reasons(counts: dict | None) -> str:
     found = {k: v for k, v in (counts or {}).items() if v}
     return ", ".join(f"{v:,} {k}" for k, v in sorted(found.items(), key=lambda kv: -kv[1])) or "none"
@@ -93,7 +107,8 @@ def data_rows(facts: Facts) -> list[tuple]:
                 "dedupe",
                 f"{d['input']:,}",
                 f"{d['kept']:,}",
-                f"{d['duplicates']:,} exact duplicates (MD5); split {d['train']:,} train / {d['val']:,} val",
+                f"{d['duplicates']:,} exact duplicates (MD5){_curated(d, p.dedupe)}; "
+                f"split {d['train']:,} train / {d['val']:,} val",
             )
         )
     if "caption" in s:

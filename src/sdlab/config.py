@@ -48,6 +48,7 @@ class SyntheticConfig(Section):
     num_images: int = Field(2000, gt=0)
     image_px: int = Field(128, ge=16)
     duplicate_fraction: float = Field(0.01, ge=0, lt=1)
+    near_duplicate_fraction: float = Field(0.0, ge=0, lt=1)  # re-uploads: resized, JPEG (dedupe.near)
 
 
 class DiscordSelectors(Section):
@@ -219,11 +220,30 @@ class DownloadConfig(Section):
         return self
 
 
+class EmbedConfig(Section):
+    # a CLIP hub id or local folder: image (and caption) embeddings and clip_score beside the
+    # perceptual hash; null: the hash alone (no model, no GPU)
+    model: str | None = None
+    text_column: str | None = None  # the source's caption column (e.g. LAION's `caption`): text embeddings
+    batch_size: int = Field(64, gt=0)
+    workers: int | None = Field(None, gt=0)  # null: one per visible GPU, else one per core
+    num_nodes: int | None = Field(None, gt=0)  # null: from NNODES / NODE_RANK, else 1
+    node_rank: int | None = Field(None, ge=0)
+    precision: Literal["fp32", "fp16", "bf16"] = "bf16"  # on GPUs; CPUs always use fp32
+
+
 class DedupeConfig(Section):
     val_fraction: float = Field(0.05, gt=0, lt=1)
     split_column: str = "key"  # rows with one value here share a split (emoji_sets: `pair`, a concept in one style)
     unseen_column: str | None = None  # e.g. `concept`: a fraction of its values goes to val whole, never trained on
     unseen_fraction: float = Field(0.0, ge=0, lt=1)
+    # after exact (md5) dedupe: null | phash (perceptual hash within `phash_bits`) | embedding
+    # (the embed stage's CLIP image embeddings within cosine distance `embedding_distance`)
+    near: Literal["phash", "embedding"] | None = None
+    phash_bits: int = Field(4, ge=0, le=32)
+    embedding_distance: float = Field(0.05, ge=0, lt=1)
+    cluster_size: int = Field(4096, gt=0)  # k-means clusters of about this many rows are searched
+    min_clip_score: float | None = Field(None, ge=-1, le=1)  # drop rows whose image-caption cosine is lower
 
 
 class CaptionConfig(Section):
@@ -480,6 +500,7 @@ class Params(Section):
     scrape: ScrapeConfig = ScrapeConfig()
     filter: FilterConfig = FilterConfig()
     download: DownloadConfig = DownloadConfig()
+    embed: EmbedConfig = EmbedConfig()
     dedupe: DedupeConfig = DedupeConfig()
     caption: CaptionConfig = CaptionConfig()
     vae: VaeConfig = VaeConfig()
@@ -502,6 +523,10 @@ class Params(Section):
                 f"evaluate.scheduler: {self.evaluate.scheduler} cannot sample a flow_matching model "
                 f"(use one of {', '.join(FLOW_SCHEDULERS)})"
             )
+        if self.dedupe.near == "embedding" and not self.embed.model:
+            raise ValueError("dedupe.near: embedding needs embed.model (a CLIP hub id or folder); or use phash")
+        if self.dedupe.min_clip_score is not None and not (self.embed.model and self.embed.text_column):
+            raise ValueError("dedupe.min_clip_score: needs embed.model and embed.text_column (the captions to score)")
         if judge.kind == "labels" and not judge.label_columns:
             raise ValueError("evaluate.label_columns: judge labels needs at least one column to judge")
         return self

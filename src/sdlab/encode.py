@@ -52,7 +52,7 @@ from sdlab.config import EncodeConfig, TextEncoderConfig
 from sdlab.data.images import bucket_name, bucket_size
 from sdlab.data.records import DataError
 from sdlab.data.shards import png_to_array
-from sdlab.io import atomic_path, file_sha256, read_json, write_json, write_table
+from sdlab.io import arrow_digest, atomic_path, file_sha256, folder_fingerprint, read_json, write_json, write_table
 from sdlab.latents import (
     NOT_KEPT,
     ORIGINAL,
@@ -143,30 +143,6 @@ class EncodeSpec:
 
 def _digest(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
-
-def folder_fingerprint(path: str | Path) -> str:
-    """sha256 over a model folder's files (config and weights)."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(path)).encode())
-        digest.update(file_sha256(file).encode())
-    return digest.hexdigest()
-
-
-def arrow_digest(*arrays: pa.Array) -> str:
-    """sha256 over the values of Arrow arrays (strings or numbers), without Python objects per row."""
-    digest = hashlib.sha256()
-    for array in arrays:
-        if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
-            width = np.int64 if pa.types.is_large_string(array.type) else np.int32
-            _, offsets, data = array.buffers()
-            bounds = np.frombuffer(offsets, width)[array.offset : array.offset + len(array) + 1]
-            digest.update((bounds - bounds[0]).tobytes())
-            digest.update(memoryview(data)[bounds[0] : bounds[-1]] if data is not None else b"")
-        else:
-            digest.update(array.to_numpy(zero_copy_only=False).tobytes())
-    return digest.hexdigest()
 
 
 # ---- the worker side ----------------------------------------------------------------------

@@ -279,39 +279,13 @@ def guidance_sweep(pipeline, prompts: list[str], scales: list[float], seed: int,
     return sample_grid(images, labels, len(scales), label_px=16), note
 
 
-class PooledCLIP(torch.nn.Module):
-    """A CLIPModel whose get_image_features/get_text_features return tensors.
-
-    transformers 5 returns `BaseModelOutputWithPooling` from both (the projected embedding
-    is its `pooler_output`), which breaks torchmetrics' CLIPScore (`.norm` on the output)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.config = model, model.config
-
-    @staticmethod
-    def _tensor(output):
-        return output if isinstance(output, torch.Tensor) else output.pooler_output
-
-    def get_image_features(self, *args, **kwargs) -> torch.Tensor:
-        return self._tensor(self.model.get_image_features(*args, **kwargs))
-
-    def get_text_features(self, *args, **kwargs) -> torch.Tensor:
-        return self._tensor(self.model.get_text_features(*args, **kwargs))
-
-
 def clip_score(model_name_or_path: str, images: np.ndarray, prompts: list[str]) -> float:
     """torchmetrics CLIPScore of images against their prompts: the mean of 100 x cosine, floored at 0."""
     from torchmetrics.multimodal.clip_score import CLIPScore
-    from transformers import CLIPModel, CLIPProcessor
 
-    def load():
-        return (
-            PooledCLIP(CLIPModel.from_pretrained(model_name_or_path).eval()),
-            CLIPProcessor.from_pretrained(model_name_or_path),
-        )
+    from sdlab.models.clip import load_clip
 
-    metric = CLIPScore(model_name_or_path=load)
+    metric = CLIPScore(model_name_or_path=lambda: load_clip(model_name_or_path))
     metric.update(to_uint8_nchw(images), prompts)
     return float(metric.compute())
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -132,3 +133,27 @@ def spread_rows(path: str | Path, count: int, column: str, value: Any) -> pa.Tab
         found.append(match.take(pa.array(take, pa.int64())))
         seen += match.num_rows
     return pa.Table.from_batches(found, schema=parquet.schema_arrow) if found else parquet.schema_arrow.empty_table()
+
+
+def folder_fingerprint(path: str | Path) -> str:
+    """sha256 over a model folder's files (config and weights)."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(file_sha256(file).encode())
+    return digest.hexdigest()
+
+
+def arrow_digest(*arrays: pa.Array) -> str:
+    """sha256 over the values of Arrow arrays (strings or numbers), without Python objects per row."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+            width = np.int64 if pa.types.is_large_string(array.type) else np.int32
+            _, offsets, data = array.buffers()
+            bounds = np.frombuffer(offsets, width)[array.offset : array.offset + len(array) + 1]
+            digest.update((bounds - bounds[0]).tobytes())
+            digest.update(memoryview(data)[bounds[0] : bounds[-1]] if data is not None else b"")
+        else:
+            digest.update(array.to_numpy(zero_copy_only=False).tobytes())
+    return digest.hexdigest()

@@ -334,3 +334,48 @@ def sheet_of_shards(
     images = np.stack([image for _, image in readable]) if readable else np.zeros((0, SHEET_PX, SHEET_PX, 3), np.uint8)
     write_sheet(path, images, [(label or default)(picked[i]) for i, _ in readable])
     return len(picked) - len(readable)
+
+
+def pairs_sheet(
+    path: str | Path,
+    removed,
+    index: str | Path,
+    shards_dir: str | Path,
+    unit: str,
+    count: int = 16,
+    seed: int = 0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> int:
+    """Removed near-duplicates beside the rows they duplicate (removed | kept, four pairs to a
+    row), so a person can check the threshold; `removed` is curation's table. Returns how many
+    picked pairs were unreadable (skipped)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from sdlab.data.shards import iter_images
+
+    near = removed.filter(pc.invert(pc.is_null(removed["duplicate_of"])))
+    picked = near.take(pa.array(pick_indices(near.num_rows, count, seed))).to_pylist()
+    wanted = {r["key"] for r in picked} | {r["duplicate_of"] for r in picked}
+    table = pq.read_table(index, columns=["key", "shard"])
+    mine = table.filter(pc.is_in(table["key"], pa.array(sorted(wanted), pa.string())))
+    shard_of = dict(zip(mine["key"].to_pylist(), mine["shard"].to_pylist(), strict=True))
+    rows = [{"key": k, "shard": shard_of[k]} for r in picked for k in (r["key"], r["duplicate_of"])]
+    images = dict(iter_images(shards_dir, rows, max_pixels))
+    tiles, labels, unreadable = [], [], 0
+    for i, pair in enumerate(picked):
+        both = [images.get(2 * i), images.get(2 * i + 1)]
+        if any(image is None or isinstance(image, ImageRejected) for image in both):
+            unreadable += 1
+            continue
+        tiles += [np.asarray(fit_square(Image.fromarray(image), SHEET_PX)) for image in both]
+        labels += [f"removed {pair['key']} ({pair['distance']:.3g} {unit})", f"kept {pair['duplicate_of']}"]
+    if not tiles:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        sheet = Image.new("RGB", (360, 40), "white")
+        ImageDraw.Draw(sheet).text((8, 12), "no near-duplicates removed", fill="black")
+        sheet.save(path)
+        return unreadable
+    write_sheet(path, np.stack(tiles), labels)
+    return unreadable

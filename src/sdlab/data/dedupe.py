@@ -10,7 +10,9 @@ kept rows are streamed from the index in batches, so 12M rows fit in a few GiB.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,8 @@ import pyarrow.parquet as pq
 from sdlab.data.records import DataError
 from sdlab.io import atomic_path, require_table
 
+# (positions of md5-kept rows in the index) -> (which of them stay, counts by reason)
+Curate = Callable[[np.ndarray], tuple[np.ndarray, dict]]
 DUPLICATES_SCHEMA = pa.schema([("key", pa.string()), ("md5", pa.string()), ("duplicate_of", pa.string())])
 
 
@@ -113,10 +117,12 @@ def dedupe_plan(
     split_by: pa.ChunkedArray | None = None,
     unseen_by: pa.ChunkedArray | None = None,
     unseen_fraction: float = 0.0,
+    curate: Curate | None = None,
 ) -> tuple[np.ndarray, pa.Array, pa.Table, dict]:
     """(positions of kept rows in the index, their splits, the duplicates table, stats): the
-    first ok row of each md5 (index order) is kept. `split_by` (default: the keys) decides the
-    split; `unseen_by` values below `unseen_fraction` put their whole group in val."""
+    first ok row of each md5 (index order) is kept, then `curate` (near-duplicates, scores) may
+    drop more of them. `split_by` (default: the keys) decides the split; `unseen_by` values
+    below `unseen_fraction` put their whole group in val."""
     ok = np.flatnonzero(pc.equal(status, "ok").to_numpy(zero_copy_only=False))
     codes = _md5_codes(md5.take(pa.array(ok)))
     _, first = np.unique(codes, return_index=True)  # first occurrence of each md5 among ok rows
@@ -126,6 +132,10 @@ def dedupe_plan(
     first_of_code[codes[first]] = ok[first]
     kept = ok[is_first]
     repeated = ok[~is_first]
+    curated: dict = {}
+    if curate is not None:
+        survives, curated = curate(kept)
+        kept = kept[survives]
     duplicates = pa.table(
         {
             "key": keys.take(pa.array(repeated)),
@@ -146,6 +156,7 @@ def dedupe_plan(
         "input": len(keys),
         "failed_upstream": len(keys) - len(ok),
         "duplicates": len(repeated),
+        **curated,
         "kept": len(kept),
         "train": len(kept) - val,
         "val": val,
@@ -171,13 +182,14 @@ class SplitRule:
                 raise DataError(f"dedupe.{name}: {where} has no column {column!r} (it has {sorted(available)})")
         return [c for c in (self.split_column, self.unseen_column) if c is not None]
 
-    def plan(self, table: pa.Table) -> tuple[np.ndarray, pa.Array, pa.Table, dict]:
+    def plan(self, table: pa.Table, curate: Curate | None = None) -> tuple[np.ndarray, pa.Array, pa.Table, dict]:
         return dedupe_plan(
             *(table[c] for c in ("key", "status", "md5")),
             self.val_fraction,
             split_by=table[self.split_column],
             unseen_by=None if self.unseen_column is None else table[self.unseen_column],
             unseen_fraction=self.unseen_fraction,
+            curate=curate,
         )
 
 
@@ -190,13 +202,21 @@ def dedupe(index: pa.Table, rule: SplitRule | float) -> tuple[pa.Table, pa.Table
 
 
 def dedupe_file(
-    index_path: Path, kept_path: Path, duplicates_path: Path, rule: SplitRule | float, batch_rows: int = 262_144
+    index_path: Path,
+    kept_path: Path,
+    duplicates_path: Path,
+    rule: SplitRule | float,
+    batch_rows: int = 262_144,
+    curation: Callable[[pa.ChunkedArray, np.ndarray], tuple[np.ndarray, dict]] | None = None,
 ) -> dict:
-    """`dedupe` from one parquet file to another, streaming the index's wide columns in batches."""
+    """`dedupe` from one parquet file to another, streaming the index's wide columns in batches.
+    `curation(keys, md5-kept positions)` may drop more rows (`sdlab.data.curation.Curation`)."""
     rule = rule if isinstance(rule, SplitRule) else SplitRule(rule)
     parquet = pq.ParquetFile(require_table(index_path))
     read = list(dict.fromkeys(["key", "status", "md5", *rule.columns(parquet.schema_arrow.names, str(index_path))]))
-    kept, splits, duplicates, stats = rule.plan(pq.read_table(index_path, columns=read))
+    table = pq.read_table(index_path, columns=read)
+    curate = None if curation is None else functools.partial(curation, table["key"])
+    kept, splits, duplicates, stats = rule.plan(table, curate)
     schema = parquet.schema_arrow.append(pa.field("split", pa.string()))
     with atomic_path(kept_path) as temp, pq.ParquetWriter(temp, schema) as writer:
         start, taken = 0, 0

@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from sdlab.config import ScrapeConfig
+from sdlab.data.images import composite_on_white
 
 SKIN_COLORS: dict[str, tuple[int, int, int]] = {
     "yellow": (255, 204, 40),
@@ -213,14 +214,36 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def duplicate_sources(num_images: int, fraction: float, seed: int) -> dict[int, int]:
-    """Map image index -> earlier index it copies byte for byte (planted duplicates)."""
+def duplicate_sources(num_images: int, fraction: float, seed: int, stream: int = 7) -> dict[int, int]:
+    """Map image index -> earlier index it copies (planted duplicates; `stream` 8: near-copies)."""
     count = int(num_images * fraction)
     if count == 0 or num_images < 2:
         return {}
-    rng = np.random.default_rng([seed, 7])
+    rng = np.random.default_rng([seed, stream])
     copies = rng.choice(np.arange(1, num_images), size=count, replace=False)
     return {int(i): int(rng.integers(i)) for i in sorted(copies)}
+
+
+def near_copy_sources(cfg, seed: int, exact: dict[int, int]) -> dict[int, int]:
+    """Map image index -> earlier original it is a near-copy of (`near_duplicate_fraction`):
+    other bytes, nearly the same pixels, as a re-upload. Never an exact copy's index."""
+    near = duplicate_sources(cfg.num_images, cfg.near_duplicate_fraction, seed, stream=8)
+    resolved = {}
+    for index, origin in near.items():
+        while origin in exact or origin in near:
+            origin = exact.get(origin, near.get(origin))
+        if index not in exact:
+            resolved[index] = origin
+    return resolved
+
+
+def near_copy_bytes(image: Image.Image, index: int) -> bytes:
+    """A re-upload: resized to three quarters and saved as JPEG (quality 80-95 by index, so two
+    re-uploads of one image are not byte-identical)."""
+    buffer = io.BytesIO()
+    small = composite_on_white(image).resize((image.width * 3 // 4, image.height * 3 // 4), Image.Resampling.BICUBIC)
+    small.save(buffer, format="JPEG", quality=80 + index % 16)
+    return buffer.getvalue()
 
 
 def scrape(config: ScrapeConfig, out_dir: Path) -> list[dict]:
@@ -229,15 +252,18 @@ def scrape(config: ScrapeConfig, out_dir: Path) -> list[dict]:
     images_dir = out_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     copies = duplicate_sources(cfg.num_images, cfg.duplicate_fraction, config.seed)
+    near = near_copy_sources(cfg, config.seed, copies)
     records = []
     for index in tqdm(range(cfg.num_images), desc="scrape synthetic", unit="img"):
         origin = index
         while origin in copies:  # a copy of a copy draws the original
             origin = copies[origin]
+        origin = near.get(index, origin)
         blob = sample_blob(np.random.default_rng([config.seed, origin]))
         key = f"syn-{index:06d}"
-        path = images_dir / f"{key}.png"
-        path.write_bytes(png_bytes(draw_blob(blob, cfg.image_px)))
+        image = draw_blob(blob, cfg.image_px)
+        path = images_dir / f"{key}.{'jpg' if index in near else 'png'}"
+        path.write_bytes(near_copy_bytes(image, index) if index in near else png_bytes(image))
         attributes = {name: getattr(blob, name) for name in ATTRIBUTES}
         records.append(
             {
