@@ -2,19 +2,21 @@
 
 The rule: every row joins its `probes` nearest k-means clusters; in each cluster, rows are taken
 in index order and a row is a near-duplicate when an earlier row kept *in that cluster* lies
-within cosine distance `epsilon` of it. A row is removed when it is a near-duplicate in any of
-its clusters, and names the nearest earlier row it was found beside (and the distance). Every
-removed row names an earlier row, so following the names always ends at a kept row; the first
-row of every group is kept, as exact dedupe keeps the first md5. The answer does not depend on
-how rows are split into parts or blocks. Pairs that share none of their clusters are never
-compared (SemDeDup's approximation; one probe alone loses ~13% of near-copies at the cells'
-borders on the benchmark's 512-d data, two lose ~1%: `benchmarks/near_dupes_scale.py`).
+within cosine distance `epsilon` of it. A row is removed when it is a near-duplicate in any
+cluster it is in, and names the nearest earlier row it was found beside (and the distance).
+Every removed row names an earlier row, so following the names always ends at a kept row; the
+first row of every group is kept, as exact dedupe keeps the first md5. The answer does not
+depend on how rows are split into parts or blocks. Pairs that share none of their clusters are
+never compared (SemDeDup's approximation): on the benchmark's 512-d data one probe loses ~13% of
+near-copies at the cells' borders, two ~2.5% (`benchmarks/near_dupes_scale.py`); a second
+probe that only asks (a visitor never kept there) halved the time but lost ~8%: not kept.
 
 Memory: the embeddings are read part by part (one file per image shard). Pass 1 samples rows
-for faiss k-means; pass 2 assigns every row to its centroid and spills it, fp16, into one of
-`partitions` files on disk; then each partition (≤ `partition_bytes` as float32) is loaded
-alone and its clusters are searched block by block against the rows kept so far. Time is
-near-linear: ~N·k·d for the assignment and ~N·(N/k)·d within clusters (k = N / cluster_size).
+for faiss k-means; pass 2 assigns every row to its centroids and spills it, fp16, into one of
+`partitions` files on disk (once per cluster it joins); then each partition (<= `partition_bytes`
+of fp16) is loaded alone and its clusters are searched a block of rows at a time (float32)
+against the rows kept so far. Time is near-linear: ~N·k·d for the assignment and
+~N·probes²·cluster_size·d within clusters (k = N / cluster_size).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class SemanticDedupe:
     probes: int = 2
     kmeans_iterations: int = 20
     seed: int = 0
-    partition_bytes: int = 1 << 30
+    partition_bytes: int = 1 << 29
     block_rows: int = 256
 
 
@@ -67,12 +69,12 @@ def leaders(vectors: np.ndarray, min_similarity: float, block_rows: int = 1024) 
     (one matrix product) and with itself; only rows with an earlier neighbour in their own block
     are decided one by one."""
     n = len(vectors)
-    kept = np.empty_like(vectors)
+    kept = np.empty(vectors.shape, np.float32)
     kept_at = np.empty(n, np.int64)
     count = 0
     removed, of, similarity = [], [], []
     for start in range(0, n, block_rows):
-        block = vectors[start : start + block_rows]
+        block = np.asarray(vectors[start : start + block_rows], np.float32)
         best = np.full(len(block), -np.inf, np.float32)
         nearest = np.zeros(len(block), np.int64)
         if count:
@@ -141,7 +143,8 @@ def semantic_duplicates(
     sample = _sample(parts, counts, k * 64)
     dim = sample.shape[1]
     index = _centroids(sample, k, rule)
-    partitions = max(1, min(k, math.ceil(total * dim * 4 / rule.partition_bytes)))
+    probes = min(rule.probes, k)
+    partitions = max(1, min(k, math.ceil(total * probes * dim * 2 / rule.partition_bytes)))
     workdir.mkdir(parents=True, exist_ok=True)
     spills = [open(workdir / f"part-{p:05d}.f16", "wb") for p in range(partitions)]
     rows = [[] for _ in range(partitions)]
@@ -150,15 +153,15 @@ def semantic_duplicates(
         offset = 0
         for read, count in zip(parts, counts, strict=True):
             vectors = normalized(read())
-            _, assigned = index.search(vectors, min(rule.probes, k))
-            member = np.repeat(np.arange(len(vectors)), assigned.shape[1])
+            _, assigned = index.search(vectors, probes)
+            member = np.repeat(np.arange(len(vectors)), probes)
             assigned = assigned.reshape(-1)
             home = assigned % partitions
             for p in np.unique(home):
-                mine = member[home == p]
-                spills[p].write(vectors[mine].astype(np.float16).tobytes())
-                rows[p].append(offset + mine)
-                clusters[p].append(assigned[home == p])
+                here = home == p
+                spills[p].write(vectors[member[here]].astype(np.float16).tobytes())
+                rows[p].append(offset + member[here])
+                clusters[p].append(assigned[here])
             offset += count
     finally:
         for spill in spills:
@@ -167,7 +170,7 @@ def semantic_duplicates(
     for p in range(partitions):
         path = workdir / f"part-{p:05d}.f16"
         if rows[p]:
-            vectors = np.fromfile(path, np.float16).reshape(-1, dim).astype(np.float32)
+            vectors = np.fromfile(path, np.float16).reshape(-1, dim)  # fp16: a block at a time to float32
             found.append(_search_partition(vectors, np.concatenate(rows[p]), np.concatenate(clusters[p]), rule))
         path.unlink()
     removed = pa.concat_tables(found) if found else NEAR_DUPLICATES_SCHEMA.empty_table()
