@@ -45,6 +45,52 @@ loopback_guard.install()  # the socket guard: resolve/connect/sendto outside loo
 assert socket.socket.connect is loopback_guard.connect and socket.getaddrinfo is loopback_guard.getaddrinfo
 
 
+# `make test` runs every test and every mutant in one pytest-xdist session (`--dist loadscope`,
+# scopes below): a test module stays on one worker (its module fixtures are built once), each
+# mutant goes to whichever worker is free. The slowest modules start first and the mutants come
+# last, so the session ends on short pieces of work instead of one worker finishing a long file
+# alone. (xdist's own `loadgroup` cannot do this under pytest 9: it renames items through
+# `_nodeid`, which pytest 9 no longer reads.)
+SLOW_FIRST = (
+    "test_train_scale",
+    "test_pipeline_e2e",
+    "test_encode",
+    "test_buckets_e2e",
+    "test_emoji_sets_e2e",
+    "test_engines",
+    "test_label_judge",
+    "test_fetch",
+    "test_caption_qwen",
+    "test_discord",
+    "test_evaluate",
+)
+MUTANT_RUNS = "test_the_matching_test_fails_against_the_breakage["
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> tuple[int, int]:
+        if item.get_closest_marker("mutants"):
+            return (2, 0)
+        module = item.module.__name__.rpartition(".")[2]
+        return (0, SLOW_FIRST.index(module)) if module in SLOW_FIRST else (1, 0)
+
+    items.sort(key=rank)  # stable: each module keeps its own order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under `--dist loadscope`: one scope per test module, but one per mutant."""
+    if config.getvalue("dist") != "loadscope":
+        return None  # xdist's own
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesAndMutants(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module, _, test = nodeid.partition("::")
+            return nodeid if test.startswith(MUTANT_RUNS) else module
+
+    return ModulesAndMutants(config, log)
+
+
 class NetGuard:
     """What the tests' processes tried to reach outside loopback since the test began."""
 

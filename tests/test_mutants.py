@@ -460,6 +460,28 @@ MUTANTS = (
         "{name: array[picked] for name, array in text.items()}",
         (T + "test_buckets.py::test_every_batch_is_one_bucket_and_every_image_is_seen_once_per_pass",),
     ),
+    # Curation (issue 29): near-duplicates named by the rule, dropped, counted
+    Mutant(
+        "near_duplicate_led_by_a_removed_row",  # the chain rule: only kept rows lead
+        "src/sdlab/data/near_dupes.py",
+        "earlier = np.flatnonzero(close[:j, j] & stays[:j])",
+        "earlier = np.flatnonzero(close[:j, j])",
+        (T + "test_near_dupes.py::test_leaders_keep_the_first_of_every_group_whatever_the_block_size",),
+    ),
+    Mutant(
+        "near_duplicates_found_but_kept",
+        "src/sdlab/data/curation.py",
+        "            survives[gone] = False",
+        "            survives[gone] = survives[gone]",
+        (T + "test_near_dupes.py::test_planted_near_copies_of_real_artwork_are_removed_naming_their_original",),
+    ),
+    Mutant(
+        "one_probe_per_row",  # the second cluster a row joins is what finds pairs across a border
+        "src/sdlab/data/near_dupes.py",
+        "    probes = min(rule.probes, k)",
+        "    probes = 1",
+        (T + "test_near_dupes.py::test_the_clustered_search_finds_planted_copies_whatever_the_parts_and_spills",),
+    ),
 )
 
 

@@ -263,6 +263,29 @@ def test_clip_embeddings_scores_and_the_embedding_layer(tmp_path, tiny_clip):
     assert removed["k99"]["distance"] < 1e-3
     assert len(removed) == stats["clip_score_below"] + 1  # random images: no other pair within 0.01
 
+    # LAION's aesthetic MLP, from a state dict file in its published layout, on the stored embeddings
+    from sdlab.models.aesthetic import aesthetic_mlp
+
+    torch.manual_seed(1)
+    mlp = aesthetic_mlp(16).eval()
+    torch.save({f"layers.{k}": v for k, v in mlp.state_dict().items()}, tmp_path / "aesthetic.pth")
+    with torch.no_grad():
+        scores = dict(zip(keys, mlp(tensors["image"].float())[:, 0].tolist(), strict=True))
+    cut = float(np.median(list(scores.values())))
+    curation = Curation(
+        tmp_path / "emb", DedupeConfig(aesthetic_weights=str(tmp_path / "aesthetic.pth"), min_aesthetic=cut)
+    )
+    stats = dedupe_file(
+        tmp_path / "index.parquet", tmp_path / "k.parquet", tmp_path / "d.parquet", 0.1, curation=curation
+    )
+    dropped = {r["key"] for r in curation.removed.to_pylist() if r["reason"] == "aesthetic_below"}
+    assert stats["aesthetic_below"] == len(dropped) > 0
+    assert dropped & set(keys) == {k for k, v in scores.items() if v < cut}  # this shard's rows, exactly
+    torch.save({"fc.weight": torch.zeros(1, 16)}, tmp_path / "other.pth")
+    other = Curation(tmp_path / "emb", DedupeConfig(aesthetic_weights=str(tmp_path / "other.pth")))
+    with pytest.raises(ConfigError, match="is not the aesthetic MLP for 16-d embeddings"):
+        dedupe_file(tmp_path / "index.parquet", tmp_path / "k.parquet", tmp_path / "d.parquet", 0.1, curation=other)
+
 
 def _text_chunk(text: str):
     from PIL import PngImagePlugin
@@ -279,3 +302,5 @@ def test_near_and_score_settings_name_what_they_need():
         parse_params({"dedupe": {"min_clip_score": 0.2}, "embed": {"model": "openai/clip-vit-base-patch32"}})
     with pytest.raises(ConfigError, match="dedupe.near"):
         parse_params({"dedupe": {"near": "pixels"}})
+    with pytest.raises(ConfigError, match="dedupe.min_aesthetic: needs dedupe.aesthetic_weights"):
+        parse_params({"dedupe": {"min_aesthetic": 5}, "embed": {"model": "openai/clip-vit-large-patch14"}})

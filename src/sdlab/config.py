@@ -244,6 +244,10 @@ class DedupeConfig(Section):
     embedding_distance: float = Field(0.05, ge=0, lt=1)
     cluster_size: int = Field(4096, gt=0)  # k-means clusters of about this many rows are searched
     min_clip_score: float | None = Field(None, ge=-1, le=1)  # drop rows whose image-caption cosine is lower
+    # LAION's aesthetic MLP (a .pth state dict) on embed.model's image embeddings: a score per row,
+    # rows under min_aesthetic dropped (its ViT-L/14 weights score ~1-10; LAION-Aesthetics kept >= 5)
+    aesthetic_weights: str | None = None
+    min_aesthetic: float | None = None
 
 
 class CaptionConfig(Section):
@@ -525,6 +529,10 @@ class Params(Section):
             )
         if self.dedupe.near == "embedding" and not self.embed.model:
             raise ValueError("dedupe.near: embedding needs embed.model (a CLIP hub id or folder); or use phash")
+        if self.dedupe.aesthetic_weights and not self.embed.model:
+            raise ValueError("dedupe.aesthetic_weights: scores CLIP image embeddings; set embed.model")
+        if self.dedupe.min_aesthetic is not None and not self.dedupe.aesthetic_weights:
+            raise ValueError("dedupe.min_aesthetic: needs dedupe.aesthetic_weights (the predictor's weights file)")
         if self.dedupe.min_clip_score is not None and not (self.embed.model and self.embed.text_column):
             raise ValueError("dedupe.min_clip_score: needs embed.model and embed.text_column (the captions to score)")
         if judge.kind == "labels" and not judge.label_columns:

@@ -34,7 +34,7 @@ def embedding_path(root: Path, stem: str) -> Path:
 
 
 def curation_active(cfg: DedupeConfig) -> bool:
-    return cfg.near is not None or cfg.min_clip_score is not None
+    return cfg.near is not None or cfg.min_clip_score is not None or cfg.aesthetic_weights is not None
 
 
 class Curation:
@@ -56,6 +56,14 @@ class Curation:
             survives &= ~low
             stats |= {"clip_score_below": int(low.sum()), "clip_score_missing": int(np.isnan(score).sum())}
             removed.append(_removed(keys, np.flatnonzero(low), "clip_score_below"))
+        if self.cfg.aesthetic_weights is not None:
+            score = aesthetic_of(rows, self.embeddings, self.cfg.aesthetic_weights)
+            stats["aesthetic_mean"] = round(float(score.mean()), 4) if len(score) else None
+            if self.cfg.min_aesthetic is not None:
+                low = survives & (score < self.cfg.min_aesthetic)
+                survives &= ~low
+                stats["aesthetic_below"] = int(low.sum())
+                removed.append(_removed(keys, np.flatnonzero(low), "aesthetic_below"))
         if self.cfg.near is not None:
             alive = np.flatnonzero(survives)
             found = near_duplicates(rows.take(pa.array(alive, pa.int64())), self.embeddings, self.cfg)
@@ -94,6 +102,19 @@ def embedded_rows(keys: pa.Array | pa.ChunkedArray, embeddings: Path) -> pa.Tabl
         missing = pc.filter(wanted["key"], pc.invert(pc.is_in(wanted["key"], table["key"])))
         raise DataError(f"{index}: {len(missing)} kept image(s) have no embedding, e.g. {missing[0]}: run embed again")
     return joined.drop_columns(["__order"])
+
+
+def aesthetic_of(rows: pa.Table, embeddings: Path, weights: str) -> np.ndarray:
+    """LAION's aesthetic score of every row, from its stored image embedding."""
+    from sdlab.models.aesthetic import aesthetic_scores, load_aesthetic
+
+    parts, _ = embedding_parts(rows, embeddings)
+    scores, model = [], None
+    for read in parts:
+        vectors = read()
+        model = model or load_aesthetic(weights, vectors.shape[1])
+        scores.append(aesthetic_scores(model, vectors))
+    return np.concatenate(scores) if scores else np.zeros(0, np.float32)
 
 
 def near_duplicates(rows: pa.Table, embeddings: Path, cfg: DedupeConfig) -> pa.Table:
