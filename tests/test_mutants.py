@@ -293,7 +293,7 @@ MUTANTS = (
         "src/sdlab/cli.py",
         "height=args.height or trained,",
         "height=trained,",
-        (T + "test_evaluate.py::test_generate_command_writes_a_reproducible_png",),
+        (T + "test_evaluate.py::test_generate_draws_the_height_it_is_asked_for",),
     ),
     Mutant(
         "single_file_resnets_miscounted",
