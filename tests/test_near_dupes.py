@@ -270,6 +270,11 @@ def test_clip_embeddings_scores_and_the_embedding_layer(tmp_path, tiny_clip):
     assert removed["k99"]["reason"] == "near_duplicate_embedding" and removed["k99"]["duplicate_of"] == "k03"
     assert removed["k99"]["distance"] < 1e-3
     assert len(removed) == stats["clip_score_below"] + 1  # random images: no other pair within 0.01
+    kept = pq.read_table(tmp_path / "k.parquet").to_pylist()  # each kept row carries its score
+    assert {r["key"] for r in kept} == {r["key"] for r in rows} - set(removed)
+    for row in kept:
+        if row["key"] in by_key:
+            assert row["embed_clip_score"] == pytest.approx(by_key[row["key"]], abs=1e-4)
 
     # LAION's aesthetic MLP, from a state dict file in its published layout, on the stored embeddings
     from sdlab.models.aesthetic import aesthetic_mlp
@@ -289,6 +294,10 @@ def test_clip_embeddings_scores_and_the_embedding_layer(tmp_path, tiny_clip):
     dropped = {r["key"] for r in curation.removed.to_pylist() if r["reason"] == "aesthetic_below"}
     assert stats["aesthetic_below"] == len(dropped) > 0
     assert dropped & set(keys) == {k for k, v in scores.items() if v < cut}  # this shard's rows, exactly
+    for row in pq.read_table(tmp_path / "k.parquet").to_pylist():
+        assert row["embed_aesthetic"] >= cut and (
+            row["key"] not in scores or row["embed_aesthetic"] == pytest.approx(scores[row["key"]], abs=1e-4)
+        )
     torch.save({"fc.weight": torch.zeros(1, 16)}, tmp_path / "other.pth")
     other = Curation(tmp_path / "emb", DedupeConfig(aesthetic_weights=str(tmp_path / "other.pth")))
     with pytest.raises(ConfigError, match="is not the aesthetic MLP for 16-d embeddings"):

@@ -44,6 +44,7 @@ class Curation:
     def __init__(self, embeddings: Path, cfg: DedupeConfig):
         self.embeddings, self.cfg = Path(embeddings), cfg
         self.removed = REMOVED_SCHEMA.empty_table()
+        self.columns: dict[str, np.ndarray] = {}  # scores of the rows that stay, for the kept index
 
     def __call__(self, index_keys: pa.ChunkedArray, kept: np.ndarray) -> tuple[np.ndarray, dict]:
         keys = index_keys.take(pa.array(kept, pa.int64()))
@@ -52,12 +53,14 @@ class Curation:
         removed, stats = [], {}
         if self.cfg.min_clip_score is not None:
             score = rows["clip_score"].to_numpy(zero_copy_only=False)
+            self.columns["embed_clip_score"] = score
             low = score < self.cfg.min_clip_score  # NaN (no caption) is never below: counted apart
             survives &= ~low
             stats |= {"clip_score_below": int(low.sum()), "clip_score_missing": int(np.isnan(score).sum())}
             removed.append(_removed(keys, np.flatnonzero(low), "clip_score_below"))
         if self.cfg.aesthetic_weights is not None:
             score = aesthetic_of(rows, self.embeddings, self.cfg.aesthetic_weights)
+            self.columns["embed_aesthetic"] = score
             stats["aesthetic_mean"] = round(float(score.mean()), 4) if len(score) else None
             if self.cfg.min_aesthetic is not None:
                 low = survives & (score < self.cfg.min_aesthetic)
@@ -74,6 +77,7 @@ class Curation:
             removed.append(_removed(keys, gone, reason, keys.take(pa.array(of, pa.int64())), found["distance"]))
         if removed:
             self.removed = pa.concat_tables(removed)
+        self.columns = {name: np.asarray(values, np.float32)[survives] for name, values in self.columns.items()}
         return survives, stats
 
 

@@ -217,13 +217,19 @@ def dedupe_file(
     table = pq.read_table(index_path, columns=read)
     curate = None if curation is None else functools.partial(curation, table["key"])
     kept, splits, duplicates, stats = rule.plan(table, curate)
+    scores = getattr(curation, "columns", {})  # e.g. embed_clip_score, embed_aesthetic of each kept row
     schema = parquet.schema_arrow.append(pa.field("split", pa.string()))
+    for name in scores:
+        schema = schema.append(pa.field(name, pa.float32()))
     with atomic_path(kept_path) as temp, pq.ParquetWriter(temp, schema) as writer:
         start, taken = 0, 0
         for batch in parquet.iter_batches(batch_size=batch_rows):
             mine = kept[(kept >= start) & (kept < start + batch.num_rows)] - start
             part = pa.Table.from_batches([batch]).take(pa.array(mine, pa.int64()))
-            writer.write_table(part.append_column("split", splits.slice(taken, len(mine))).cast(schema))
+            part = part.append_column("split", splits.slice(taken, len(mine)))
+            for name, values in scores.items():
+                part = part.append_column(name, pa.array(values[taken : taken + len(mine)], pa.float32()))
+            writer.write_table(part.cast(schema))
             start, taken = start + batch.num_rows, taken + len(mine)
     with atomic_path(duplicates_path) as temp:
         pq.write_table(duplicates, temp)
