@@ -176,7 +176,7 @@ def test_planted_near_copies_of_real_artwork_are_removed_naming_their_original(a
     right = [r for r in removed if truth[r["key"]][0] == r["duplicate_of"]]
     found = {kind: sum(truth[r["key"]][1] == kind for r in right) / 10 for kind in KINDS}
     # The hash is exact-ish: resized copies are found (0.9 here), re-encoded and jittered ones
-    # often (0.6), crops seldom (0.3); and colour variants of one drawing (skin tones, flags)
+    # often (0.6), crops seldom (0.3); and colour variants of one drawing (flags of one layout)
     # share a hash, so half the removals name another emoji (precision 24/51): on recoloured
     # artwork `dedupe.near: embedding` is the layer to use (BENCHMARKS.md, issue 29).
     assert found["resized"] >= 0.8 and found["jpeg"] >= 0.5 and found["jittered"] >= 0.5
