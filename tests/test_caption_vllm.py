@@ -66,6 +66,8 @@ def test_a_failing_vllm_worker_fails_the_stage_and_shows_why(qwen_images, tmp_pa
     shards, rows = qwen_images
     missing = str(tmp_path / "no-such-model")
     cfg = config(missing, engine="vllm", vllm_python=str(VLLM_PYTHON))
-    with pytest.raises(WorkerError, match="worker 0 .* exited with"):
+    with pytest.raises(WorkerError, match="worker 0 .* exited with") as failed:
         caption(rows, cfg, shards, tmp_path / "cache")
-    assert f"caption worker 0 on vLLM ({VLLM_PYTHON}) exited with" in capfd.readouterr().err
+    assert f"caption worker 0 on vLLM ({VLLM_PYTHON}) exited with" in str(failed.value)
+    assert "no-such-model" in str(failed.value)  # the end of vLLM's own output: why it failed
+    assert "no-such-model" in capfd.readouterr().err  # and its output was passed on as it came

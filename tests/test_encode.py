@@ -46,7 +46,7 @@ def encode(dataset, out: Path, image_px: int = 16, rows: pa.Table | None = None,
     """Encode the dataset's rows (or `rows`: the same images, other captions) into `out`."""
     root, kept = dataset
     rows = kept if rows is None else rows
-    cfg = EncodeConfig(**{"batch_size": 5, **overrides})
+    cfg = EncodeConfig(**{"batch_size": 5, "workers": 1, **overrides})  # one worker: in this process
     return encode_dataset(
         rows,
         shards_dir=str(root / "shards"),

@@ -76,8 +76,33 @@ def fail(slot: Slot, payload) -> None:
 
 
 def test_a_failing_worker_fails_the_pool_with_its_rank():
-    with pytest.raises(WorkerError, match="worker 0 .* exited with 1"):
+    with pytest.raises(WorkerError, match=r"worker 0 \(device cpu\) exited with 1; worker 1 .* exited with 1"):
+        run_pool(fail, None, [Slot(0, 2, None, 1), Slot(1, 2, None, 1)])
+
+
+def report_process(slot: Slot, seen: list) -> None:
+    import torch
+
+    seen.append((os.getpid(), torch.get_num_threads()))
+
+
+def test_one_cpu_slot_runs_in_this_process_and_its_error_is_raised_as_it_is():
+    import torch
+
+    threads, seen = torch.get_num_threads(), []
+    run_pool(report_process, seen, [Slot(0, 1, None, 3)])
+    assert seen == [(os.getpid(), 3)] and torch.get_num_threads() == threads  # no spawn; threads restored
+    with pytest.raises(RuntimeError, match="boom"):
         run_pool(fail, None, [Slot(0, 1, None, 1)])
+    assert torch.get_num_threads() == threads
+
+
+def test_never_more_slots_than_jobs(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert len(plan_slots(4, 1, jobs=3)) == 3 and len(plan_slots(4, 1, jobs=0)) == 1
+    assert [s.world for s in plan_slots(None, 1, jobs=1)] == [1]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    assert [s.device for s in plan_slots(None, jobs=1)] == ["2"]
 
 
 def test_a_spawned_worker_does_not_run_the_parents_script_again(tmp_path):

@@ -237,7 +237,7 @@ def embed_dataset(index: Path, shards_dir: Path, out_dir: Path, cfg: EmbedConfig
             jobs=tuple(assign(jobs, node_rank, num_nodes)),
         )
         _remove_stale(out_dir, {job.stem for job in jobs})
-        slots = plan_slots(cfg.workers, 1)
+        slots = plan_slots(cfg.workers, 1, jobs=len(spec.jobs))
         log.info(
             "node %d/%d: %d of %d shards on %d worker(s)", node_rank, num_nodes, len(spec.jobs), len(jobs), len(slots)
         )

@@ -584,7 +584,7 @@ def encode_dataset(
             text_mask=text_mask,
         )
         remove_stale(out, {job.stem for job in jobs})
-        slots = plan_slots(cfg.workers, cfg.threads_per_worker)
+        slots = plan_slots(cfg.workers, cfg.threads_per_worker, jobs=len(spec.jobs))
         log.info(
             "node %d/%d: %d of %d shards on %d worker(s)", node_rank, num_nodes, len(spec.jobs), len(jobs), len(slots)
         )

@@ -6,6 +6,8 @@ Jobs are split deterministically: across nodes by (node rank, number of nodes), 
 across this node's workers by position, so several machines split one dataset with no
 coordinator and output i depends only on input i. The mapper that owns the model is
 built inside the worker from a picklable builder (a crashed worker reruns alone).
+A pool of one CPU slot runs in the calling process: there is no device to keep apart, and a
+spawned interpreter would import torch, diffusers and transformers again (~5 s) first.
 """
 
 from __future__ import annotations
@@ -46,15 +48,17 @@ def visible_gpus() -> list[str]:
         return []
 
 
-def plan_slots(workers: int | None, threads_per_worker: int = 1) -> list[Slot]:
+def plan_slots(workers: int | None, threads_per_worker: int = 1, jobs: int | None = None) -> list[Slot]:
     """One slot per visible GPU (or `workers` of them, round-robin); on CPU, `workers`
-    processes (default: enough to use every core) of `threads_per_worker` threads each."""
+    processes (default: enough to use every core) of `threads_per_worker` threads each;
+    never more slots than `jobs` (a worker with nothing to do would only start up)."""
     gpus = visible_gpus()
     cores = os.cpu_count() or 1
+    cap = max(1, jobs) if jobs is not None else None
     if gpus:
-        count = workers or len(gpus)
+        count = min(filter(None, (workers or len(gpus), cap)))
         return [Slot(i, count, gpus[i % len(gpus)], max(1, cores // count)) for i in range(count)]
-    count = workers or max(1, cores // threads_per_worker)
+    count = min(filter(None, (workers or max(1, cores // threads_per_worker), cap)))
     return [Slot(i, count, None, threads_per_worker) for i in range(count)]
 
 
@@ -144,8 +148,24 @@ def _main_left_alone() -> Iterator[None]:
             setattr(main, name, value)
 
 
+def run_in_process(target: Callable[[Slot, Any], None], payload: Any, slot: Slot) -> None:
+    """`target(slot, payload)` here, on `slot.threads` intra-op threads (restored after); its
+    errors are raised as they are (a DataError stays a one-line stage error)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(slot.threads)
+    try:
+        target(slot, payload)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def run_pool(target: Callable[[Slot, Any], None], payload: Any, slots: list[Slot]) -> None:
-    """Run `target(slot, payload)` in one spawned process per slot; raise if any fails."""
+    """Run `target(slot, payload)` in one spawned process per slot (a single CPU slot: in
+    this process); raise if any fails."""
+    if len(slots) == 1 and slots[0].device is None:
+        return run_in_process(target, payload, slots[0])
     context = multiprocessing.get_context("spawn")
     processes = []
     for slot in slots:

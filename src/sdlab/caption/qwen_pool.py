@@ -154,7 +154,7 @@ def caption_missing(
             from sdlab.caption.vllm_engine import check_vllm_python
 
             check_vllm_python(python)
-        slots = plan_slots(workers, threads_per_worker or os.cpu_count() or 1)
+        slots = plan_slots(workers, threads_per_worker or os.cpu_count() or 1, jobs=len({j.shard for j in todo}))
         log.info(
             "node %d/%d: captioning %d of %d images on %d worker(s)",
             node_rank,
