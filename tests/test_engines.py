@@ -85,6 +85,20 @@ def test_a_cluster_engine_downloads_what_multiprocessing_does(reference, tmp_pat
             assert "Asked to launch executor" in (out / f"{worker}.log").read_text(), worker
 
 
+def test_the_spark_session_is_built_on_the_named_master_else_on_loopback():
+    """What the started-cluster run shows with executors on the cluster's workers, read off the
+    session's recipe (no JVM started): the breakage that drops the master is caught here cheaply."""
+    from sdlab.data.engines import spark_builder
+
+    assert spark_builder("spark://head:7077", 2)._options == {
+        "spark.app.name": "sdlab-download",
+        "spark.master": "spark://head:7077",
+    }
+    local = spark_builder(None, 3)._options
+    assert local["spark.master"] == "local[3]" and local["spark.driver.bindAddress"] == "127.0.0.1"
+    assert local["spark.ui.enabled"] == "false"
+
+
 def test_cluster_needs_a_cluster_engine():
     with pytest.raises(ValueError, match="cluster: 'spark://head:7077' needs distributor pyspark or ray"):
         DownloadConfig(cluster="spark://head:7077")

@@ -349,7 +349,7 @@ MUTANTS = (
         "src/sdlab/data/engines.py",
         '.master(master or f"local[{processes}]")',
         '.master(f"local[{processes}]")',
-        (T + "test_engines.py::test_a_cluster_engine_downloads_what_multiprocessing_does[pyspark-started-cluster]",),
+        (T + "test_engines.py::test_the_spark_session_is_built_on_the_named_master_else_on_loopback",),
     ),
     Mutant(
         "every_machine_exports",

@@ -38,12 +38,9 @@ def engine(cfg: DownloadConfig) -> Iterator[None]:
         yield
 
 
-@contextlib.contextmanager
-def spark_session(master: str | None, processes: int) -> Iterator[object]:
-    """A SparkSession on `master`, or `local[processes]` on loopback; stopped on exit."""
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers import sdlab: this environment's Python
-    if master is None:
-        os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)  # the JVM's own address and every UI it starts
+def spark_builder(master: str | None, processes: int):
+    """The session's recipe (nothing started yet): `master`, or `local[processes]` bound to
+    loopback with no web UI."""
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName("sdlab-download").master(master or f"local[{processes}]")
@@ -54,7 +51,16 @@ def spark_session(master: str | None, processes: int) -> Iterator[object]:
             "spark.ui.enabled": "false",
         }.items():
             builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    return builder
+
+
+@contextlib.contextmanager
+def spark_session(master: str | None, processes: int) -> Iterator[object]:
+    """A SparkSession on `master`, or `local[processes]` on loopback; stopped on exit."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers import sdlab: this environment's Python
+    if master is None:
+        os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)  # the JVM's own address and every UI it starts
+    spark = spark_builder(master, processes).getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     try:
         yield spark
