@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import shutil
-import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,23 +34,12 @@ from sdlab.config import EmbedConfig
 from sdlab.data.curation import embedding_path
 from sdlab.data.images import composite_on_white, decode
 from sdlab.data.records import DataError
-from sdlab.io import arrow_digest, file_sha256, folder_fingerprint, write_json, write_table
+from sdlab.data.shard_plan import ShardJob, image_members, write_shard_plan
+from sdlab.io import file_sha256, folder_fingerprint, write_json, write_table
 from sdlab.workers import Slot, assign, device_and_dtype, node_split, plan_slots, run_pool
 
 log = logging.getLogger(__name__)
 HASH_VERSION = "imagehash-phash-8"  # part of every fingerprint: a new hash recipe redoes the files
-IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
-
-
-@dataclass(frozen=True)
-class EmbedJob:
-    shard: str  # tar name
-    group: int  # row group of the plan holding this shard's rows
-    digest: str  # sha256 of those rows' keys and captions
-
-    @property
-    def stem(self) -> str:
-        return Path(self.shard).stem
 
 
 @dataclass(frozen=True)
@@ -66,7 +54,7 @@ class EmbedSpec:
     max_pixels: int
     jobs: tuple = field(default_factory=tuple)
 
-    def fingerprint(self, tar_sha256: str, job: EmbedJob) -> str:
+    def fingerprint(self, tar_sha256: str, job: ShardJob) -> str:
         parts = {
             "tar": tar_sha256,
             "hash": HASH_VERSION,
@@ -89,15 +77,12 @@ def perceptual_hash(image) -> int:
 def read_tar(path: Path, max_pixels: int) -> tuple[list[str], list]:
     """(keys, PIL images) of a shard in tar order; an unreadable image is a DataError naming it."""
     keys, images = [], []
-    with tarfile.open(path) as tar:
-        for member in tar:
-            key, _, ext = member.name.rpartition("/")[2].partition(".")
-            if member.isfile() and ext.lower() in IMAGE_EXTENSIONS:
-                try:
-                    images.append(decode(tar.extractfile(member).read(), max_pixels))
-                except Exception as exc:
-                    raise DataError(f"{path}: sample {key!r} is unreadable: {exc}") from exc
-                keys.append(key)
+    for key, data in image_members(path):
+        try:
+            images.append(decode(data, max_pixels))
+        except Exception as exc:
+            raise DataError(f"{path}: sample {key!r} is unreadable: {exc}") from exc
+        keys.append(key)
     return keys, images
 
 
@@ -186,20 +171,9 @@ def model_fingerprint(model: str | None) -> str:
     return model
 
 
-def write_plan(rows: pa.Table, path: Path) -> list[EmbedJob]:
-    """(key, text) of the rows sorted by (shard, key), one row group per shard; a job per shard."""
-    ordered = rows.sort_by([("shard", "ascending"), ("key", "ascending")])
-    codes = pc.dictionary_encode(ordered["shard"]).combine_chunks().indices.to_numpy()
-    bounds = [*np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]), len(codes)] if len(codes) else [0]
-    jobs = []
-    with pq.ParquetWriter(path, ordered.select(["key", "text"]).schema) as writer:
-        for group, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-            part = ordered.slice(start, stop - start).combine_chunks()
-            writer.write_table(part.select(["key", "text"]), row_group_size=stop - start)
-            jobs.append(
-                EmbedJob(part["shard"][0].as_py(), group, arrow_digest(part["key"].chunk(0), part["text"].chunk(0)))
-            )
-    return jobs
+def write_plan(rows: pa.Table, path: Path) -> list[ShardJob]:
+    """(key, text) of the rows, one row group per shard; a job per shard."""
+    return write_shard_plan(rows, ["key", "text"], path)
 
 
 def ok_rows(index: Path, text_column: str | None) -> pa.Table:
@@ -260,7 +234,7 @@ def embed_dataset(index: Path, shards_dir: Path, out_dir: Path, cfg: EmbedConfig
     return meta
 
 
-def embeddings_index(out_dir: Path, jobs: list[EmbedJob], read_header) -> pa.Table:
+def embeddings_index(out_dir: Path, jobs: list[ShardJob], read_header) -> pa.Table:
     """key, stem, position in its file, phash (and clip_score) of every embedded row."""
     from safetensors.numpy import load_file
 

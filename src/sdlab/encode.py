@@ -31,7 +31,6 @@ import os
 import queue
 import shutil
 import socket
-import tarfile
 import tempfile
 import threading
 import time
@@ -51,8 +50,9 @@ from tqdm import tqdm
 from sdlab.config import EncodeConfig, TextEncoderConfig
 from sdlab.data.images import bucket_name, bucket_size
 from sdlab.data.records import DataError
+from sdlab.data.shard_plan import ShardJob, image_members, write_shard_plan
 from sdlab.data.shards import png_to_array
-from sdlab.io import arrow_digest, atomic_path, file_sha256, folder_fingerprint, read_json, write_json, write_table
+from sdlab.io import atomic_path, file_sha256, folder_fingerprint, read_json, write_json, write_table
 from sdlab.latents import (
     NOT_KEPT,
     ORIGINAL,
@@ -72,20 +72,8 @@ from sdlab.models.vae import load_pretrained_vae, to_tensor
 from sdlab.workers import Slot, assign, device_and_dtype, node_split, plan_slots, run_pool
 
 log = logging.getLogger(__name__)
-IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 CAPTION_COLUMNS = ("caption", "original_caption")  # what encode reads of the caption stage's table
 BATCH_DELAY_ENV = "SDLAB_ENCODE_BATCH_DELAY_S"  # seconds per batch: lets a test's kill land inside a shard
-
-
-@dataclass(frozen=True)
-class ShardJob:
-    shard: str  # input tar name
-    group: int  # row group of the plan file holding this shard's kept rows
-    plan_digest: str  # sha256 of those rows (key, caption, split)
-
-    @property
-    def stem(self) -> str:
-        return Path(self.shard).stem
 
 
 @dataclass(frozen=True)
@@ -135,7 +123,7 @@ class EncodeSpec:
             "text": self.text,
             "encoder": self.text_encoder,
             "latents": latents_fingerprint,
-            "plan": job.plan_digest,
+            "plan": job.digest,
             **({"mask": True} if self.text_mask else {}),
         }
         return _digest(parts)
@@ -154,20 +142,16 @@ def iter_tar_images(path: Path, batch_size: int) -> Iterator[tuple[list[str], li
     rest at the end in order of first sight). A one-size shard: batches in tar order."""
     pending: dict[tuple[int, ...], tuple[list[str], list[int], list[np.ndarray]]] = {}
     place = 0
-    with tarfile.open(path) as tar:
-        for member in tar:
-            key, _, ext = member.name.rpartition("/")[2].partition(".")
-            if not member.isfile() or ext.lower() not in IMAGE_EXTENSIONS:
-                continue
-            image = png_to_array(tar.extractfile(member).read())
-            keys, places, images = pending.setdefault(image.shape, ([], [], []))
-            keys.append(key)
-            places.append(place)
-            images.append(image)
-            place += 1
-            if len(keys) == batch_size:
-                yield keys, places, np.stack(images)
-                del pending[image.shape]
+    for key, data in image_members(path):
+        image = png_to_array(data)
+        keys, places, images = pending.setdefault(image.shape, ([], [], []))
+        keys.append(key)
+        places.append(place)
+        images.append(image)
+        place += 1
+        if len(keys) == batch_size:
+            yield keys, places, np.stack(images)
+            del pending[image.shape]
     for keys, places, images in pending.values():
         yield keys, places, np.stack(images)
 
@@ -408,21 +392,9 @@ def kept_rows(index: pa.Table, captions: pa.Table) -> pa.Table:
 
 
 def write_plan(rows: pa.Table, path: Path) -> list[ShardJob]:
-    """The kept rows sorted by (shard, key), one parquet row group per shard; a job per shard."""
+    """The kept rows' (key, caption, split[, original_caption]), one row group per shard; a job per shard."""
     planned = ["key", "caption", "split", *(["original_caption"] if "original_caption" in rows.column_names else [])]
-    ordered = rows.select(["shard", *planned]).sort_by([("shard", "ascending"), ("key", "ascending")])
-    shard_ids = pc.dictionary_encode(ordered["shard"]).combine_chunks()
-    codes = shard_ids.indices.to_numpy()
-    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if len(codes) else np.array([], int)
-    bounds = list(starts) + [len(codes)]
-    jobs = []
-    with pq.ParquetWriter(path, ordered.select(planned).schema) as writer:
-        for group, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-            part = ordered.slice(start, stop - start).combine_chunks()
-            writer.write_table(part.select(planned), row_group_size=stop - start)
-            digest = arrow_digest(*(part[c].chunk(0) for c in planned))
-            jobs.append(ShardJob(part["shard"][0].as_py(), group, digest))
-    return jobs
+    return write_shard_plan(rows, planned, path)
 
 
 def latent_shape(vae_dir: str | Path, image_px: int) -> tuple[int, int, int]:
