@@ -9,7 +9,8 @@ architecture (throughput does not depend on the weights). Then, side by side:
 
 - raw: `vae.encode(batch)` over the decoded images already in memory, batch by batch,
   in this process (the physical limit of the stage);
-- stage: `encode_dataset` (the real stage code: worker processes, shard reading and PNG
+- stage: `encode_dataset` (the real stage code: worker processes — one CPU worker runs in this
+  process, as in a stage — shard reading and PNG
   decoding, posterior mean/std, fp16 safetensors with checksums). `--captions same` (default):
   every row has the same caption, so the text job is one prompt; `--captions template`: each
   row's caption from the default template (the default profile's captions, mostly distinct), so
@@ -65,20 +66,28 @@ def make_dataset(root: Path, count: int, params, captions: str = "same") -> list
 
 @torch.no_grad()
 class WorkerMemory:
-    """Peak resident memory of any one child process (the encode workers), polled every 50 ms."""
+    """Peak resident memory of any one child process (the encode workers), polled every 50 ms;
+    with no child (one CPU worker runs in this process) the peak this process grew by."""
 
     def __enter__(self):
-        self.peak, self._stop = 0, threading.Event()
+        self.peak, self.grown, self._stop = 0, 0, threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
         return self
 
     def _poll(self) -> None:
         me = psutil.Process()
+        base = me.memory_info().rss
         while not self._stop.wait(0.05):
+            self.grown = max(self.grown, me.memory_info().rss - base)
             for child in me.children(recursive=True):
                 with contextlib.suppress(psutil.Error):
                     self.peak = max(self.peak, child.memory_info().rss)
+
+    def describe(self, in_process: bool) -> str:
+        if not in_process:
+            return f"peak worker RSS {self.peak / 2**20:.0f} MiB"
+        return f"in this process: peak RSS grew {self.grown / 2**20:.0f} MiB"
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
@@ -101,6 +110,7 @@ def main() -> None:
     parser.add_argument("--vae", default=str(REPO / "models" / "vae"))
     parser.add_argument("--captions", choices=["same", "template"], default="same")
     parser.add_argument("--shard-size", type=int, help="images per shard (default: download.shard_size)")
+    parser.add_argument("--text", choices=["states", "tokens"], help="encode.text (default: params.yaml's)")
     args = parser.parse_args()
     params = load_params(REPO / "params.yaml")
     if args.shard_size:
@@ -122,13 +132,16 @@ def main() -> None:
         for count in sorted({min(w * threads, os.cpu_count() or 1) for w in args.workers}):
             torch.set_num_threads(count)
             raws[count] = raw_throughput(vae, images, params.encode.batch_size)
-        print(f"images: {len(rows)} at {params.download.image_px} px, batch {params.encode.batch_size}")
+        text = args.text or params.encode.text
+        print(f"images: {len(rows)} at {params.download.image_px} px, batch {params.encode.batch_size}, text: {text}")
         for count, rate in raws.items():
             print(f"raw vae.encode in memory, one process, {count} thread(s): {rate:.0f} images/s")
         for workers in args.workers:
             raw = raws[min(workers * threads, os.cpu_count() or 1)]
             out = root / f"latents-{workers}"
-            cfg = EncodeConfig(**{**params.encode.model_dump(), "workers": workers})
+            cfg = EncodeConfig(
+                **{**params.encode.model_dump(), "workers": workers, "text": args.text or params.encode.text}
+            )
             started = time.perf_counter()
             with WorkerMemory() as memory:
                 encode_dataset(
@@ -156,7 +169,7 @@ def main() -> None:
                 f"stage, {workers} worker(s) x {threads} thread(s): whole {whole:.0f} images/s ({whole / raw:.0%} of "
                 f"raw on as many threads), steady state {steady:.0f} images/s ({steady / raw:.0%}); "
                 f"first shard written after {first:.1f} s, {after:.1f} s after the last one; "
-                f"peak worker RSS {memory.peak / 2**20:.0f} MiB"
+                f"{memory.describe(in_process=workers == 1)}"
             )
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -22,7 +22,16 @@ from safetensors.torch import load_file
 from sdlab.config import EncodeConfig, TextEncoderConfig, VaeConfig
 from sdlab.data.shards import load_images
 from sdlab.encode import encode_dataset
-from sdlab.latents import NOT_KEPT, SPLIT_CODES, read_header, read_rows
+from sdlab.latents import (
+    NOT_KEPT,
+    SPLIT_CODES,
+    is_complete,
+    read_header,
+    read_rows,
+    save_checked,
+    save_checked_streamed,
+    tensors_sha256,
+)
 from sdlab.models.text_encoder import encode_prompts, load_text_encoder
 from sdlab.models.vae import build_vae, load_pretrained_vae, to_tensor
 
@@ -310,3 +319,27 @@ def test_pretrained_clip_text_encoder_loads_from_a_local_folder(tmp_path):
 
     with pytest.raises(ConfigError, match="text_encoder.max_length: 100 is above the encoder's limit of 77"):
         load_text_encoder(str(tmp_path / "repo"), 100, subfolder="text_encoder", tokenizer_subfolder="tokenizer")
+
+
+def test_a_file_written_block_by_block_holds_what_save_checked_writes_with_the_same_checksum(tmp_path):
+    """The text file's writer (states a block of rows at a time): the same tensors, header
+    fields and checksum as the one-piece writer, so either file passes the other's checks."""
+    torch.manual_seed(0)
+    tensors = {
+        "split": torch.tensor([0, 1, 2, 0, 0], dtype=torch.uint8),
+        "hidden": torch.randn(5, 7, 3).half(),
+        "attention_mask": torch.randint(0, 2, (5, 7), dtype=torch.uint8),
+    }
+    whole, streamed = tmp_path / "whole.safetensors", tmp_path / "streamed.safetensors"
+    save_checked(whole, tensors, "fp", latents="abc")
+    layout = {name: (t.dtype, tuple(t.shape)) for name, t in tensors.items()}
+    save_checked_streamed(streamed, layout, lambda name: iter(tensors[name].split(2)), "fp", latents="abc")
+    assert {k: v.tolist() for k, v in load_file(str(streamed)).items()} == {k: v.tolist() for k, v in tensors.items()}
+    assert read_header(streamed) == read_header(whole)  # fingerprint, sha256, extras, shapes
+    assert read_header(streamed)["sha256"] == tensors_sha256(tensors)
+    assert is_complete(streamed, "fp", verify=True)
+    with pytest.raises(ValueError, match="short.safetensors: attention_mask got 4 rows, 5 expected"):
+        save_checked_streamed(
+            tmp_path / "short.safetensors", layout, lambda name: iter(tensors[name][:4].split(2)), "fp"
+        )
+    assert not list(tmp_path.glob(".*tmp*")) and not (tmp_path / "short.safetensors").exists()  # nothing half-written

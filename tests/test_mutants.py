@@ -222,6 +222,13 @@ MUTANTS = (
         "return True",
         (T + "test_encode.py::test_a_corrupt_or_truncated_shard_is_detected_and_encoded_again",),
     ),
+    Mutant(
+        "streamed_checksum_skips_the_names",
+        "src/sdlab/latents.py",
+        "                digest.update(name.encode())\n                rows = 0",
+        "                rows = 0",
+        (T + "test_encode.py::test_a_file_written_block_by_block_holds_what_save_checked_writes_with_the_same_checksum",),
+    ),
     # sdlab generate (README: the snippet and the command line draw the same image; bad numbers are errors)
     Mutant(
         "cli_default_sampler_differs_from_the_readme",

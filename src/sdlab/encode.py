@@ -34,7 +34,8 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,7 @@ from sdlab.latents import (
     latent_path,
     read_header,
     save_checked,
+    save_checked_streamed,
     tensor_bucket,
     text_path,
 )
@@ -237,8 +239,21 @@ def encode_shard(
     return keys_in_order, stored, counts
 
 
+@dataclass(frozen=True)
+class TextField:
+    """One tensor of a text file: its dtype and shape, and its rows block by block."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    blocks: Callable[[], Iterator[torch.Tensor]]
+
+
+def whole(tensor: torch.Tensor) -> TextField:
+    return TextField(tensor.dtype, tuple(tensor.shape), lambda: iter([tensor]))
+
+
 class TextConditioner:
-    """Builds a shard's text file: split codes plus states or token ids, in row order."""
+    """Writes a shard's text file: split codes plus states or token ids, in row order."""
 
     def __init__(self, spec: EncodeSpec, device: torch.device):
         self.spec, self.device = spec, device
@@ -246,43 +261,67 @@ class TextConditioner:
         if self.model is not None:
             self.model = self.model.to(device)
 
-    def __call__(self, keys: list[str], rows: pa.Table) -> dict[str, torch.Tensor]:
-        """Split codes and the text fields of `keys` (tar order); with an `original_caption`
-        column, the source caption's fields too (`original_*`, the backend caption's where a row
-        has none) and `has_original`."""
+    def write(self, path: Path, keys: list[str], rows: pa.Table, fingerprint: str, **extra) -> None:
+        """The text file of `keys` (tar order): split codes and text fields; with an
+        `original_caption` column, the source caption's fields too (`original_*`, the backend
+        caption's where a row has none) and `has_original`. States are encoded and written a
+        block of rows at a time, so memory holds one block, not the shard's states."""
         splits = dict(zip(rows["key"].to_pylist(), rows["split"].to_pylist(), strict=True))
         split = torch.tensor([SPLIT_CODES[splits[k]] if k in splits else NOT_KEPT for k in keys], dtype=torch.uint8)
         positions = [i for i, k in enumerate(keys) if k in splits]
-        in_order = torch.tensor(positions, dtype=torch.long)
         captions = dict(zip(rows["key"].to_pylist(), rows["caption"].to_pylist(), strict=True))
-        tensors = {"split": split, **self.fields(len(keys), in_order, [captions[keys[i]] for i in positions])}
-        if "original_caption" not in rows.column_names:
-            return tensors
-        originals = dict(zip(rows["key"].to_pylist(), rows["original_caption"].to_pylist(), strict=True))
-        texts = [originals[keys[i]] or captions[keys[i]] for i in positions]
-        has_original = torch.zeros(len(keys), dtype=torch.uint8)
-        has_original[in_order] = torch.tensor([bool(originals[keys[i]]) for i in positions], dtype=torch.uint8)
-        fields = self.fields(len(keys), in_order, texts)
-        return tensors | {ORIGINAL + name: t for name, t in fields.items()} | {"has_original": has_original}
+        fields = {"split": whole(split), **self.fields(len(keys), positions, [captions[keys[i]] for i in positions])}
+        if "original_caption" in rows.column_names:
+            originals = dict(zip(rows["key"].to_pylist(), rows["original_caption"].to_pylist(), strict=True))
+            texts = [originals[keys[i]] or captions[keys[i]] for i in positions]
+            has_original = torch.zeros(len(keys), dtype=torch.uint8)
+            has_original[positions] = torch.tensor([bool(originals[keys[i]]) for i in positions], dtype=torch.uint8)
+            fields |= {ORIGINAL + name: f for name, f in self.fields(len(keys), positions, texts).items()}
+            fields["has_original"] = whole(has_original)
+        layout = {name: (f.dtype, f.shape) for name, f in fields.items()}
+        save_checked_streamed(path, layout, lambda name: fields[name].blocks(), fingerprint, **extra)
 
-    def fields(self, count: int, index: torch.Tensor, captions: list[str]) -> dict[str, torch.Tensor]:
-        """Text fields of `count` rows, `captions` at rows `index`, zeros elsewhere. Each
-        distinct caption is tokenized and encoded once, then gathered to its rows."""
+    def fields(self, count: int, positions: list[int], captions: list[str]) -> dict[str, TextField]:
+        """Text fields of `count` rows, `captions` at rows `positions`, zeros elsewhere. Token
+        ids and masks (a few hundred bytes a row) are built whole, each distinct caption
+        tokenized once; states (tens of KiB a row) block by block."""
         distinct = list(dict.fromkeys(captions))
         where = {caption: i for i, caption in enumerate(distinct)}
         rows_of = torch.tensor([where[c] for c in captions], dtype=torch.long)
+        index = torch.tensor(positions, dtype=torch.long)
         ids, mask = tokenize(self.tokenizer, distinct)
-        fields = {"attention_mask": mask.to(torch.uint8)}
+        small = {"attention_mask": mask.to(torch.uint8)}
         if self.spec.text == "tokens":
-            fields["input_ids"] = ids.to(torch.int32)
-        else:
-            states = encode_prompts(
-                self.tokenizer, self.model, distinct, self.spec.batch_size, self.device, masked=self.spec.text_mask
-            )
-            fields["hidden"] = states.to(STORAGE_DTYPE)
-            if not self.spec.text_mask:
-                del fields["attention_mask"]
-        return {name: _scatter_rows(field[rows_of], count, index) for name, field in fields.items()}
+            small["input_ids"] = ids.to(torch.int32)
+        elif not self.spec.text_mask:
+            del small["attention_mask"]
+        fields = {name: whole(_scatter_rows(field[rows_of], count, index)) for name, field in small.items()}
+        if self.spec.text == "states":
+            shape = (count, ids.shape[1], self.model.config.hidden_size)
+            fields["hidden"] = TextField(STORAGE_DTYPE, shape, lambda: self.state_blocks(shape, positions, captions))
+        return fields
+
+    def state_blocks(self, shape: tuple[int, ...], positions: list[int], captions: list[str]) -> Iterator[torch.Tensor]:
+        """The states of rows [start, start + batch_size) in turn, zeros on rows not kept. A
+        caption is encoded once while it is among the shard's last `batch_size` distinct
+        captions seen (a repeated caption costs one forward; memory stays one block's worth);
+        the cache lives for one shard, so which worker did which shard before never reaches a byte."""
+        caption_at = dict(zip(positions, captions, strict=True))
+        step, seen = self.spec.batch_size, OrderedDict()
+        for start in range(0, shape[0], step):
+            block = torch.zeros(min(step, shape[0] - start), *shape[1:], dtype=STORAGE_DTYPE)
+            here = [i for i in range(start, start + len(block)) if i in caption_at]
+            texts = [caption_at[i] for i in here]
+            new = [c for c in dict.fromkeys(texts) if c not in seen]
+            if new:
+                states = encode_prompts(self.tokenizer, self.model, new, step, self.device, masked=self.spec.text_mask)
+                seen.update(zip(new, states.to(STORAGE_DTYPE), strict=True))
+            for row, text in zip(here, texts, strict=True):
+                block[row - start] = seen[text]
+                seen.move_to_end(text)
+            while len(seen) > step:
+                seen.popitem(last=False)
+            yield block
 
 
 def _scatter_rows(values: torch.Tensor, count: int, index: torch.Tensor) -> torch.Tensor:
@@ -332,12 +371,8 @@ class ShardFinisher:
         if not is_complete(text_path(self.out, job.stem), text_fingerprint):
             self.conditioner = self.conditioner or TextConditioner(self.spec, self.device)
             keys = read_header(latent_path(self.out, job.stem))["keys"]
-            save_checked(
-                text_path(self.out, job.stem),
-                self.conditioner(keys, self.plan.read_row_group(job.group)),
-                text_fingerprint,
-                latents=fingerprint,
-            )
+            rows = self.plan.read_row_group(job.group)
+            self.conditioner.write(text_path(self.out, job.stem), keys, rows, text_fingerprint, latents=fingerprint)
 
 
 def encode_worker(slot: Slot, spec: EncodeSpec) -> None:

@@ -33,7 +33,9 @@ import json
 import logging
 import os
 import socket
+import struct
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +94,78 @@ def save_checked(path: Path, tensors: dict[str, torch.Tensor], fingerprint: str,
     check = json.dumps({"fingerprint": fingerprint, "sha256": tensors_sha256(tensors), **extra}, sort_keys=True)
     save_file(tensors, str(temp), metadata={"sdlab": check})
     os.replace(temp, path)
+
+
+SAFETENSORS_DTYPES = {
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float32: "F32",
+    torch.uint8: "U8",
+    torch.int32: "I32",
+    torch.int64: "I64",
+}
+
+
+def save_checked_streamed(
+    path: Path,
+    layout: dict[str, tuple[torch.dtype, tuple[int, ...]]],
+    blocks: Callable[[str], Iterator[torch.Tensor]],
+    fingerprint: str,
+    **extra,
+) -> None:
+    """`save_checked` for tensors too big to hold at once: `layout` names each tensor's dtype
+    and shape, `blocks(name)` yields its rows block by block (first dimension), and each block
+    is hashed and written as it comes, so memory holds one block. The file is a plain
+    safetensors file with the same header fields and checksum as `save_checked` writes (the
+    tensors in name order; the header, whose length does not depend on the checksum, goes
+    into its reserved place last), written under a temp name and renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = sorted(layout)
+    header: dict = {}
+    offset = 0
+    for name in names:
+        dtype, shape = layout[name]
+        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+
+    def header_bytes(sha256: str) -> bytes:
+        check = json.dumps({"fingerprint": fingerprint, "sha256": sha256, **extra}, sort_keys=True)
+        text = json.dumps({"__metadata__": {"sdlab": check}, **header}, separators=(",", ":")).encode()
+        return text + b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+
+    reserved = len(header_bytes("0" * 64))
+    digest = hashlib.sha256()
+    temp = unique_temp(path)
+    try:
+        with open(temp, "wb") as handle:
+            handle.seek(8 + reserved)
+            for name in names:
+                dtype, shape = layout[name]
+                digest.update(name.encode())
+                rows = 0
+                for block in blocks(name):
+                    if block.dtype != dtype or tuple(block.shape[1:]) != tuple(shape[1:]):
+                        raise ValueError(
+                            f"{path}: {name} block is {block.dtype} {tuple(block.shape)}, not {dtype} {shape}"
+                        )
+                    data = memoryview(block.contiguous().view(torch.uint8).numpy())  # no copy
+                    digest.update(data)
+                    handle.write(data)
+                    rows += block.shape[0]
+                if rows != shape[0]:
+                    raise ValueError(f"{path}: {name} got {rows} rows, {shape[0]} expected")
+            final = header_bytes(digest.hexdigest())
+            assert len(final) == reserved
+            handle.seek(0)
+            handle.write(struct.pack("<Q", reserved) + final)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def read_header(path: Path) -> dict | None:
