@@ -7,7 +7,7 @@ from pathlib import Path
 from sdlab.evaluate import EvaluatePaths, run
 from sdlab.stage import parse_args, stage
 
-PATHS = ("latents", "shards", "pipeline", "curves", "train_stats", "out", "raw")
+PATHS = ("latents", "shards", "pipeline", "curves", "train_stats", "out", "raw", "dedupe")
 
 
 @stage("evaluate")

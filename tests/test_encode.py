@@ -321,7 +321,7 @@ def test_pretrained_clip_text_encoder_loads_from_a_local_folder(tmp_path):
         load_text_encoder(str(tmp_path / "repo"), 100, subfolder="text_encoder", tokenizer_subfolder="tokenizer")
 
 
-def test_a_file_written_block_by_block_holds_what_save_checked_writes_with_the_same_checksum(tmp_path):
+def test_a_file_written_block_by_block_matches_save_checked(tmp_path):
     """The text file's writer (states a block of rows at a time): the same tensors, header
     fields and checksum as the one-piece writer, so either file passes the other's checks."""
     torch.manual_seed(0)

@@ -227,7 +227,7 @@ MUTANTS = (
         "src/sdlab/latents.py",
         "                digest.update(name.encode())\n                rows = 0",
         "                rows = 0",
-        (T + "test_encode.py::test_a_file_written_block_by_block_holds_what_save_checked_writes_with_the_same_checksum",),
+        (T + "test_encode.py::test_a_file_written_block_by_block_matches_save_checked",),
     ),
     # sdlab generate (README: the snippet and the command line draw the same image; bad numbers are errors)
     Mutant(

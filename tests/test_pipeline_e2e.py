@@ -124,9 +124,15 @@ def test_evaluation_metrics_and_grid(repo):
     assert metrics["fid_blob_judge"] > 0 and "fid_inception" not in metrics  # a substitute, named as one
     assert (repo / "reports/evaluate/samples.png").stat().st_size > 1000
     page = (repo / "reports/evaluate/report.html").read_text()
-    # grid, sweep, one strip per attribute, real vs generated, VAE reconstructions
-    assert page.count("data:image/png;base64,") == 2 + 6 + 2 and "heldout_loss" in page and "<polyline" in page
+    # grid, sweep, one strip per attribute, real vs generated, VAE reconstructions, dedupe's near pairs
+    assert page.count("data:image/png;base64,") == 2 + 6 + 2 + 1 and "heldout_loss" in page and "<polyline" in page
     overview = page[: page.index("Samples for held-out prompts")]  # what a person sees first
+    dedupe = json.loads((repo / "reports/dedupe/stats.json").read_text())
+    curation = overview[overview.index("What the training data lost to curation") :]
+    assert f"{dedupe['kept']:,} of {dedupe['input']:,} downloaded rows kept" in curation
+    assert f"{dedupe['duplicates']} removed as exact duplicates (MD5)" in curation
+    assert f"{dedupe['near_duplicate_phash']} removed as near-duplicates by perceptual hash" in curation
+    assert 'alt="near-duplicate pairs"' in curation
     assert "steps of batch" in overview and "judge on real val images" in overview and "chance" in overview
     assert all(f"only {a} varies" in overview for a in metrics["adherence"])
     assert metrics["chance"]["skin_color"] == 1 / 8 and metrics["chance"]["expression"] == 1 / 5

@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 from PIL import Image
 
-from sdlab.reports import curve_svg, read_curve, report_html, sheet_of_records
+from sdlab.reports import Overview, curation_lines, curve_svg, read_curve, report_html, sheet_of_records
 
 
 def blob_grid(records, count=8):
@@ -112,3 +112,19 @@ def test_report_renders_in_headless_chromium_with_its_images(blob_records, tmp_p
         assert pixels.shape[:2] == (1800, 1100)
         saturated[name] = ((pixels.max(-1) - pixels.min(-1)) > 80).mean()  # the blobs' colors
     assert saturated["report"] > 0.005 and saturated["report"] > 10 * saturated["broken"]
+
+
+def test_the_overview_says_what_curation_removed_by_reason():
+    stats = {"input": 1200, "kept": 1000, "duplicates": 150, "near_duplicate_phash": 0}
+    stats |= {"near_duplicate_embedding": 40, "clip_score_below": 10, "clip_score_missing": 3}
+    lines = curation_lines(stats)
+    assert lines == [
+        "1,000 of 1,200 downloaded rows kept for training and validation.",
+        "150 removed as exact duplicates (MD5).",
+        "40 removed as near-duplicates by CLIP embedding.",
+        "10 removed as below dedupe.min_clip_score (caption-image CLIP similarity).",
+        "3 had no caption to score (kept).",
+    ]
+    page = Overview(curation=lines, curation_pairs=Image.new("RGB", (8, 4))).html()
+    assert "What the training data lost to curation" in page and 'alt="near-duplicate pairs"' in page
+    assert "curation" not in Overview().html()  # no dedupe report: no section

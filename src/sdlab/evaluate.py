@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from sdlab.card import denoiser_parameters
 from sdlab.config import ConfigError, Params, judge_setting
@@ -25,7 +26,7 @@ from sdlab.io import file_sha256, first_rows, spread_rows
 from sdlab.judge import judge_samples, train_blob_judge
 from sdlab.label_judge import judge_labelled_samples, train_label_judges
 from sdlab.models.pipeline import denoiser_of, load_pipeline
-from sdlab.reports import Overview, bucket_rows, sample_grid, write_report
+from sdlab.reports import Overview, bucket_rows, curation_lines, sample_grid, write_report
 from sdlab.sampling import generate, generate_at_sizes, use_scheduler
 
 
@@ -332,6 +333,7 @@ class EvaluatePaths:
     train_stats: Path  # reports/train/stats.json
     out: Path  # reports/evaluate
     raw: Path | None = None  # data/raw: a source's judge records (`JUDGE_RECORDS`), when it writes them
+    dedupe: Path | None = None  # reports/dedupe: what curation removed (stats.json, near_pairs.png)
 
 
 def run(params: Params, paths: EvaluatePaths) -> None:
@@ -450,6 +452,10 @@ def run(params: Params, paths: EvaluatePaths) -> None:
         k: getattr(cfg, k) for k in ("scheduler", "num_inference_steps", "guidance_scale", "num_samples", "seed")
     }
     overview.lines = overview_lines(json.loads(paths.train_stats.read_text()), metrics, sampling)
+    if paths.dedupe is not None and (paths.dedupe / "stats.json").is_file():
+        overview.curation = curation_lines(json.loads((paths.dedupe / "stats.json").read_text()))
+        if (paths.dedupe / "near_pairs.png").is_file():
+            overview.curation_pairs = Image.open(paths.dedupe / "near_pairs.png").convert("RGB")
     if square:
         overview.bucket_rows = bucket_rows(real_list, sample_list, rows)
     out = paths.out

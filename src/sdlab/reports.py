@@ -156,6 +156,8 @@ class Overview:
     bucket_rows: list[tuple[str, Image.Image]] = field(default_factory=list)  # aspect bucket -> real over generated
     reconstructions: Image.Image | None = None
     reconstruction_note: str = ""
+    curation: list[str] = field(default_factory=list)  # what dedupe removed, by reason (curation_lines)
+    curation_pairs: Image.Image | None = None  # dedupe's near_pairs.png: removed beside kept
 
     def html(self) -> str:
         lines = "".join(f"<li>{html.escape(line)}</li>" for line in self.lines)
@@ -192,7 +194,38 @@ class Overview:
             if self.reconstructions is not None
             else ""
         )
-        return f"<ul class='overview'>{lines}</ul>{table}{rows}{pairs}{recon}"
+        curation = (
+            "<h2>What the training data lost to curation</h2><ul>"
+            + "".join(f"<li>{html.escape(line)}</li>" for line in self.curation)
+            + "</ul>"
+            + (
+                '<img alt="near-duplicate pairs" src="' + png_data_uri(self.curation_pairs) + '">'
+                if self.curation_pairs is not None
+                else ""
+            )
+            if self.curation
+            else ""
+        )
+        return f"<ul class='overview'>{lines}</ul>{table}{rows}{pairs}{recon}{curation}"
+
+
+CURATION_REASONS = {  # dedupe's stats.json key -> what it removed
+    "duplicates": "exact duplicates (MD5)",
+    "near_duplicate_phash": "near-duplicates by perceptual hash",
+    "near_duplicate_embedding": "near-duplicates by CLIP embedding",
+    "clip_score_below": "below dedupe.min_clip_score (caption-image CLIP similarity)",
+    "aesthetic_below": "below dedupe.min_aesthetic (LAION's aesthetic MLP)",
+}
+
+
+def curation_lines(stats: dict) -> list[str]:
+    """Sentences from dedupe's stats.json: how many downloaded rows were kept, and each reason
+    a row was removed for, with its count (reasons with none left out)."""
+    lines = [f"{stats['kept']:,} of {stats['input']:,} downloaded rows kept for training and validation."]
+    lines += [f"{stats[key]:,} removed as {what}." for key, what in CURATION_REASONS.items() if stats.get(key)]
+    if stats.get("clip_score_missing"):
+        lines.append(f"{stats['clip_score_missing']:,} had no caption to score (kept).")
+    return lines
 
 
 def report_html(
