@@ -19,7 +19,11 @@ def main(args, params):
     curation = Curation(Path(args.embeddings), cfg) if curation_active(cfg) else None
     stats = dedupe_file(Path(args.index), out / "index.parquet", out / "duplicates.parquet", rule, curation=curation)
     removed = curation.removed if curation else REMOVED_SCHEMA.empty_table()
-    models = {"embed_clip_score": params.embed.model, "embed_aesthetic": cfg.aesthetic_weights}
+    models = {
+        "embed_clip_score": params.embed.model,
+        "embed_aesthetic": cfg.aesthetic_weights,
+        "embed_nsfw": cfg.nsfw_weights,
+    }
     if curation and curation.columns:  # the kept index's score columns, each with the model that made it
         stats["score_columns"] = {name: models[name] for name in curation.columns}
     write_table(out / "removed.parquet", removed)  # every row curation dropped, with its reason

@@ -223,6 +223,13 @@ MUTANTS = (
         (T + "test_encode.py::test_a_corrupt_or_truncated_shard_is_detected_and_encoded_again",),
     ),
     Mutant(
+        "nsfw_keeps_the_unsafe",
+        "src/sdlab/data/curation.py",
+        "high = survives & (score > self.cfg.max_nsfw)",
+        "high = survives & (score < self.cfg.max_nsfw)",
+        (T + "test_near_dupes.py::test_clip_embeddings_scores_and_the_embedding_layer",),
+    ),
+    Mutant(
         "streamed_checksum_skips_the_names",
         "src/sdlab/latents.py",
         "                digest.update(name.encode())\n                rows = 0",

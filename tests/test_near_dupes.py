@@ -303,6 +303,32 @@ def test_clip_embeddings_scores_and_the_embedding_layer(tmp_path, tiny_clip):
     with pytest.raises(ConfigError, match="is not the aesthetic MLP for 16-d embeddings"):
         dedupe_file(tmp_path / "index.parquet", tmp_path / "k.parquet", tmp_path / "d.parquet", 0.1, curation=other)
 
+    # LAION's CLIP-based NSFW detector, from its PyTorch port's state dict, on the same embeddings
+    from sdlab.models.nsfw import NsfwHead
+
+    head = NsfwHead(16, 8).eval()
+    head.mean.normal_(0, 0.1)
+    head.std.uniform_(0.5, 2.0)
+    head.category_mapper[0, 3] = 0.0  # a column the detector ignores
+    torch.save(head.state_dict(), tmp_path / "nsfw.pth")
+    with torch.no_grad():
+        nsfw = dict(zip(keys, head(tensors["image"].float()).tolist(), strict=True))
+    cut = float(np.median(list(nsfw.values())))
+    curation = Curation(tmp_path / "emb", DedupeConfig(nsfw_weights=str(tmp_path / "nsfw.pth"), max_nsfw=cut))
+    stats = dedupe_file(
+        tmp_path / "index.parquet", tmp_path / "k.parquet", tmp_path / "d.parquet", 0.1, curation=curation
+    )
+    dropped = {r["key"] for r in curation.removed.to_pylist() if r["reason"] == "nsfw_above"}
+    assert stats["nsfw_above"] == len(dropped) > 0
+    assert dropped & set(keys) == {k for k, v in nsfw.items() if v > cut}  # this shard's rows, exactly
+    for row in pq.read_table(tmp_path / "k.parquet").to_pylist():
+        assert row["embed_nsfw"] <= cut and (
+            row["key"] not in nsfw or row["embed_nsfw"] == pytest.approx(nsfw[row["key"]], abs=1e-4)
+        )
+    other = Curation(tmp_path / "emb", DedupeConfig(nsfw_weights=str(tmp_path / "aesthetic.pth")))
+    with pytest.raises(ConfigError, match="is not the NSFW detector's port for 16-d embeddings"):
+        dedupe_file(tmp_path / "index.parquet", tmp_path / "k.parquet", tmp_path / "d.parquet", 0.1, curation=other)
+
 
 def _text_chunk(text: str):
     from PIL import PngImagePlugin
@@ -321,3 +347,9 @@ def test_near_and_score_settings_name_what_they_need():
         parse_params({"dedupe": {"near": "pixels"}})
     with pytest.raises(ConfigError, match="dedupe.min_aesthetic: needs dedupe.aesthetic_weights"):
         parse_params({"dedupe": {"min_aesthetic": 5}, "embed": {"model": "openai/clip-vit-large-patch14"}})
+    with pytest.raises(ConfigError, match="dedupe.max_nsfw: needs dedupe.nsfw_weights"):
+        parse_params({"dedupe": {"max_nsfw": 0.5}, "embed": {"model": "openai/clip-vit-large-patch14"}})
+    with pytest.raises(ConfigError, match="dedupe.nsfw_weights: scores CLIP image embeddings; set embed.model"):
+        parse_params({"dedupe": {"nsfw_weights": "nsfw.pth"}})
+    with pytest.raises(ConfigError, match="dedupe.max_nsfw"):
+        parse_params({"dedupe": {"max_nsfw": 1.5, "nsfw_weights": "n.pth"}, "embed": {"model": "m"}})

@@ -47,6 +47,8 @@ def _curated(stats: dict, cfg) -> str:
         parts.append(f"{stats['clip_score_below']:,} with CLIP score < {cfg.min_clip_score:g}")
     if "aesthetic_below" in stats:
         parts.append(f"{stats['aesthetic_below']:,} with aesthetic score < {cfg.min_aesthetic:g}")
+    if "nsfw_above" in stats:
+        parts.append(f"{stats['nsfw_above']:,} with NSFW probability > {cfg.max_nsfw:g}")
     return "".join(f", {part}" for part in parts)
 
 

@@ -248,6 +248,10 @@ class DedupeConfig(Section):
     # rows under min_aesthetic dropped (its ViT-L/14 weights score ~1-10; LAION-Aesthetics kept >= 5)
     aesthetic_weights: str | None = None
     min_aesthetic: float | None = None
+    # LAION's CLIP-based NSFW detector (its PyTorch port's state dict) on the same embeddings: an
+    # NSFW probability per row, rows above max_nsfw dropped (LAION's punsafe column, measured anew)
+    nsfw_weights: str | None = None
+    max_nsfw: float | None = Field(None, ge=0, le=1)
 
 
 class CaptionConfig(Section):
@@ -531,6 +535,10 @@ class Params(Section):
             raise ValueError("dedupe.near: embedding needs embed.model (a CLIP hub id or folder); or use phash")
         if self.dedupe.aesthetic_weights and not self.embed.model:
             raise ValueError("dedupe.aesthetic_weights: scores CLIP image embeddings; set embed.model")
+        if self.dedupe.nsfw_weights and not self.embed.model:
+            raise ValueError("dedupe.nsfw_weights: scores CLIP image embeddings; set embed.model")
+        if self.dedupe.max_nsfw is not None and not self.dedupe.nsfw_weights:
+            raise ValueError("dedupe.max_nsfw: needs dedupe.nsfw_weights (the detector's weights file)")
         if self.dedupe.min_aesthetic is not None and not self.dedupe.aesthetic_weights:
             raise ValueError("dedupe.min_aesthetic: needs dedupe.aesthetic_weights (the predictor's weights file)")
         if self.dedupe.min_clip_score is not None and not (self.embed.model and self.embed.text_column):

@@ -1,5 +1,6 @@
 """What `dedupe` drops after exact md5 duplicates, from the embed stage's files: rows whose
-image-caption CLIP score is under `dedupe.min_clip_score`, then near-duplicates
+image-caption CLIP score is under `dedupe.min_clip_score`, whose aesthetic score is under
+`dedupe.min_aesthetic`, whose NSFW probability is over `dedupe.max_nsfw`, then near-duplicates
 (`dedupe.near`: `phash` within `phash_bits` of 64, or `embedding` within cosine distance
 `embedding_distance`, searched as `sdlab.data.near_dupes` says). Rows are taken in index
 order, so the first of every group of near-duplicates stays; every dropped row is written
@@ -34,7 +35,8 @@ def embedding_path(root: Path, stem: str) -> Path:
 
 
 def curation_active(cfg: DedupeConfig) -> bool:
-    return cfg.near is not None or cfg.min_clip_score is not None or cfg.aesthetic_weights is not None
+    scored = cfg.aesthetic_weights is not None or cfg.nsfw_weights is not None
+    return cfg.near is not None or cfg.min_clip_score is not None or scored
 
 
 class Curation:
@@ -67,6 +69,14 @@ class Curation:
                 survives &= ~low
                 stats["aesthetic_below"] = int(low.sum())
                 removed.append(_removed(keys, np.flatnonzero(low), "aesthetic_below"))
+        if self.cfg.nsfw_weights is not None:
+            score = nsfw_of(rows, self.embeddings, self.cfg.nsfw_weights)
+            self.columns["embed_nsfw"] = score
+            if self.cfg.max_nsfw is not None:
+                high = survives & (score > self.cfg.max_nsfw)
+                survives &= ~high
+                stats["nsfw_above"] = int(high.sum())
+                removed.append(_removed(keys, np.flatnonzero(high), "nsfw_above"))
         if self.cfg.near is not None:
             alive = np.flatnonzero(survives)
             found = near_duplicates(rows.take(pa.array(alive, pa.int64())), self.embeddings, self.cfg)
@@ -112,12 +122,24 @@ def aesthetic_of(rows: pa.Table, embeddings: Path, weights: str) -> np.ndarray:
     """LAION's aesthetic score of every row, from its stored image embedding."""
     from sdlab.models.aesthetic import aesthetic_scores, load_aesthetic
 
+    return _head_scores(rows, embeddings, lambda dim: load_aesthetic(weights, dim), aesthetic_scores)
+
+
+def nsfw_of(rows: pa.Table, embeddings: Path, weights: str) -> np.ndarray:
+    """The NSFW detector's probability for every row, from its stored image embedding."""
+    from sdlab.models.nsfw import load_nsfw, nsfw_scores
+
+    return _head_scores(rows, embeddings, lambda dim: load_nsfw(weights, dim), nsfw_scores)
+
+
+def _head_scores(rows: pa.Table, embeddings: Path, load: Callable, score: Callable) -> np.ndarray:
+    """A head's score of every row, read shard by shard; the head is loaded for the embeddings' width."""
     parts, _ = embedding_parts(rows, embeddings)
     scores, model = [], None
     for read in parts:
         vectors = read()
-        model = model or load_aesthetic(weights, vectors.shape[1])
-        scores.append(aesthetic_scores(model, vectors))
+        model = model or load(vectors.shape[1])
+        scores.append(score(model, vectors))
     return np.concatenate(scores) if scores else np.zeros(0, np.float32)
 
 
