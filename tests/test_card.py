@@ -97,6 +97,14 @@ def test_counts_reasons_and_metrics_are_the_runs_own():
     assert "| 24.500 |" in rows["CLIP score"] and "adherence" not in text  # no judge in this profile
 
 
+def test_a_run_with_no_loss_on_record_still_gets_its_card():
+    """Checkpoints saved before the run state carried its last loss: a run resumed at its end has none."""
+    stats = {**STATS, "train": {**STATS["train"], "final_loss": None}}
+    raw = profile("laion")
+    text = model_card(Facts(parse_params(raw), stats, METRICS, {"model_index.json"}, PROMPT)).text
+    assert "| final training loss | not recorded |" in text
+
+
 def test_a_caption_mix_names_both_captions_the_model_saw():
     facts = laion(caption_mix=0.3)
     facts.params = facts.params.model_copy(

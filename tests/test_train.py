@@ -119,6 +119,10 @@ def test_resumed_run_continues_from_the_saved_step_and_matches_an_uninterrupted_
         assert torch.equal(value, resumed.state_dict()[name]), name  # bit-exact on CPU
     state = json.loads((list_checkpoints(tmp_path / "b")[-1] / "run.json").read_text())
     assert state["step"] == 6 and state["data_position_rank0"]["samples_seen_in_epoch"] == 4  # 24 samples, 10/epoch
+    # run again at its end (a code edit reruns the stage, the recipe is the same): nothing to train,
+    # and the summary still carries the run's last loss (the card prints it; None crashed publish)
+    _, again = train_denoiser(fresh_unet(), stream(latents), conditioning(), cfg=CFG, run_dir=tmp_path / "b")
+    assert again["start_step"] == 6 and again["final_loss"] == summary["final_loss"] == state["loss"] > 0
 
 
 def test_run_identity_ignores_cadence_and_length_but_not_the_recipe():

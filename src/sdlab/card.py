@@ -182,7 +182,7 @@ def training_rows(facts: Facts) -> list[tuple[str, str]]:
                 f"{t['train_samples']:,} images)",
             ),
             ("run", f"{t.get('train_seconds', 0) / 60:.1f} min on {t['world_size']} process(es), seed {cfg.seed}"),
-            ("final training loss", f"{t['final_loss']:.4f}"),
+            ("final training loss", "not recorded" if t.get("final_loss") is None else f"{t['final_loss']:.4f}"),
         ]
     return rows
 

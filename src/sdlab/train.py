@@ -391,12 +391,13 @@ def train_denoiser(
     if conditioning.encoder is not None:
         conditioning.encoder.to(accelerator.device).eval().requires_grad_(False)
 
-    start, seconds_before = 0, 0.0
+    start, seconds_before, loss_before = 0, 0.0, None
     checkpoint = resumable_checkpoint(run_dir)
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         saved = json.loads((checkpoint / "run.json").read_text())
         start, seconds_before = saved["step"], saved.get("train_seconds", 0.0)
+        loss_before = saved.get("loss")  # the last logged loss (checkpoints before 2026-12-05 lack it)
         log.info("resuming %s from %s (step %d of %d)", run_dir.name, checkpoint.name, start, cfg.max_steps)
     if start > cfg.max_steps:
         raise ConfigError(
@@ -463,6 +464,7 @@ def train_denoiser(
                 "world_size": world,
                 "data_position_rank0": stream.position(done * accumulation * stream.batch_size),
                 "train_seconds": seconds_before + time.perf_counter() - started,
+                "loss": curve[-1] if curve else loss_before,
             }  # the whole run's, resumes included
             if live is not None and accelerator.is_main_process:
                 live.make_summary()
@@ -480,7 +482,7 @@ def train_denoiser(
         "run": run_dir.name,
         "start_step": start,
         "final_step": cfg.max_steps,
-        "final_loss": curve[-1] if curve else None,
+        "final_loss": curve[-1] if curve else loss_before,  # a run resumed at its end: the saved one
         "world_size": world,
         "train_seconds": seconds_before + time.perf_counter() - started,
         "batch_size_used": stream.batch_size,
