@@ -453,8 +453,10 @@ def run(params: Params, paths: EvaluatePaths) -> None:
     }
     overview.lines = overview_lines(json.loads(paths.train_stats.read_text()), metrics, sampling)
     if paths.dedupe is not None and (paths.dedupe / "stats.json").is_file():
-        overview.curation = curation_lines(json.loads((paths.dedupe / "stats.json").read_text()))
-        if (paths.dedupe / "near_pairs.png").is_file():
+        dedupe_stats = json.loads((paths.dedupe / "stats.json").read_text())
+        overview.curation = curation_lines(dedupe_stats)
+        near_removed = any(dedupe_stats.get(f"near_duplicate_{layer}") for layer in ("phash", "embedding"))
+        if near_removed and (paths.dedupe / "near_pairs.png").is_file():  # else the sheet is only a note
             overview.curation_pairs = Image.open(paths.dedupe / "near_pairs.png").convert("RGB")
     if square:
         overview.bucket_rows = bucket_rows(real_list, sample_list, rows)

@@ -54,11 +54,11 @@ def plan_slots(workers: int | None, threads_per_worker: int = 1, jobs: int | Non
     never more slots than `jobs` (a worker with nothing to do would only start up)."""
     gpus = visible_gpus()
     cores = os.cpu_count() or 1
-    cap = max(1, jobs) if jobs is not None else None
+    count = workers or (len(gpus) if gpus else max(1, cores // threads_per_worker))
+    if jobs is not None:
+        count = min(count, max(1, jobs))
     if gpus:
-        count = min(filter(None, (workers or len(gpus), cap)))
         return [Slot(i, count, gpus[i % len(gpus)], max(1, cores // count)) for i in range(count)]
-    count = min(filter(None, (workers or max(1, cores // threads_per_worker), cap)))
     return [Slot(i, count, None, threads_per_worker) for i in range(count)]
 
 
