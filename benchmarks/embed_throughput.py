@@ -1,6 +1,6 @@
 """The embed stage beside the raw CLIP image forward, on the same images.
 
-    .venv/bin/python benchmarks/embed_throughput.py [--images 1000] [--workers 2]
+    .venv/bin/python benchmarks/embed_throughput.py [--images 1000] [--workers 2] [--watermark]
 
 Builds a CLIP of ViT-B/32's shape from its config (random weights: the time does not depend on
 them; no hub here) with the packaged MiniLM tokenizer, and `--images` synthetic blob images
@@ -11,6 +11,10 @@ packed into 250-image shards at 64 px by the download stage's own code. Then, si
 - stage: `embed_dataset` (the real stage: worker processes, tar reading and decoding, the
   perceptual hash, the processor, the forward, checksummed files, the index), whole (spawning
   workers, loading the model) and steady (first file written -> last file written).
+
+With `--watermark`, LAION's watermark detector (its layout, random weights) joins: the raw
+detector forward (256 px, the images preprocessed in memory), raw CLIP + detector (one image
+through both, back to back), and the stage with `embed.watermark_weights` beside them.
 """
 
 from __future__ import annotations
@@ -64,11 +68,53 @@ def raw_throughput(folder: Path, images, batch_size: int, threads: int) -> float
     return len(pixels) / (time.perf_counter() - started)
 
 
+def raw_watermark(images, batch_size: int, threads: int) -> float:
+    from sdlab.models.watermark import preprocess, watermark_model
+
+    torch.set_num_threads(threads)
+    model = watermark_model().eval()
+    pixels = preprocess([image.convert("RGB") for image in images])
+    started = time.perf_counter()
+    with torch.no_grad():
+        for start in range(0, len(pixels), batch_size):
+            torch.softmax(model(pixels[start : start + batch_size]), dim=1)
+    return len(pixels) / (time.perf_counter() - started)
+
+
+def watermark_rows(root: Path, images, args) -> None:
+    """The stage with CLIP + the watermark detector beside the two raw forwards."""
+    from sdlab.models.watermark import watermark_model
+
+    torch.manual_seed(0)
+    torch.save(watermark_model().state_dict(), root / "watermark_model_v1.pt")
+    print("\n| workers | raw CLIP | raw detector | raw CLIP + detector | stage CLIP + detector, whole | whole / raw |")
+    print("|---|---|---|---|---|---|")
+    for workers in args.workers:
+        clip = raw_throughput(root / "clip", images, args.batch_size, workers)
+        detector = raw_watermark(images, args.batch_size, workers)
+        both = 1 / (1 / clip + 1 / detector)
+        cfg = EmbedConfig(
+            model=str(root / "clip"),
+            watermark_weights=str(root / "watermark_model_v1.pt"),
+            workers=workers,
+            batch_size=args.batch_size,
+        )
+        started = time.perf_counter()
+        embed_dataset(root / "index.parquet", root / "shards", root / f"watermark-{workers}", cfg, 10**8)
+        whole = args.images / (time.perf_counter() - started)
+        print(
+            f"| {workers} | {clip:.1f} images/s | {detector:.1f} images/s | {both:.1f} images/s "
+            f"| {whole:.1f} images/s | {whole / both:.0%} |",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--workers", type=int, nargs="+", default=[2])
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--watermark", action="store_true", help="also LAION's watermark detector in the pass")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="embed-bench-"))
     try:
@@ -102,6 +148,8 @@ def main() -> None:
                 f"| {whole / raw:.0%} | {steady / raw:.0%} |",
                 flush=True,
             )
+        if args.watermark:
+            watermark_rows(root, images, args)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -16,13 +16,15 @@ def main(args, params):
     out = Path(args.out)
     cfg = params.dedupe
     rule = SplitRule(cfg.val_fraction, cfg.split_column, cfg.unseen_column, cfg.unseen_fraction)
-    curation = Curation(Path(args.embeddings), cfg) if curation_active(cfg) else None
+    watermarks = params.embed.watermark_weights is not None
+    curation = Curation(Path(args.embeddings), cfg) if curation_active(cfg, watermarks) else None
     stats = dedupe_file(Path(args.index), out / "index.parquet", out / "duplicates.parquet", rule, curation=curation)
     removed = curation.removed if curation else REMOVED_SCHEMA.empty_table()
     models = {
         "embed_clip_score": params.embed.model,
         "embed_aesthetic": cfg.aesthetic_weights,
         "embed_nsfw": cfg.nsfw_weights,
+        "embed_watermark": params.embed.watermark_weights,
     }
     if curation and curation.columns:  # the kept index's score columns, each with the model that made it
         stats["score_columns"] = {name: models[name] for name in curation.columns}

@@ -230,6 +230,20 @@ MUTANTS = (
         (T + "test_near_dupes.py::test_clip_embeddings_scores_and_the_embedding_layer",),
     ),
     Mutant(
+        "watermark_keeps_the_marked",
+        "src/sdlab/data/curation.py",
+        "high = survives & (score > self.cfg.max_watermark)",
+        "high = survives & (score < self.cfg.max_watermark)",
+        (T + "test_near_dupes.py::test_the_watermark_detector_scores_pixels_in_the_embed_pass_and_dedupe_drops_on_it",),
+    ),
+    Mutant(
+        "watermark_reads_the_clear_class",
+        "src/sdlab/models/watermark.py",
+        "dim=1)[:, 0].cpu()",
+        "dim=1)[:, 1].cpu()",
+        (T + "test_near_dupes.py::test_the_watermark_detector_scores_pixels_in_the_embed_pass_and_dedupe_drops_on_it",),
+    ),
+    Mutant(
         "streamed_checksum_skips_the_names",
         "src/sdlab/latents.py",
         "                digest.update(name.encode())\n                rows = 0",

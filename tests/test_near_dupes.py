@@ -3,6 +3,7 @@ that keeps memory flat, and the stage path on real emoji artwork with planted ne
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ from sdlab.data.curation import Curation
 from sdlab.data.dedupe import SplitRule, dedupe_file
 from sdlab.data.download import download
 from sdlab.data.near_dupes import SemanticDedupe, hash_vectors, leaders, normalized, semantic_duplicates
+from sdlab.data.records import DataError
+from sdlab.data.shard_plan import image_members
 from sdlab.embed import embed_dataset, embedding_path, perceptual_hash
 from sdlab.io import write_table
 from sdlab.reports import pairs_sheet
@@ -328,6 +331,97 @@ def test_clip_embeddings_scores_and_the_embedding_layer(tmp_path, tiny_clip):
     other = Curation(tmp_path / "emb", DedupeConfig(nsfw_weights=str(tmp_path / "aesthetic.pth")))
     with pytest.raises(ConfigError, match="is not the NSFW detector's port for 16-d embeddings"):
         dedupe_file(tmp_path / "index.parquet", tmp_path / "k.parquet", tmp_path / "d.parquet", 0.1, curation=other)
+
+
+def test_the_watermark_detector_scores_pixels_in_the_embed_pass_and_dedupe_drops_on_it(tmp_path):
+    """LAION's watermark detector from a state dict in its published layout (random weights: no
+    hub here), run by the embed pass on real artwork; its probabilities are the ones LAION's
+    example recipe gives, they key the files, and dedupe.max_watermark drops exactly the rows above."""
+    from safetensors.torch import load_file
+    from torchvision import transforms
+
+    from sdlab.latents import read_header
+    from sdlab.models.watermark import preprocess, watermark_model
+
+    records = artwork_with_copies(TWITTER, "twitter", tmp_path / "files", originals=12, copies_per_kind=0)
+    rows = [{k: v for k, v in r.items() if k not in ("copy_of", "kind")} for r in records]
+    index, _ = download(
+        pa.Table.from_pylist(rows), DownloadConfig(image_px=48, shard_size=8, processes=1), tmp_path / "s"
+    )
+    write_table(tmp_path / "index.parquet", index)
+    torch.manual_seed(0)
+    detector = watermark_model().eval()
+    with torch.no_grad():  # random features barely differ: standardise them, so the scores spread over (0, 1)
+        first = detector.classifier[0]
+        features = detector.forward_head(
+            detector.forward_features(preprocess([Image.open(r["path"]).convert("RGB") for r in records])),
+            pre_logits=True,
+        )
+        first.weight.div_(features.std(0) + 1e-12)
+        first.bias.sub_(first.weight @ features.mean(0))
+    torch.save(detector.state_dict(), tmp_path / "watermark_model_v1.pt")
+    cfg = EmbedConfig(watermark_weights=str(tmp_path / "watermark_model_v1.pt"), workers=1, batch_size=5)
+    meta = embed_dataset(tmp_path / "index.parquet", tmp_path / "s", tmp_path / "emb", cfg, 10**8)
+    assert meta["watermark"] == cfg.watermark_weights and meta["images"] == 12
+
+    # LAION's example_use.py, step by step, on the stored images (RGB, on white)
+    recipe = transforms.Compose(
+        [
+            transforms.Resize((256, 256)),
+            transforms.ToTensor(),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
+    scores, files = {}, sorted((tmp_path / "emb" / "shards").glob("*.safetensors"))
+    for path in files:
+        keys, stored = read_header(path)["keys"], load_file(str(path))["watermark"]
+        members = dict(image_members(tmp_path / "s" / f"{path.stem}.tar"))
+        images = [Image.open(io.BytesIO(members[key])).convert("RGB") for key in keys]
+        with torch.no_grad():
+            expected = torch.softmax(detector(torch.stack([recipe(i) for i in images])), dim=1)[:, 0]
+        assert torch.allclose(stored, expected, atol=1e-5)
+        scores |= dict(zip(keys, stored.tolist(), strict=True))
+    assert len(scores) == 12 and np.std(list(scores.values())) > 0.01
+
+    # the weights key the files: the same run keeps them, other weights redo every shard
+    mtimes = {f: f.stat().st_mtime_ns for f in files}
+    embed_dataset(tmp_path / "index.parquet", tmp_path / "s", tmp_path / "emb", cfg, 10**8)
+    assert {f: f.stat().st_mtime_ns for f in files} == mtimes
+    other = watermark_model().eval()
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    other_cfg = cfg.model_copy(update={"watermark_weights": str(tmp_path / "other.pt")})
+    embed_dataset(tmp_path / "index.parquet", tmp_path / "s", tmp_path / "emb2", cfg, 10**8)
+    mtimes = {f.name: f.stat().st_mtime_ns for f in (tmp_path / "emb2" / "shards").glob("*")}
+    embed_dataset(tmp_path / "index.parquet", tmp_path / "s", tmp_path / "emb2", other_cfg, 10**8)
+    assert all(f.stat().st_mtime_ns != mtimes[f.name] for f in (tmp_path / "emb2" / "shards").glob("*"))
+
+    cut = float(np.median(list(scores.values())))
+    curation = Curation(tmp_path / "emb", DedupeConfig(max_watermark=cut))
+    stats = dedupe_file(
+        tmp_path / "index.parquet", tmp_path / "k.parquet", tmp_path / "d.parquet", 0.1, curation=curation
+    )
+    dropped = {r["key"] for r in curation.removed.to_pylist() if r["reason"] == "watermark_above"}
+    assert dropped == {k for k, v in scores.items() if v > cut} and stats["watermark_above"] == len(dropped) == 6
+    for row in pq.read_table(tmp_path / "k.parquet").to_pylist():
+        assert row["embed_watermark"] == pytest.approx(scores[row["key"]], abs=1e-6) and row["embed_watermark"] <= cut
+
+    # a file of another layout, a missing file, a threshold without scores: errors naming the key
+    torch.save({"fc.weight": torch.zeros(2, 8)}, tmp_path / "bad.pt")
+    for weights, message in (("bad.pt", "is not LAION's watermark detector"), ("nothere.pt", "file not found")):
+        bad = cfg.model_copy(update={"watermark_weights": str(tmp_path / weights)})
+        with pytest.raises(ConfigError, match=f"embed.watermark_weights: .*{message}"):
+            embed_dataset(tmp_path / "index.parquet", tmp_path / "s", tmp_path / "emb3", bad, 10**8)
+    embed_dataset(tmp_path / "index.parquet", tmp_path / "s", tmp_path / "emb4", EmbedConfig(workers=1), 10**8)
+    with pytest.raises(DataError, match="dedupe.max_watermark: .* has no watermark scores"):
+        dedupe_file(
+            tmp_path / "index.parquet",
+            tmp_path / "k.parquet",
+            tmp_path / "d.parquet",
+            0.1,
+            curation=Curation(tmp_path / "emb4", DedupeConfig(max_watermark=0.5)),
+        )
+    with pytest.raises(ConfigError, match="dedupe.max_watermark: needs embed.watermark_weights"):
+        parse_params({"dedupe": {"max_watermark": 0.5}})
 
 
 def _text_chunk(text: str):

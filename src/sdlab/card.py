@@ -49,6 +49,8 @@ def _curated(stats: dict, cfg) -> str:
         parts.append(f"{stats['aesthetic_below']:,} with aesthetic score < {cfg.min_aesthetic:g}")
     if "nsfw_above" in stats:
         parts.append(f"{stats['nsfw_above']:,} with NSFW probability > {cfg.max_nsfw:g}")
+    if "watermark_above" in stats:
+        parts.append(f"{stats['watermark_above']:,} with watermark probability > {cfg.max_watermark:g}")
     return "".join(f", {part}" for part in parts)
 
 

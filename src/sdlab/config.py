@@ -230,6 +230,9 @@ class EmbedConfig(Section):
     num_nodes: int | None = Field(None, gt=0)  # null: from NNODES / NODE_RANK, else 1
     node_rank: int | None = Field(None, ge=0)
     precision: Literal["fp32", "fp16", "bf16"] = "bf16"  # on GPUs; CPUs always use fp32
+    # LAION's watermark detector (watermark_model_v1.pt, an EfficientNet-B3 on pixels): a
+    # watermark probability per image in the embed files (dedupe.max_watermark drops on it)
+    watermark_weights: str | None = None
 
 
 class DedupeConfig(Section):
@@ -252,6 +255,7 @@ class DedupeConfig(Section):
     # NSFW probability per row, rows above max_nsfw dropped (LAION's punsafe column, measured anew)
     nsfw_weights: str | None = None
     max_nsfw: float | None = Field(None, ge=0, le=1)
+    max_watermark: float | None = Field(None, ge=0, le=1)  # embed.watermark_weights' probability; higher is dropped
 
 
 class CaptionConfig(Section):
@@ -539,6 +543,8 @@ class Params(Section):
             raise ValueError("dedupe.nsfw_weights: scores CLIP image embeddings; set embed.model")
         if self.dedupe.max_nsfw is not None and not self.dedupe.nsfw_weights:
             raise ValueError("dedupe.max_nsfw: needs dedupe.nsfw_weights (the detector's weights file)")
+        if self.dedupe.max_watermark is not None and not self.embed.watermark_weights:
+            raise ValueError("dedupe.max_watermark: needs embed.watermark_weights (scored in the embed pass)")
         if self.dedupe.min_aesthetic is not None and not self.dedupe.aesthetic_weights:
             raise ValueError("dedupe.min_aesthetic: needs dedupe.aesthetic_weights (the predictor's weights file)")
         if self.dedupe.min_clip_score is not None and not (self.embed.model and self.embed.text_column):

@@ -4,14 +4,15 @@ Per shard `<stem>.tar` one file `shards/<stem>.safetensors` (rows in the tar's o
 its header): `phash`, a 64-bit perceptual hash (imagehash's DCT hash of the image on white),
 always; with `embed.model` (a CLIP hub id or local folder), also `image`, the L2-normalised
 CLIP image embedding (fp16), and for rows whose `embed.text_column` is not empty `text`, the
-caption's embedding, and `clip_score`, their cosine (NaN where there is no caption). Its
-fingerprint covers the tar's bytes, the model's files, the batch size and the shard's
-captions, so a rerun redoes exactly the shards whose inputs changed, and `dedupe` (which
+caption's embedding, and `clip_score`, their cosine (NaN where there is no caption); with
+`embed.watermark_weights`, `watermark`, LAION's watermark detector's probability (a pixel model,
+`sdlab.models.watermark`). Its fingerprint covers the tar's bytes, the models' files, the batch
+size and the shard's captions, so a rerun redoes exactly the shards whose inputs changed, and `dedupe` (which
 reads these files) never makes this pass run again: thresholds live there.
 
 Workers and nodes split the shards as encode does (`sdlab.workers`: one process per GPU, or
 per core on CPU; `NNODES`/`NODE_RANK`); a worker count never reaches a byte.
-`index.parquet` lists every row: key, stem, position in its file, phash, clip_score.
+`index.parquet` lists every row: key, stem, position in its file, phash, clip_score, watermark.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from sdlab.data.curation import embedding_path
 from sdlab.data.images import composite_on_white, decode
 from sdlab.data.records import DataError
 from sdlab.data.shard_plan import ShardJob, image_members, write_shard_plan
+from sdlab.errors import ConfigError
 from sdlab.io import file_sha256, folder_fingerprint, write_json, write_table
 from sdlab.workers import Slot, assign, device_and_dtype, node_split, plan_slots, run_pool
 
@@ -52,6 +54,8 @@ class EmbedSpec:
     batch_size: int
     precision: str
     max_pixels: int
+    watermark_weights: str | None = None
+    watermark_fingerprint: str | None = None
     jobs: tuple = field(default_factory=tuple)
 
     def fingerprint(self, tar_sha256: str, job: ShardJob) -> str:
@@ -63,6 +67,8 @@ class EmbedSpec:
             "precision": self.precision,
             "rows": job.digest,
         }
+        if self.watermark_fingerprint is not None:  # absent, not null: files made without it stay valid
+            parts["watermark"] = self.watermark_fingerprint
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -86,18 +92,28 @@ def read_tar(path: Path, max_pixels: int) -> tuple[list[str], list]:
     return keys, images
 
 
-def embed_shard(path: Path, texts: dict[str, str], spec: EmbedSpec, clip=None) -> tuple[list[str], dict]:
-    """(keys, tensors) of one shard: phash always; image/text embeddings and clip_score with `clip`."""
+def embed_shard(
+    path: Path, texts: dict[str, str], spec: EmbedSpec, clip=None, watermark=None
+) -> tuple[list[str], dict]:
+    """(keys, tensors) of one shard: phash always; image/text embeddings and clip_score with
+    `clip`, the watermark probability with `watermark` ((model, device, dtype))."""
     import torch
 
     keys, images = read_tar(path, spec.max_pixels)
     if not keys:
         raise DataError(f"{path}: no images in this shard")
     tensors = {"phash": torch.tensor([perceptual_hash(image) for image in images], dtype=torch.int64)}
+    if clip is None and watermark is None:
+        return keys, tensors
+    rgb = [composite_on_white(image).convert("RGB") for image in images]
+    if watermark is not None:
+        from sdlab.models.watermark import watermark_scores
+
+        detector, device, dtype = watermark
+        tensors["watermark"] = torch.from_numpy(watermark_scores(detector, rgb, spec.batch_size, device, dtype))
     if clip is None:
         return keys, tensors
     model, processor, device, dtype = clip
-    rgb = [composite_on_white(image).convert("RGB") for image in images]
     image_embeds = _features(model.get_image_features, processor, device, dtype, spec.batch_size, images=rgb)
     captions = [texts.get(key) or "" for key in keys]
     has_text = torch.tensor([bool(c) for c in captions])
@@ -139,7 +155,7 @@ def embed_worker(slot: Slot, spec: EmbedSpec) -> None:
     from sdlab.latents import is_complete, save_checked
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s embed[{slot.rank}] %(levelname)s: %(message)s")
-    plan, clip = pq.ParquetFile(spec.plan), None
+    plan, clip, watermark = pq.ParquetFile(spec.plan), None, None
     for job in tqdm(
         assign(spec.jobs, slot.rank, slot.world), desc=f"embed[{slot.rank}]", unit="shard", disable=slot.rank != 0
     ):
@@ -156,9 +172,14 @@ def embed_worker(slot: Slot, spec: EmbedSpec) -> None:
             device, dtype = device_and_dtype(spec.precision)
             model, processor = load_clip(spec.model)
             clip = (model.to(device, dtype), processor, device, dtype)
+        if spec.watermark_weights and watermark is None:
+            from sdlab.models.watermark import load_watermark
+
+            device, dtype = device_and_dtype(spec.precision)
+            watermark = (load_watermark(spec.watermark_weights).to(device, dtype), device, dtype)
         rows = plan.read_row_group(job.group)
         texts = dict(zip(rows["key"].to_pylist(), rows["text"].to_pylist(), strict=True))
-        keys, tensors = embed_shard(tar, texts, spec, clip)
+        keys, tensors = embed_shard(tar, texts, spec, clip, watermark)
         save_checked(path, tensors, fingerprint, keys=keys)
 
 
@@ -169,6 +190,16 @@ def model_fingerprint(model: str | None) -> str:
     if Path(model).is_dir():
         return folder_fingerprint(model)
     return model
+
+
+def weights_fingerprint(path: str | None, key: str) -> str | None:
+    """The sha256 of a weights file the user points to (None: not set); a missing file is a
+    ConfigError naming the key, before any worker starts."""
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise ConfigError(f"{key}: file not found: {path}")
+    return file_sha256(path)
 
 
 def write_plan(rows: pa.Table, path: Path) -> list[ShardJob]:
@@ -208,6 +239,8 @@ def embed_dataset(index: Path, shards_dir: Path, out_dir: Path, cfg: EmbedConfig
             batch_size=cfg.batch_size,
             precision=cfg.precision,
             max_pixels=max_pixels,
+            watermark_weights=cfg.watermark_weights,
+            watermark_fingerprint=weights_fingerprint(cfg.watermark_weights, "embed.watermark_weights"),
             jobs=tuple(assign(jobs, node_rank, num_nodes)),
         )
         _remove_stale(out_dir, {job.stem for job in jobs})
@@ -227,6 +260,8 @@ def embed_dataset(index: Path, shards_dir: Path, out_dir: Path, cfg: EmbedConfig
     table = embeddings_index(out_dir, jobs, read_header)
     write_table(out_dir / "index.parquet", table)
     meta = {"model": cfg.model, "hash": HASH_VERSION, "images": table.num_rows, "shards": len(jobs)}
+    if cfg.watermark_weights:
+        meta["watermark"] = cfg.watermark_weights
     if cfg.model:
         meta["dim"] = read_header(embedding_path(out_dir, jobs[0].stem))["shapes"]["image"][1]
         meta["with_text"] = int(pc.sum(pc.invert(pc.is_nan(table["clip_score"]))).as_py() or 0)
@@ -249,8 +284,9 @@ def embeddings_index(out_dir: Path, jobs: list[ShardJob], read_header) -> pa.Tab
             "position": pa.array(np.arange(len(keys)), pa.int32()),
             "phash": pa.array(tensors["phash"], pa.int64()),
         }
-        if "clip_score" in tensors:
-            columns["clip_score"] = pa.array(tensors["clip_score"], pa.float32())
+        for name in ("clip_score", "watermark"):
+            if name in tensors:
+                columns[name] = pa.array(tensors[name], pa.float32())
         parts.append(pa.table(columns))
     return pa.concat_tables(parts)
 

@@ -216,6 +216,7 @@ CURATION_REASONS = {  # dedupe's stats.json key -> what it removed
     "clip_score_below": "below dedupe.min_clip_score (caption-image CLIP similarity)",
     "aesthetic_below": "below dedupe.min_aesthetic (LAION's aesthetic MLP)",
     "nsfw_above": "above dedupe.max_nsfw (LAION's CLIP-based NSFW detector)",
+    "watermark_above": "above dedupe.max_watermark (LAION's watermark detector)",
 }
 
 

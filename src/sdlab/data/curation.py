@@ -1,6 +1,7 @@
 """What `dedupe` drops after exact md5 duplicates, from the embed stage's files: rows whose
 image-caption CLIP score is under `dedupe.min_clip_score`, whose aesthetic score is under
-`dedupe.min_aesthetic`, whose NSFW probability is over `dedupe.max_nsfw`, then near-duplicates
+`dedupe.min_aesthetic`, whose NSFW probability is over `dedupe.max_nsfw`, whose watermark
+probability (scored in the embed pass) is over `dedupe.max_watermark`, then near-duplicates
 (`dedupe.near`: `phash` within `phash_bits` of 64, or `embedding` within cosine distance
 `embedding_distance`, searched as `sdlab.data.near_dupes` says). Rows are taken in index
 order, so the first of every group of near-duplicates stays; every dropped row is written
@@ -34,8 +35,10 @@ def embedding_path(root: Path, stem: str) -> Path:
     return Path(root) / "shards" / f"{stem}.safetensors"
 
 
-def curation_active(cfg: DedupeConfig) -> bool:
-    scored = cfg.aesthetic_weights is not None or cfg.nsfw_weights is not None
+def curation_active(cfg: DedupeConfig, watermarks: bool = False) -> bool:
+    """Whether dedupe reads the embed files: a setting of its own, or `watermarks` (the embed
+    pass scored them, and the kept index carries the score)."""
+    scored = cfg.aesthetic_weights is not None or cfg.nsfw_weights is not None or watermarks
     return cfg.near is not None or cfg.min_clip_score is not None or scored
 
 
@@ -77,6 +80,19 @@ class Curation:
                 survives &= ~high
                 stats["nsfw_above"] = int(high.sum())
                 removed.append(_removed(keys, np.flatnonzero(high), "nsfw_above"))
+        if "watermark" in rows.column_names:
+            score = rows["watermark"].to_numpy(zero_copy_only=False)
+            self.columns["embed_watermark"] = score
+            if self.cfg.max_watermark is not None:
+                high = survives & (score > self.cfg.max_watermark)
+                survives &= ~high
+                stats["watermark_above"] = int(high.sum())
+                removed.append(_removed(keys, np.flatnonzero(high), "watermark_above"))
+        elif self.cfg.max_watermark is not None:
+            raise DataError(
+                f"dedupe.max_watermark: {self.embeddings / 'index.parquet'} has no watermark scores: "
+                "set embed.watermark_weights and run embed again"
+            )
         if self.cfg.near is not None:
             alive = np.flatnonzero(survives)
             found = near_duplicates(rows.take(pa.array(alive, pa.int64())), self.embeddings, self.cfg)
@@ -105,7 +121,7 @@ def _removed(keys, positions, reason, duplicate_of=None, distance=None) -> pa.Ta
 
 
 def embedded_rows(keys: pa.Array | pa.ChunkedArray, embeddings: Path) -> pa.Table:
-    """The embed stage's index rows (stem, position, phash[, clip_score]) of `keys`, in their order."""
+    """The embed stage's index rows (stem, position, phash[, clip_score, watermark]) of `keys`, in their order."""
     index = embeddings / "index.parquet"
     if not index.is_file():
         raise DataError(f"{index} is missing: run the embed stage (dvc repro embed)")
