@@ -219,6 +219,17 @@ def test_more_encode_workers_change_no_byte_and_rerun_nothing_downstream(repo):
     assert after == before
 
 
+def test_an_embed_rerun_keeps_every_finished_shard_file(repo):
+    """The embedding pass is the expensive one at scale: a rerun of the stage (here a worker
+    count, which no fingerprint holds) must find its per-shard files in place, not deleted by
+    DVC before the stage runs, and so rewrite none and rerun nothing downstream."""
+    files = {p: p.stat().st_mtime_ns for p in (repo / "data/embeddings/shards").glob("*.safetensors")}
+    assert files
+    edit_params(repo, "embed", workers=2)
+    assert ran(dvc(repo, "repro").stdout) == ["embed"]
+    assert {p: p.stat().st_mtime_ns for p in (repo / "data/embeddings/shards").glob("*.safetensors")} == files
+
+
 def test_changing_only_the_guidance_reruns_evaluate_and_the_card(repo):
     trained = {p: p.stat().st_mtime_ns for p in (repo / "models/trained").rglob("*")}
     edit_params(repo, "evaluate", guidance_scale=3.0)
