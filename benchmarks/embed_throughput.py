@@ -73,7 +73,9 @@ def raw_watermark(images, batch_size: int, threads: int) -> float:
 
     torch.set_num_threads(threads)
     model = watermark_model().eval()
-    pixels = preprocess([image.convert("RGB") for image in images])
+    from PIL import Image
+
+    pixels = preprocess([Image.fromarray(image).convert("RGB") for image in images])
     started = time.perf_counter()
     with torch.no_grad():
         for start in range(0, len(pixels), batch_size):
