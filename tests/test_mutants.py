@@ -225,15 +225,15 @@ MUTANTS = (
     Mutant(
         "nsfw_keeps_the_unsafe",
         "src/sdlab/data/curation.py",
-        "high = survives & (score > self.cfg.max_nsfw)",
-        "high = survives & (score < self.cfg.max_nsfw)",
+        "drop(score > self.cfg.max_nsfw, ",
+        "drop(score < self.cfg.max_nsfw, ",
         (T + "test_near_dupes.py::test_clip_embeddings_scores_and_the_embedding_layer",),
     ),
     Mutant(
         "watermark_keeps_the_marked",
         "src/sdlab/data/curation.py",
-        "high = survives & (score > self.cfg.max_watermark)",
-        "high = survives & (score < self.cfg.max_watermark)",
+        "drop(score > self.cfg.max_watermark, ",
+        "drop(score < self.cfg.max_watermark, ",
         (T + "test_near_dupes.py::test_the_watermark_detector_scores_pixels_in_the_embed_pass_and_dedupe_drops_on_it",),
     ),
     Mutant(

@@ -7,8 +7,8 @@ CLIP image embedding (fp16), and for rows whose `embed.text_column` is not empty
 caption's embedding, and `clip_score`, their cosine (NaN where there is no caption); with
 `embed.watermark_weights`, `watermark`, LAION's watermark detector's probability (a pixel model,
 `sdlab.models.watermark`). Its fingerprint covers the tar's bytes, the models' files, the batch
-size and the shard's captions, so a rerun redoes exactly the shards whose inputs changed, and `dedupe` (which
-reads these files) never makes this pass run again: thresholds live there.
+size and the shard's captions, so a rerun redoes exactly the shards whose inputs changed, and
+`dedupe` (which reads these files) never makes this pass run again: thresholds live there.
 
 Workers and nodes split the shards as encode does (`sdlab.workers`: one process per GPU, or
 per core on CPU; `NNODES`/`NODE_RANK`); a worker count never reaches a byte.

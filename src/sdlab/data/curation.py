@@ -56,38 +56,34 @@ class Curation:
         rows = embedded_rows(keys, self.embeddings)
         survives = np.ones(len(kept), bool)
         removed, stats = [], {}
+
+        def drop(over: np.ndarray, reason: str) -> None:  # rows still in and past a threshold go, counted
+            over = survives & over
+            survives[over] = False
+            stats[reason] = int(over.sum())
+            removed.append(_removed(keys, np.flatnonzero(over), reason))
+
         if self.cfg.min_clip_score is not None:
             score = rows["clip_score"].to_numpy(zero_copy_only=False)
             self.columns["embed_clip_score"] = score
-            low = score < self.cfg.min_clip_score  # NaN (no caption) is never below: counted apart
-            survives &= ~low
-            stats |= {"clip_score_below": int(low.sum()), "clip_score_missing": int(np.isnan(score).sum())}
-            removed.append(_removed(keys, np.flatnonzero(low), "clip_score_below"))
+            drop(score < self.cfg.min_clip_score, "clip_score_below")  # NaN (no caption) is never below
+            stats["clip_score_missing"] = int(np.isnan(score).sum())  # kept, counted apart
         if self.cfg.aesthetic_weights is not None:
             score = aesthetic_of(rows, self.embeddings, self.cfg.aesthetic_weights)
             self.columns["embed_aesthetic"] = score
             stats["aesthetic_mean"] = round(float(score.mean()), 4) if len(score) else None
             if self.cfg.min_aesthetic is not None:
-                low = survives & (score < self.cfg.min_aesthetic)
-                survives &= ~low
-                stats["aesthetic_below"] = int(low.sum())
-                removed.append(_removed(keys, np.flatnonzero(low), "aesthetic_below"))
+                drop(score < self.cfg.min_aesthetic, "aesthetic_below")
         if self.cfg.nsfw_weights is not None:
             score = nsfw_of(rows, self.embeddings, self.cfg.nsfw_weights)
             self.columns["embed_nsfw"] = score
             if self.cfg.max_nsfw is not None:
-                high = survives & (score > self.cfg.max_nsfw)
-                survives &= ~high
-                stats["nsfw_above"] = int(high.sum())
-                removed.append(_removed(keys, np.flatnonzero(high), "nsfw_above"))
+                drop(score > self.cfg.max_nsfw, "nsfw_above")
         if "watermark" in rows.column_names:
             score = rows["watermark"].to_numpy(zero_copy_only=False)
             self.columns["embed_watermark"] = score
             if self.cfg.max_watermark is not None:
-                high = survives & (score > self.cfg.max_watermark)
-                survives &= ~high
-                stats["watermark_above"] = int(high.sum())
-                removed.append(_removed(keys, np.flatnonzero(high), "watermark_above"))
+                drop(score > self.cfg.max_watermark, "watermark_above")
         elif self.cfg.max_watermark is not None:
             raise DataError(
                 f"dedupe.max_watermark: {self.embeddings / 'index.parquet'} has no watermark scores: "
